@@ -1,0 +1,145 @@
+//! Delivery of completed epochs to a sink.
+//!
+//! All outputs are gathered on worker 0, buffered per epoch, and handed over as one
+//! [`EpochOutput`] once *every* input frontier has passed the epoch: a sink never sees a partial
+//! epoch, and sees epochs in increasing order. Each vector of an `EpochOutput` is consolidated
+//! (the producing operators own disjoint keys and emit one net change per key and epoch) and is
+//! sorted here so that the delivered value does not depend on the number of workers.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::Concatenate;
+use timely::dataflow::operators::Probe;
+use timely::dataflow::ProbeHandle;
+
+use crate::event::{is_closed, Day, Epoch, Micros, Rejection, User};
+use crate::output::{EpochOutput, Position, Stats};
+use crate::pipeline::{epoch_of, Outputs, Settings, VecStream};
+use crate::ranking::TopRow;
+
+/// Everything a sink may receive, as one stream so that it can be gathered in one exchange.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+enum Item {
+    Total((Day, User, u64), isize),
+    Top((Day, TopRow), isize),
+    Histogram((Day, u64, u64), isize),
+    Users((Day, u64), isize),
+    Rejected(Rejection),
+    Stats(Stats),
+    Position(Position),
+}
+
+/// Gathers `outputs`, the sources' rejections and positions on worker 0 and calls `on_epoch`
+/// there with each completed epoch, in order. Returns a probe whose frontier is the first epoch
+/// not yet delivered (on every worker).
+pub fn deliver<'scope, F>(
+    outputs: Outputs<'scope>,
+    source_rejected: VecStream<'scope, Rejection>,
+    positions: VecStream<'scope, Position>,
+    settings: &Settings,
+    mut on_epoch: F,
+) -> ProbeHandle<Epoch>
+where
+    F: FnMut(EpochOutput) + 'static,
+{
+    let scope = positions.scope();
+    let grace = settings.grace;
+    let worker = scope.index();
+    let items: Vec<VecStream<'scope, Item>> = vec![
+        outputs.totals.inner.map(|(r, _, d)| Item::Total(r, d)),
+        outputs.top.inner.map(|(r, _, d)| Item::Top(r, d)),
+        outputs.histogram.inner.map(|(r, _, d)| Item::Histogram(r, d)),
+        outputs.users.inner.map(|(r, _, d)| Item::Users(r, d)),
+        outputs.rejected.map(Item::Rejected),
+        source_rejected.map(Item::Rejected),
+        outputs.stats.map(Item::Stats),
+        positions.map(Item::Position),
+    ];
+    let probe = ProbeHandle::new();
+    let items = scope.concatenate(items).probe_with(&probe);
+
+    let mut builder = OperatorBuilder::new("Deliver".to_owned(), scope);
+    let mut input = builder.new_input(items, Exchange::new(|_: &Item| 0));
+    let mut wm_input = builder.new_input(outputs.watermark, Pipeline);
+    builder.build(move |_capabilities| {
+        let mut pending: BTreeMap<Epoch, EpochOutput> = BTreeMap::new();
+        let mut watermarks: BTreeMap<Epoch, Micros> = BTreeMap::new();
+        let mut watermark: Option<Micros> = None;
+        let mut open_days: BTreeSet<Day> = BTreeSet::new();
+        let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
+        move |frontiers| {
+            input.for_each(|cap, data| {
+                let out = pending.entry(epoch_of(&cap)).or_default();
+                for item in data.drain(..) {
+                    match item {
+                        Item::Total(r, d) => out.totals.push((r, d)),
+                        Item::Top(r, d) => out.top.push((r, d)),
+                        Item::Histogram(r, d) => out.histogram.push((r, d)),
+                        Item::Users(r, d) => out.users.push((r, d)),
+                        Item::Rejected(r) => {
+                            out.stats.rejected[r.reason.index()] += 1;
+                            out.rejected.push(r);
+                        }
+                        Item::Stats(s) => {
+                            // Late rejections are counted from their records, above.
+                            out.stats.accepted += s.accepted;
+                            out.stats.duplicate += s.duplicate;
+                        }
+                        Item::Position(p) => out.positions.push(p),
+                    }
+                }
+            });
+            wm_input.for_each(|cap, data| {
+                if let Some(&w) = data.iter().max() {
+                    let slot = watermarks.entry(epoch_of(&cap)).or_insert(w);
+                    *slot = (*slot).max(w);
+                }
+            });
+            if worker != 0 {
+                pending.clear();
+                return;
+            }
+            while let Some((&epoch, _)) = pending.first_key_value() {
+                if frontiers[0].less_equal(&epoch) || frontiers[1].less_equal(&epoch) {
+                    break;
+                }
+                let mut out = pending.remove(&epoch).expect("present");
+                while let Some((&t, &w)) = watermarks.first_key_value() {
+                    if t > epoch {
+                        break;
+                    }
+                    watermarks.remove(&t);
+                    watermark = Some(watermark.map_or(w, |c| c.max(w)));
+                }
+                out.epoch = epoch;
+                out.watermark = watermark;
+                out.totals.sort_unstable();
+                out.top.sort_unstable();
+                out.histogram.sort_unstable();
+                out.users.sort_unstable();
+                out.rejected.sort_unstable_by_key(|r| r.pos);
+                let mut last_day = None;
+                for ((day, _, _), d) in &out.totals {
+                    if *d > 0 && last_day != Some(*day) {
+                        open_days.insert(*day);
+                        last_day = Some(*day);
+                    }
+                }
+                out.closed = open_days.iter().copied().filter(|&d| is_closed(d, watermark, grace)).collect();
+                for day in &out.closed {
+                    open_days.remove(day);
+                }
+                for p in out.positions.drain(..) {
+                    let slot = positions.entry(p.partition).or_insert(p.next);
+                    *slot = (*slot).max(p.next);
+                }
+                out.positions = positions.iter().map(|(&partition, &next)| Position { partition, next }).collect();
+                on_epoch(out);
+            }
+        }
+    });
+    probe
+}

@@ -1,0 +1,265 @@
+//! The event model shared by sources, the dataflow and sinks (design §1-2).
+//!
+//! Times are UTC microseconds since the Unix epoch (`Micros`); days are civil dates
+//! counted in days since 1970-01-01 (`Day`), always the date part of the event's own
+//! local time (the offset it was written with, or `default_time_zone`).
+
+use serde::{Deserialize, Serialize};
+
+/// A user's day: days since 1970-01-01 of the civil date in the user's local time.
+pub type Day = i32;
+/// A user: the 128-bit value of their UUID.
+pub type User = u128;
+/// A dataflow timestamp: an epoch of ingestion (design §2), not event time.
+pub type Epoch = u64;
+/// An instant: microseconds since 1970-01-01T00:00:00Z.
+pub type Micros = i64;
+
+/// Microseconds in one second.
+pub const MICROS_PER_SEC: Micros = 1_000_000;
+/// Microseconds in one day.
+pub const MICROS_PER_DAY: Micros = 86_400 * MICROS_PER_SEC;
+
+/// One accepted-looking event, after parsing and the `future` check, on its way to admission.
+///
+/// Whether it is late or a duplicate is decided by the dataflow's `admit` operator, which alone
+/// knows the watermark and the events seen before.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in input order within the input (line index of a file, or
+    /// `partition << 48 | offset` for Kafka): the tie-break for "first in input order".
+    pub pos: u64,
+    /// The user.
+    pub user: User,
+    /// The user's day (date part of the local time).
+    pub day: Day,
+    /// When the steps were taken, UTC.
+    pub time: Micros,
+    /// Steps since the device's last report, `0..=max_steps_per_event`.
+    pub steps: u32,
+    /// The device's id for this report, if any.
+    pub event_id: Option<Box<str>>,
+    /// The raw record, kept only when the event could still be rejected as `late`
+    /// (its day may already be closed); `None` otherwise to keep the hot path cheap.
+    pub raw: Option<Box<[u8]>>,
+}
+
+/// Why an event was rejected, in the order the checks apply (design §1): the first that applies wins.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Reason {
+    /// Not UTF-8, not JSON, or not a JSON object.
+    Malformed,
+    /// `uuid` missing, not a string or non-negative integer, or not an RFC 4122 UUID.
+    InvalidUuid,
+    /// `timestamp` missing, not a string, unparsable, or an impossible date or time.
+    InvalidTimestamp,
+    /// `steps` missing, not an integer, or out of `0..=max_steps_per_event`.
+    InvalidSteps,
+    /// More than `max_clock_skew` ahead of the wall clock at ingestion.
+    Future,
+    /// The event's day had closed after an earlier epoch.
+    Late,
+}
+
+impl Reason {
+    /// Every reason, in check order.
+    pub const ALL: [Reason; 6] = [
+        Reason::Malformed,
+        Reason::InvalidUuid,
+        Reason::InvalidTimestamp,
+        Reason::InvalidSteps,
+        Reason::Future,
+        Reason::Late,
+    ];
+
+    /// The reason code written to dead-letter outputs and metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::InvalidUuid => "invalid_uuid",
+            Reason::InvalidTimestamp => "invalid_timestamp",
+            Reason::InvalidSteps => "invalid_steps",
+            Reason::Future => "future",
+            Reason::Late => "late",
+        }
+    }
+
+    /// Index of this reason in [`Reason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The reason with this code, if any.
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
+/// A rejected record, kept for inspection (dead-letter).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Rejection {
+    /// Position in input order (as [`Event::pos`]).
+    pub pos: u64,
+    /// Why it was rejected.
+    pub reason: Reason,
+    /// A short human-readable explanation.
+    pub detail: String,
+    /// The original bytes of the record.
+    pub raw: Vec<u8>,
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+pub fn day_from_civil(year: i32, month: u32, day: u32) -> Day {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let m = month as i32;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day as i32 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The proleptic Gregorian date `(year, month, day)` of a [`Day`] (H. Hinnant's `civil_from_days`).
+pub fn civil_from_day(z: Day) -> (i32, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// `YYYY-MM-DD` of a day.
+pub fn format_day(day: Day) -> String {
+    let (y, m, d) = civil_from_day(day);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Parses `YYYY-MM-DD` (a real calendar date) into a day.
+pub fn parse_day(text: &str) -> Option<Day> {
+    let b = text.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |s: &[u8]| -> Option<u32> {
+        s.iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    let (y, m, d) = (num(&b[0..4])?, num(&b[5..7])?, num(&b[8..10])?);
+    if !(1..=12).contains(&m) || d == 0 || d > days_in_month(y as i32, m) {
+        return None;
+    }
+    Some(day_from_civil(y as i32, m, d))
+}
+
+/// Days in a month of the proleptic Gregorian calendar.
+pub fn days_in_month(year: i32, month: u32) -> u32 {
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => 0,
+    }
+}
+
+/// The instant day `day` closes, given the grace period (design §2):
+/// `(day + 1) at 12:00 UTC` (the end of `day` in UTC−12, the last time zone) `+ grace`.
+pub fn close_of_day(day: Day, grace: Micros) -> Micros {
+    (day as Micros + 1) * MICROS_PER_DAY + 12 * 3600 * MICROS_PER_SEC + grace
+}
+
+/// Whether `day` is closed once the watermark is `watermark` (`None`: no accepted event yet).
+pub fn is_closed(day: Day, watermark: Option<Micros>, grace: Micros) -> bool {
+    watermark.is_some_and(|w| w >= close_of_day(day, grace))
+}
+
+/// Formats an instant as RFC 3339 UTC with microseconds, e.g. `2026-11-27T10:20:47.000000Z`.
+pub fn format_micros(t: Micros) -> String {
+    let day = t.div_euclid(MICROS_PER_DAY) as Day;
+    let rem = t.rem_euclid(MICROS_PER_DAY);
+    let (h, mi, s, us) = (
+        rem / 3_600_000_000,
+        rem / 60_000_000 % 60,
+        rem / 1_000_000 % 60,
+        rem % 1_000_000,
+    );
+    format!("{}T{h:02}:{mi:02}:{s:02}.{us:06}Z", format_day(day))
+}
+
+/// The lowercase hyphenated text of a user's UUID.
+pub fn format_user(user: User) -> String {
+    let h = format!("{user:032x}");
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// Parses an RFC 4122 UUID string: the hyphenated `8-4-4-4-12` hex form, any case.
+pub fn parse_user(text: &str) -> Option<User> {
+    let b = text.as_bytes();
+    if b.len() != 36 {
+        return None;
+    }
+    let mut value: u128 = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if c != b'-' {
+                return None;
+            }
+            continue;
+        }
+        let digit = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        value = value << 4 | u128::from(digit);
+    }
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_round_trip() {
+        for day in -800_000..800_000 {
+            let (y, m, d) = civil_from_day(day);
+            assert_eq!(day_from_civil(y, m, d), day);
+        }
+        assert_eq!(day_from_civil(1970, 1, 1), 0);
+        assert_eq!(format_day(day_from_civil(2026, 11, 27)), "2026-11-27");
+        assert_eq!(parse_day("2024-02-29"), Some(day_from_civil(2024, 2, 29)));
+        assert_eq!(parse_day("2026-02-29"), None);
+        assert_eq!(parse_day("2026-13-01"), None);
+    }
+
+    #[test]
+    fn closing() {
+        let d = day_from_civil(2026, 11, 27);
+        let close = close_of_day(d, 24 * 3600 * MICROS_PER_SEC);
+        assert_eq!(format_micros(close), "2026-11-29T12:00:00.000000Z");
+        assert!(!is_closed(d, Some(close - 1), 24 * 3600 * MICROS_PER_SEC));
+        assert!(is_closed(d, Some(close), 24 * 3600 * MICROS_PER_SEC));
+        assert!(!is_closed(d, None, 0));
+    }
+
+    #[test]
+    fn users() {
+        let u = parse_user("00000000-0000-0000-0000-000000000007").unwrap();
+        assert_eq!(u, 7);
+        assert_eq!(format_user(7), "00000000-0000-0000-0000-000000000007");
+        let v = parse_user("A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11").unwrap();
+        assert_eq!(format_user(v), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
+        assert_eq!(parse_user("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1"), None);
+        assert_eq!(parse_user("g0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), None);
+        assert_eq!(parse_user("a0eebc999c0b4ef8bb6d6bb9bd380a11"), None);
+        assert_eq!(parse_user("{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}"), None);
+    }
+}

@@ -1,0 +1,246 @@
+//! The dataflow against the sequential reference, on seeded random inputs with ties, many time
+//! zones, duplicates, late events and source rejections, for 1, 2, 3 and 4 workers; compared
+//! after every epoch.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use rankmysteps_dataflow::deliver::deliver;
+use rankmysteps_dataflow::event::{Day, Epoch, Event, Reason, Rejection, User, MICROS_PER_DAY, MICROS_PER_SEC};
+use rankmysteps_dataflow::output::{EpochOutput, Position, Stats};
+use rankmysteps_dataflow::pipeline::{build, Settings};
+use rankmysteps_dataflow::reference::{DayResult, Record, Reference};
+use timely::dataflow::operators::Input;
+
+/// SplitMix64: a tiny seeded generator, stable across versions.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Offsets (minutes) covering the extremes and the odd ones.
+const OFFSETS: [i64; 8] = [0, 14 * 60, -12 * 60, 5 * 60 + 45, -8 * 60, 9 * 60 + 30, -3 * 60 - 30, 60];
+
+/// Epochs of random records: time moves forward about `step` per epoch with jitter, so days
+/// close as the run goes on and some events arrive after their day closed.
+fn random_input(seed: u64, epochs: usize, per_epoch: usize, users: u64) -> Vec<Vec<Record>> {
+    let mut rng = Rng(seed);
+    let start_day: Day = 20_000;
+    let mut clock = start_day as i64 * MICROS_PER_DAY;
+    let mut pos = 0u64;
+    let mut out = Vec::new();
+    for _ in 0..epochs {
+        clock += (6 + rng.below(12) as i64) * 3600 * MICROS_PER_SEC;
+        let mut records = Vec::new();
+        for _ in 0..rng.below(per_epoch as u64 + 1) {
+            pos += 1 + rng.below(3);
+            if rng.below(20) == 0 {
+                let reason = Reason::ALL[rng.below(5) as usize];
+                records.push(Record::Rejected(pos, reason));
+                continue;
+            }
+            // Mostly recent, sometimes days old (late once those days close).
+            let back = if rng.below(10) == 0 { rng.below(5 * 24) } else { rng.below(20) } as i64;
+            let time = clock - back * 3600 * MICROS_PER_SEC - rng.below(3600) as i64 * MICROS_PER_SEC;
+            let offset = OFFSETS[rng.below(OFFSETS.len() as u64) as usize] * 60 * MICROS_PER_SEC;
+            let day = (time + offset).div_euclid(MICROS_PER_DAY) as Day;
+            let user: User = if rng.below(2) == 0 {
+                rng.below(users) as u128
+            } else {
+                (rng.below(users) as u128) << 64 | 0x4000_8000
+            };
+            let event_id = match rng.below(4) {
+                0 => None,
+                _ => Some(format!("e{}", rng.below(6)).into_boxed_str()),
+            };
+            records.push(Record::Event(Event {
+                pos,
+                user,
+                day,
+                time,
+                steps: rng.below(4) as u32 * 5,
+                event_id,
+                raw: Some(format!("raw-{pos}").into_bytes().into_boxed_slice()),
+            }));
+        }
+        out.push(records);
+    }
+    out
+}
+
+/// Runs the dataflow on `workers` threads; record i is introduced by worker i mod workers.
+fn run_dataflow(workers: usize, input: Vec<Vec<Record>>, settings: Settings) -> Vec<EpochOutput> {
+    let input = Arc::new(input);
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let results2 = results.clone();
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let results = results2.clone();
+        let settings = settings.clone();
+        let (mut events, mut rejects, mut positions) = worker.dataflow::<Epoch, _, _>(|scope| {
+            let (ein, events) = scope.new_input::<Vec<Event>>();
+            let (rin, rejects) = scope.new_input::<Vec<Rejection>>();
+            let (pin, positions) = scope.new_input::<Vec<Position>>();
+            let outputs = build(events, &settings);
+            deliver(outputs, rejects, positions, &settings, move |out| results.lock().unwrap().push(out));
+            (ein, rin, pin)
+        });
+        for (epoch, records) in input.iter().enumerate() {
+            for (i, record) in records.iter().enumerate() {
+                if i % peers != index {
+                    continue;
+                }
+                match record {
+                    Record::Event(e) => events.send(e.clone()),
+                    Record::Rejected(pos, reason) => rejects.send(Rejection {
+                        pos: *pos,
+                        reason: *reason,
+                        detail: String::new(),
+                        raw: format!("raw-{pos}").into_bytes(),
+                    }),
+                }
+            }
+            if index == 0 {
+                positions.send(Position { partition: 0, next: epoch as u64 });
+            }
+            let next = epoch as Epoch + 1;
+            events.advance_to(next);
+            rejects.advance_to(next);
+            positions.advance_to(next);
+            worker.step();
+        }
+    })
+    .expect("timely");
+    let mut out = results.lock().unwrap().clone();
+    out.sort_by_key(|o| o.epoch);
+    out
+}
+
+/// What a sink materializes from the deltas.
+#[derive(Default)]
+struct Materialized {
+    totals: BTreeMap<Day, BTreeMap<User, u64>>,
+    top: BTreeMap<Day, BTreeMap<u32, rankmysteps_dataflow::ranking::TopRow>>,
+    histogram: BTreeMap<Day, BTreeMap<u64, u64>>,
+    users: BTreeMap<Day, u64>,
+    closed: BTreeMap<Day, Epoch>,
+    stats: Stats,
+    rejected: Vec<(Epoch, u64, Reason)>,
+}
+
+impl Materialized {
+    fn apply(&mut self, out: &EpochOutput) {
+        // Consolidated: no record twice.
+        let mut keys: Vec<_> = out.totals.iter().map(|(r, _)| r).collect();
+        keys.dedup();
+        assert_eq!(keys.len(), out.totals.len(), "totals not consolidated");
+        for ((day, user, total), diff) in &out.totals {
+            assert!(*diff == 1 || *diff == -1);
+            let day_totals = self.totals.entry(*day).or_default();
+            if *diff > 0 {
+                assert!(day_totals.insert(*user, *total).is_none_or(|_| true));
+            } else if day_totals.get(user) == Some(total) {
+                day_totals.remove(user);
+            }
+        }
+        // Retractions first, then insertions: a position may change rows.
+        for ((day, row), diff) in out.top.iter().filter(|(_, d)| *d < 0) {
+            assert_eq!(*diff, -1);
+            let removed = self.top.entry(*day).or_default().remove(&row.position);
+            assert_eq!(removed, Some(*row), "retracted a row that was not there");
+        }
+        for ((day, row), _) in out.top.iter().filter(|(_, d)| *d > 0) {
+            assert!(self.top.entry(*day).or_default().insert(row.position, *row).is_none());
+        }
+        for ((day, total, count), diff) in out.histogram.iter().filter(|(_, d)| *d < 0) {
+            assert_eq!(*diff, -1);
+            assert_eq!(self.histogram.entry(*day).or_default().remove(total), Some(*count));
+        }
+        for ((day, total, count), _) in out.histogram.iter().filter(|(_, d)| *d > 0) {
+            assert!(self.histogram.entry(*day).or_default().insert(*total, *count).is_none());
+        }
+        for ((day, n), diff) in &out.users {
+            if *diff > 0 {
+                self.users.insert(*day, *n);
+            }
+        }
+        for day in &out.closed {
+            assert!(self.closed.insert(*day, out.epoch).is_none(), "closed twice");
+        }
+        self.stats.add(&out.stats);
+        self.rejected.extend(out.rejected.iter().map(|r| (out.epoch, r.pos, r.reason)));
+    }
+
+    fn check(&self, reference: &Reference, k: usize, epoch: Epoch) {
+        let at = format!("after epoch {epoch}");
+        assert_eq!(self.stats, reference.stats, "stats {at}");
+        assert_eq!(self.rejected, reference.rejected, "rejections {at}");
+        let days: Vec<Day> = reference.days.keys().copied().collect();
+        assert_eq!(self.totals.keys().copied().collect::<Vec<_>>(), days, "days {at}");
+        for (day, expected) in &reference.days {
+            let DayResult { totals, is_final } = expected;
+            assert_eq!(&self.totals[day], totals, "totals of {day} {at}");
+            let top: Vec<_> = self.top.get(day).map(|t| t.values().copied().collect()).unwrap_or_default();
+            assert_eq!(top, expected.top(k), "top of {day} {at}");
+            assert_eq!(self.histogram.get(day).cloned().unwrap_or_default(), expected.histogram(), "histogram of {day} {at}");
+            assert_eq!(self.users.get(day).copied(), Some(totals.len() as u64), "users of {day} {at}");
+            assert_eq!(self.closed.contains_key(day), *is_final, "final flag of {day} {at}");
+        }
+    }
+}
+
+fn compare(seed: u64, workers: usize, k: usize) {
+    let settings = Settings { k, grace: 6 * 3600 * MICROS_PER_SEC };
+    let input = random_input(seed, 40, 120, 40);
+    let outputs = run_dataflow(workers, input.clone(), settings.clone());
+    let mut reference = Reference::new(settings.clone());
+    let mut materialized = Materialized::default();
+    let mut outputs = outputs.into_iter().peekable();
+    let mut checked = 0;
+    for (epoch, records) in input.into_iter().enumerate() {
+        let epoch = epoch as Epoch;
+        reference.epoch(epoch, records);
+        while let Some(out) = outputs.next_if(|o| o.epoch <= epoch) {
+            assert_eq!(out.epoch, epoch);
+            assert_eq!(out.watermark, reference.watermark, "watermark after epoch {epoch}");
+            materialized.apply(&out);
+        }
+        materialized.check(&reference, k, epoch);
+        checked += 1;
+    }
+    assert!(outputs.next().is_none());
+    assert_eq!(checked, 40);
+    // The input must exercise what it claims to.
+    let s = reference.stats;
+    assert!(s.accepted > 500 && s.duplicate > 20 && s.rejected(Reason::Late) > 5, "weak input: {s:?}");
+    assert!(reference.days.values().any(|d| d.is_final) && reference.days.values().any(|d| !d.is_final));
+}
+
+#[test]
+fn one_worker_matches_reference() {
+    for seed in 0..4 {
+        compare(seed, 1, 5);
+    }
+}
+
+#[test]
+fn several_workers_match_reference() {
+    for (seed, workers) in [(10, 2), (11, 3), (12, 4), (13, 4)] {
+        compare(seed, workers, 5);
+    }
+}
+
+#[test]
+fn large_k_and_k_one() {
+    compare(20, 4, 1);
+    compare(21, 3, 1000);
+}
