@@ -33,15 +33,16 @@ enum Item {
 }
 
 /// Gathers `outputs`, the sources' rejections and positions on worker 0 and calls `on_epoch`
-/// there with each completed epoch, in order. Returns a probe whose frontier is the first epoch
-/// not yet delivered (on every worker).
+/// there with each completed epoch, in order. `probe`'s frontier becomes the first epoch not yet
+/// delivered (on every worker).
 pub fn deliver<'scope, F>(
     outputs: Outputs<'scope>,
     source_rejected: VecStream<'scope, Rejection>,
     positions: VecStream<'scope, Position>,
     settings: &Settings,
+    probe: &ProbeHandle<Epoch>,
     mut on_epoch: F,
-) -> ProbeHandle<Epoch>
+)
 where
     F: FnMut(EpochOutput) + 'static,
 {
@@ -58,8 +59,7 @@ where
         outputs.stats.map(Item::Stats),
         positions.map(Item::Position),
     ];
-    let probe = ProbeHandle::new();
-    let items = scope.concatenate(items).probe_with(&probe);
+    let items = scope.concatenate(items).probe_with(probe);
 
     let mut builder = OperatorBuilder::new("Deliver".to_owned(), scope);
     let mut input = builder.new_input(items, Exchange::new(|_: &Item| 0));
@@ -141,5 +141,4 @@ where
             }
         }
     });
-    probe
 }

@@ -91,7 +91,7 @@ fn run_dataflow(workers: usize, input: Vec<Vec<Record>>, settings: Settings) -> 
             let (rin, rejects) = scope.new_input::<Vec<Rejection>>();
             let (pin, positions) = scope.new_input::<Vec<Position>>();
             let outputs = build(events, &settings);
-            deliver(outputs, rejects, positions, &settings, move |out| results.lock().unwrap().push(out));
+            deliver(outputs, rejects, positions, &settings, &timely::dataflow::ProbeHandle::new(), move |out| results.lock().unwrap().push(out));
             (ein, rin, pin)
         });
         for (epoch, records) in input.iter().enumerate() {

@@ -1,0 +1,275 @@
+//! `cluster.toml`: the description of a RankMySteps deployment (design §7).
+//!
+//! Every key is documented here and in the repository's `cluster.toml`; unknown keys are errors.
+//! This commands use `[dataflow]` (and `[cluster]` threads); the Kafka, Cassandra, S3
+//! and web sections are parsed and validated so that one file describes the whole deployment.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::CliError;
+
+/// The whole file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Worker processes.
+    #[serde(default)]
+    pub cluster: Cluster,
+    /// Kafka input.
+    #[serde(default)]
+    pub kafka: Option<Kafka>,
+    /// Cassandra output.
+    #[serde(default)]
+    pub cassandra: Option<Cassandra>,
+    /// S3 archive.
+    #[serde(default)]
+    pub s3: Option<S3>,
+    /// Dataflow semantics and limits.
+    #[serde(default)]
+    pub dataflow: Dataflow,
+    /// The web listener.
+    #[serde(default)]
+    pub web: Option<Web>,
+}
+
+/// `[cluster]`: the worker processes, in process order.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// One `host:port` per process, in process order (process i binds the i-th).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Worker threads per process.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            hosts: Vec::new(),
+            threads: default_threads(),
+        }
+    }
+}
+
+/// `[kafka]`: where events come from.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kafka {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// The topic of step events.
+    pub topic: String,
+    /// Extra librdkafka properties.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// `[cassandra]`: where results go.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cassandra {
+    /// Contact points, `host:port`.
+    pub contact_points: Vec<String>,
+    /// Keyspace.
+    #[serde(default = "default_keyspace")]
+    pub keyspace: String,
+    /// Replication map of the keyspace, e.g. `{ class = "SimpleStrategy", replication_factor = "1" }`.
+    #[serde(default)]
+    pub replication: std::collections::BTreeMap<String, String>,
+    /// Consistency level of reads and writes.
+    #[serde(default = "default_consistency")]
+    pub consistency: String,
+    /// Environment variable holding the user name, if authentication is on.
+    #[serde(default)]
+    pub username_env: Option<String>,
+    /// Environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+fn default_keyspace() -> String {
+    "rankmysteps".into()
+}
+
+fn default_consistency() -> String {
+    "LOCAL_QUORUM".into()
+}
+
+/// `[s3]`: the raw-event archive.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3 {
+    /// Endpoint URL (absent: AWS).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: String,
+    /// Bucket.
+    pub bucket: String,
+    /// Path-style addressing (most S3-compatible stores need it).
+    #[serde(default)]
+    pub path_style: bool,
+    /// Compute request checksums and validate response checksums only "when required".
+    #[serde(default)]
+    pub checksums_when_required: bool,
+}
+
+/// `[web]`: the leaderboard page.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Web {
+    /// Listen address, `host:port`.
+    pub listen: String,
+}
+
+/// `[dataflow]`: semantics and limits (design §1-3).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dataflow {
+    /// Rows of each day's top-k.
+    #[serde(default = "default_k")]
+    pub k: usize,
+    /// Streaming epoch length, milliseconds of wall clock.
+    #[serde(default = "default_epoch_ms")]
+    pub epoch_ms: u64,
+    /// File replay epoch length, in lines.
+    #[serde(default = "default_epoch_events")]
+    pub epoch_events: u64,
+    /// How long a day stays open after its end in UTC−12, e.g. `"24h"`, `"90m"`, `"3600s"`.
+    #[serde(default = "default_grace")]
+    pub grace: String,
+    /// IANA zone of timestamps written without an offset.
+    #[serde(default = "default_zone")]
+    pub default_time_zone: String,
+    /// Largest `steps` of one event.
+    #[serde(default = "default_max_steps")]
+    pub max_steps_per_event: u32,
+    /// How far ahead of the wall clock a timestamp may be, e.g. `"1h"`.
+    #[serde(default = "default_skew")]
+    pub max_clock_skew: String,
+    /// How many epochs a source may run ahead of the last delivered one.
+    #[serde(default = "default_ahead")]
+    pub max_epochs_ahead: u64,
+}
+
+fn default_k() -> usize {
+    100
+}
+fn default_epoch_ms() -> u64 {
+    1000
+}
+fn default_epoch_events() -> u64 {
+    100_000
+}
+fn default_grace() -> String {
+    "24h".into()
+}
+fn default_zone() -> String {
+    "America/Los_Angeles".into()
+}
+fn default_max_steps() -> u32 {
+    100_000
+}
+fn default_skew() -> String {
+    "1h".into()
+}
+fn default_ahead() -> u64 {
+    4
+}
+
+impl Default for Dataflow {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+impl ClusterConfig {
+    /// Reads and validates a `cluster.toml`.
+    pub fn load(path: &Path) -> Result<ClusterConfig, CliError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CliError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: ClusterConfig = toml::from_str(&text).map_err(|e| CliError::Config {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+        config.dataflow.grace_micros()?;
+        config.dataflow.skew_micros()?;
+        config.dataflow.zone()?;
+        Ok(config)
+    }
+}
+
+impl Dataflow {
+    /// `grace` in microseconds.
+    pub fn grace_micros(&self) -> Result<i64, CliError> {
+        parse_duration(&self.grace).ok_or_else(|| CliError::Setting(format!("grace: cannot read {:?} as a duration", self.grace)))
+    }
+
+    /// `max_clock_skew` in microseconds.
+    pub fn skew_micros(&self) -> Result<i64, CliError> {
+        parse_duration(&self.max_clock_skew)
+            .ok_or_else(|| CliError::Setting(format!("max_clock_skew: cannot read {:?} as a duration", self.max_clock_skew)))
+    }
+
+    /// The default time zone.
+    pub fn zone(&self) -> Result<jiff::tz::TimeZone, CliError> {
+        jiff::tz::TimeZone::get(&self.default_time_zone)
+            .map_err(|e| CliError::Setting(format!("default_time_zone {:?}: {e}", self.default_time_zone)))
+    }
+}
+
+/// Parses `90s`, `15m`, `24h`, `2d` or `500ms` (a non-negative integer and a unit) to microseconds.
+pub fn parse_duration(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: i64 = number.parse().ok()?;
+    let unit_micros: i64 = match unit.trim() {
+        "ms" => 1_000,
+        "s" => 1_000_000,
+        "m" | "min" => 60_000_000,
+        "h" => 3_600_000_000,
+        "d" => 86_400_000_000,
+        _ => return None,
+    };
+    n.checked_mul(unit_micros)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Some(86_400_000_000));
+        assert_eq!(parse_duration("90 s"), Some(90_000_000));
+        assert_eq!(parse_duration("500ms"), Some(500_000));
+        assert_eq!(parse_duration("h"), None);
+        assert_eq!(parse_duration("-1h"), None);
+        assert_eq!(parse_duration("3 weeks"), None);
+    }
+
+    #[test]
+    fn repository_cluster_toml_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster.toml");
+        let config = ClusterConfig::load(&path).unwrap();
+        assert_eq!(config.cluster.hosts.len(), 4);
+        assert_eq!(config.dataflow.k, 100);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = toml::from_str::<ClusterConfig>("[dataflow]\nkk = 3\n").unwrap_err();
+        assert!(err.to_string().contains("kk"), "{err}");
+    }
+}

@@ -1,0 +1,36 @@
+//! The CLI library's error type.
+
+use std::path::PathBuf;
+
+/// Errors of the `rankmysteps` commands.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// `cluster.toml` is not valid.
+    #[error("invalid configuration {path}: {detail}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A setting is out of range or unreadable.
+    #[error("invalid setting: {0}")]
+    Setting(String),
+    /// A source failed.
+    #[error(transparent)]
+    Source(#[from] rankmysteps_sources::SourceError),
+    /// A sink failed.
+    #[error(transparent)]
+    Sink(#[from] rankmysteps_sinks::SinkError),
+    /// A worker thread failed.
+    #[error("worker failed: {0}")]
+    Worker(String),
+}

@@ -1,0 +1,172 @@
+//! Runs the whole job in one process: a source, the dataflow on worker threads, a sink.
+//!
+//! The same dataflow code runs in every mode; only the source and the sink differ.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rankmysteps_dataflow::deliver::deliver;
+use rankmysteps_dataflow::event::{Epoch, Micros};
+use rankmysteps_dataflow::output::{EpochOutput, Stats};
+use rankmysteps_dataflow::pipeline::{build, Settings};
+use rankmysteps_sinks::{Sink, SinkError};
+use rankmysteps_sources::chunk::wall_clock;
+use rankmysteps_sources::file::FileInput;
+use rankmysteps_sources::generator::{Generator, GeneratorConfig};
+use rankmysteps_sources::operator::{parse_source, Throttle};
+use rankmysteps_sources::parse::{ParseConfig, Parser};
+use timely::dataflow::ProbeHandle;
+
+use crate::error::CliError;
+
+/// Where events come from.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A JSON Lines file, a directory of them, or `-` for stdin; epochs of `epoch_events` lines.
+    File {
+        /// The path.
+        path: PathBuf,
+        /// Lines per epoch.
+        epoch_events: u64,
+    },
+    /// The built-in generator, with wall-clock epochs.
+    Generator(GeneratorConfig),
+}
+
+/// Everything a job needs.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    /// Worker threads.
+    pub workers: usize,
+    /// Dataflow semantics.
+    pub settings: Settings,
+    /// Parsing rules.
+    pub parse: ParseConfig,
+    /// The source.
+    pub input: Input,
+    /// Flow control: epochs a source may run ahead of the last delivered one.
+    pub max_epochs_ahead: u64,
+}
+
+/// What a finished job measured.
+#[derive(Clone, Debug, Default)]
+pub struct JobReport {
+    /// Epochs delivered.
+    pub epochs: u64,
+    /// Counters summed over the run.
+    pub stats: Stats,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Streaming only: per delivered epoch, the time from the epoch's end (wall clock) to its
+    /// delivery to the sink.
+    pub epoch_latencies: Vec<Duration>,
+    /// Lines read (file input).
+    pub lines: u64,
+}
+
+/// Runs `spec` to completion (the end of the input, or `stop`), delivering every completed
+/// epoch to `sink` on worker 0, and finally calling `sink.finish()`.
+pub fn run(spec: JobSpec, sink: Box<dyn Sink>, stop: Arc<AtomicBool>) -> Result<JobReport, CliError> {
+    if spec.workers == 0 {
+        return Err(CliError::Setting("workers must be at least 1".into()));
+    }
+    let file = match &spec.input {
+        Input::File { path, epoch_events } => Some(FileInput::open(path, *epoch_events)?.shared()),
+        Input::Generator(_) => None,
+    };
+    let sink = Arc::new(Mutex::new(Some(sink)));
+    let report = Arc::new(Mutex::new(JobReport::default()));
+    let failure: Arc<Mutex<Option<SinkError>>> = Arc::new(Mutex::new(None));
+    let started = Instant::now();
+    let (spec2, file2, report2, failure2, stop2) = (spec.clone(), file.clone(), report.clone(), failure.clone(), stop.clone());
+
+    let guards = timely::execute(timely::Config::process(spec.workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let spec = spec2.clone();
+        let settings = spec.settings.clone();
+        let probe = ProbeHandle::new();
+        // Worker 0 owns the sink; the epoch callback and the final `finish` share it.
+        let sink: Rc<RefCell<Option<Box<dyn Sink>>>> = Rc::new(RefCell::new(if index == 0 { sink.lock().expect("sink lock").take() } else { None }));
+        let (report, failure, stop) = (report2.clone(), failure2.clone(), stop2.clone());
+        let epoch_ms = match &spec.input {
+            Input::Generator(g) => Some(g.epoch_ms),
+            Input::File { .. } => None,
+        };
+        let sink_for_epochs = sink.clone();
+        let on_epoch = move |out: EpochOutput| {
+            let mut report = report.lock().expect("report lock");
+            report.epochs += 1;
+            report.stats.add(&out.stats);
+            if let Some(ms) = epoch_ms {
+                let end: Micros = (out.epoch as Micros + 1) * ms as Micros * 1000;
+                report.epoch_latencies.push(Duration::from_micros((wall_clock() - end).max(0) as u64));
+            }
+            drop(report);
+            if let Some(sink) = sink_for_epochs.borrow_mut().as_mut() {
+                if let Err(e) = sink.write_epoch(&out) {
+                    tracing::error!(epoch = out.epoch, error = %e, "sink failed; stopping");
+                    failure.lock().expect("failure lock").get_or_insert(e);
+                    stop.store(true, Ordering::SeqCst);
+                }
+            }
+        };
+        worker.dataflow::<Epoch, _, _>(|scope| {
+            let parser = Parser::new(spec.parse.clone());
+            let throttle = Throttle {
+                completed: probe.clone(),
+                max_epochs_ahead: spec.max_epochs_ahead,
+            };
+            let parsed = match (&spec.input, &file2) {
+                (Input::File { .. }, Some(file)) => {
+                    parse_source(scope, "FileSource", StoppableFile(file.clone(), stop2.clone()), parser, settings.grace, throttle)
+                }
+                (Input::Generator(config), _) => {
+                    let generator = Generator::new(config.clone(), index, peers, started, stop2.clone());
+                    parse_source(scope, "Generator", generator, parser, settings.grace, throttle)
+                }
+                (Input::File { .. }, None) => unreachable!("file opened above"),
+            };
+            let outputs = build(parsed.events, &settings);
+            deliver(outputs, parsed.rejected, parsed.positions, &settings, &probe, on_epoch);
+        });
+        while !probe.done() {
+            worker.step_or_park(Some(Duration::from_millis(20)));
+        }
+        let finished = sink.borrow_mut().as_mut().map(|sink| sink.finish());
+        if let Some(Err(e)) = finished {
+            failure2.lock().expect("failure lock").get_or_insert(e);
+        }
+    })
+    .map_err(CliError::Worker)?;
+    for result in guards.join() {
+        result.map_err(CliError::Worker)?;
+    }
+    if let Some(e) = failure.lock().expect("failure lock").take() {
+        return Err(e.into());
+    }
+    if let Some(file) = &file {
+        if let Some(e) = file.take_error() {
+            return Err(e.into());
+        }
+    }
+    let mut report = report.lock().expect("report lock").clone();
+    report.elapsed = started.elapsed();
+    report.lines = file.as_ref().map_or(0, |f| f.lines_read());
+    Ok(report)
+}
+
+/// A shared file input that also ends when the job is stopped (Ctrl-C, sink failure).
+struct StoppableFile(rankmysteps_sources::file::SharedFileInput, Arc<AtomicBool>);
+
+impl rankmysteps_sources::chunk::ChunkSource for StoppableFile {
+    fn pull(&mut self) -> rankmysteps_sources::chunk::Pull {
+        if self.1.load(Ordering::Relaxed) {
+            return rankmysteps_sources::chunk::Pull::Done;
+        }
+        self.0.pull()
+    }
+}

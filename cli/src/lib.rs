@@ -1,0 +1,10 @@
+//! The `rankmysteps` command: runs the job (embedded or file replay), reads results back, and
+//! benchmarks the core. The binary (`main.rs`) is a thin clap layer over this library.
+
+pub mod bench;
+pub mod config;
+pub mod error;
+pub mod job;
+pub mod view;
+
+pub use error::CliError;

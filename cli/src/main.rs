@@ -1,0 +1,334 @@
+//! `rankmysteps`: a live per-day step leaderboard on timely + differential dataflow.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rankmysteps::config::{parse_duration, ClusterConfig};
+use rankmysteps::job::{self, Input, JobSpec};
+use rankmysteps::view::TerminalView;
+use rankmysteps_dataflow::event::{format_day, format_user, parse_day, parse_user, Reason};
+use rankmysteps_dataflow::pipeline::Settings;
+use rankmysteps_sinks::local::{read_standing, read_top, LocalDirSink, LocalOptions};
+use rankmysteps_sinks::{Fanout, Sink};
+use rankmysteps_sources::generator::{GeneratorConfig, TimestampFormat};
+use rankmysteps_sources::parse::ParseConfig;
+
+/// RankMySteps ranks the users of a step-counting app per day, live.
+///
+/// With no arguments, `rankmysteps run` runs the whole job in this process: a built-in
+/// generator of users, the dataflow on several worker threads, results in ./out and a live
+/// leaderboard in the terminal.
+#[derive(Parser)]
+#[command(name = "rankmysteps", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the job: the embedded generator (default) or a replay of JSON Lines (--input).
+    ///
+    /// Results go to the output directory (--out): days/YYYY-MM-DD/top.json and totals.csv,
+    /// rejected.jsonl and progress.json. A run rewrites those files.
+    Run(RunArgs),
+    /// Print a day's top-k from an output directory.
+    Top(TopArgs),
+    /// Print a user's standing on a day (rank, total, gaps, neighbours) from an output directory.
+    Standing(StandingArgs),
+    /// Benchmark the core (generator → parse → dataflow → deltas) and file replays.
+    Bench(rankmysteps::bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Replay JSON Lines from a file (plain or gzip), a directory of them, or `-` (stdin),
+    /// instead of the generator; exits once every epoch is written.
+    #[arg(long, value_name = "PATH")]
+    input: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long, value_name = "DIR", default_value = "out")]
+    out: PathBuf,
+    /// Read [dataflow] and [cluster] settings from this file (flags override it).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Worker threads [default: [cluster] threads, or the number of cores].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Lines per epoch when replaying a file [default: 100000].
+    #[arg(long, value_name = "N")]
+    epoch_events: Option<u64>,
+    /// Epoch length in milliseconds of wall clock when streaming [default: 1000].
+    #[arg(long, value_name = "MS")]
+    epoch_ms: Option<u64>,
+    /// Rows of each day's top-k [default: 100].
+    #[arg(long, value_name = "K")]
+    k: Option<usize>,
+    /// How long a day stays open after its end in UTC−12, e.g. 24h, 90m [default: 24h].
+    #[arg(long, value_name = "DURATION")]
+    grace: Option<String>,
+    /// How far ahead of the wall clock a timestamp may be [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    max_clock_skew: Option<String>,
+    /// IANA zone of timestamps without offset [default: America/Los_Angeles].
+    #[arg(long, value_name = "ZONE")]
+    time_zone: Option<String>,
+    /// Largest steps of one event [default: 100000].
+    #[arg(long, value_name = "N")]
+    max_steps: Option<u32>,
+    /// Generator: number of users.
+    #[arg(long, value_name = "N", default_value_t = 50_000)]
+    users: u64,
+    /// Generator: events per second over all workers (0: as fast as possible).
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    rate: u64,
+    /// Generator: stop after this many seconds (default: until Ctrl-C).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Generator: stop after this many events.
+    #[arg(long, value_name = "N")]
+    events: Option<u64>,
+    /// Generator: seed of users and draws.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+    /// Generator: timestamp format.
+    #[arg(long, value_enum, default_value_t = Format::Naive)]
+    timestamp_format: Format,
+    /// Generator: give every event an event_id.
+    #[arg(long)]
+    event_ids: bool,
+    /// Do not draw the live leaderboard.
+    #[arg(long)]
+    no_view: bool,
+    /// Rewrite output files at most this often, in milliseconds (final results are always written).
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    write_interval_ms: u64,
+}
+
+#[derive(Copy, Clone, ValueEnum)]
+enum Format {
+    /// YYYY-MM-DD HH:MM:SS in the time zone, as the original producers.
+    Naive,
+    /// RFC 3339 with the zone's offset.
+    Rfc3339,
+}
+
+#[derive(Args)]
+struct TopArgs {
+    /// Output directory written by `rankmysteps run`.
+    #[arg(long, value_name = "DIR", default_value = "out")]
+    out: PathBuf,
+    /// The day, YYYY-MM-DD.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    day: String,
+    /// How many rows (default: all stored rows).
+    #[arg(long, value_name = "K")]
+    k: Option<usize>,
+    /// Print JSON (the top.json layout) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct StandingArgs {
+    /// Output directory written by `rankmysteps run`.
+    #[arg(long, value_name = "DIR", default_value = "out")]
+    out: PathBuf,
+    /// The day, YYYY-MM-DD.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    day: String,
+    /// The user's UUID.
+    #[arg(long, value_name = "UUID")]
+    user: String,
+    /// How many users to show just above and below.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    neighbours: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RANKMYSTEPS_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Top(args) => top(args),
+        Command::Standing(args) => standing(args),
+        Command::Bench(args) => rankmysteps::bench::bench(args).map_err(Into::into),
+    };
+    if let Err(e) = result {
+        eprintln!("rankmysteps: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let config = match &args.config {
+        Some(path) => ClusterConfig::load(path)?,
+        None => ClusterConfig::default(),
+    };
+    let df = &config.dataflow;
+    let duration = |flag: &Option<String>, default: &str, name: &str| -> Result<i64> {
+        let text = flag.as_deref().unwrap_or(default);
+        parse_duration(text).with_context(|| format!("--{name}: cannot read {text:?} as a duration (e.g. 24h, 90m, 30s)"))
+    };
+    let grace = duration(&args.grace, &df.grace, "grace")?;
+    let skew = duration(&args.max_clock_skew, &df.max_clock_skew, "max-clock-skew")?;
+    let zone_name = args.time_zone.clone().unwrap_or_else(|| df.default_time_zone.clone());
+    let zone = jiff::tz::TimeZone::get(&zone_name).with_context(|| format!("unknown time zone {zone_name:?}"))?;
+    let k = args.k.unwrap_or(df.k);
+    let epoch_ms = args.epoch_ms.unwrap_or(df.epoch_ms);
+    let epoch_events = args.epoch_events.unwrap_or(df.epoch_events);
+    if k == 0 || epoch_ms == 0 || epoch_events == 0 {
+        bail!("--k, --epoch-ms and --epoch-events must be at least 1");
+    }
+    let workers = args.workers.unwrap_or(config.cluster.threads);
+    if workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let input = match &args.input {
+        Some(path) => Input::File {
+            path: path.clone(),
+            epoch_events,
+        },
+        None => Input::Generator(GeneratorConfig {
+            users: args.users.max(1),
+            rate: (args.rate > 0).then_some(args.rate),
+            duration: args.duration.map(Duration::from_secs_f64),
+            max_events: args.events,
+            epoch_ms,
+            seed: args.seed,
+            format: match args.timestamp_format {
+                Format::Naive => TimestampFormat::Naive,
+                Format::Rfc3339 => TimestampFormat::Rfc3339,
+            },
+            event_ids: args.event_ids,
+            zone: zone.clone(),
+        }),
+    };
+    let streaming = matches!(input, Input::Generator(_));
+    {
+        // First Ctrl-C: stop the sources and write the last epochs; second: exit now.
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let local = LocalDirSink::create(
+        &args.out,
+        LocalOptions {
+            min_write_interval: Duration::from_millis(args.write_interval_ms),
+        },
+    )?;
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(local)];
+    if streaming && !args.no_view {
+        use std::io::IsTerminal;
+        sinks.push(Box::new(TerminalView::new(10, std::io::stdout().is_terminal())));
+    }
+    let spec = JobSpec {
+        workers,
+        settings: Settings { k, grace },
+        parse: ParseConfig {
+            max_steps: args.max_steps.unwrap_or(df.max_steps_per_event),
+            max_clock_skew: skew,
+            time_zone: zone,
+        },
+        input,
+        max_epochs_ahead: df.max_epochs_ahead,
+    };
+    let report = job::run(spec, Box::new(Fanout(sinks)), stop)?;
+    let s = &report.stats;
+    let rejected: Vec<String> = Reason::ALL.iter().map(|r| format!("{}={}", r.code(), s.rejected(*r))).collect();
+    eprintln!(
+        "rankmysteps: {} epochs in {:.2}s: accepted {}, duplicate {}, rejected {} ({}); results in {}",
+        report.epochs,
+        report.elapsed.as_secs_f64(),
+        s.accepted,
+        s.duplicate,
+        s.rejected_total(),
+        rejected.join(" "),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn day_arg(text: &str) -> Result<rankmysteps_dataflow::event::Day> {
+    parse_day(text).with_context(|| format!("--day: {text:?} is not a date of the form YYYY-MM-DD"))
+}
+
+fn top(args: TopArgs) -> Result<()> {
+    let day = day_arg(&args.day)?;
+    let top = read_top(&args.out, day, args.k)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&top)?);
+        return Ok(());
+    }
+    println!(
+        "Top {} of {} ({} users{})",
+        top.top.len(),
+        top.day,
+        top.users,
+        if top.is_final { ", final" } else { ", live" }
+    );
+    println!("{:>5}  {:<36}  {:>10}", "rank", "user", "steps");
+    for e in &top.top {
+        println!("{:>5}  {:<36}  {:>10}", e.rank, e.user, e.steps);
+    }
+    Ok(())
+}
+
+fn standing(args: StandingArgs) -> Result<()> {
+    let day = day_arg(&args.day)?;
+    let user = parse_user(&args.user).with_context(|| format!("--user: {:?} is not a UUID (8-4-4-4-12 hex digits)", args.user))?;
+    let Some((s, is_final)) = read_standing(&args.out, day, user, args.neighbours)? else {
+        bail!("user {} has no steps on {}", format_user(user), format_day(day));
+    };
+    let neighbour = |(u, steps, rank): &(u128, u64, u64)| serde_json::json!({"rank": rank, "user": format_user(*u), "steps": steps});
+    if args.json {
+        let mut v = serde_json::json!({
+            "day": format_day(day),
+            "final": is_final,
+            "user": format_user(user),
+            "rank": s.rank,
+            "steps": s.steps,
+            "users": s.users,
+            "above": s.above.iter().map(neighbour).collect::<Vec<_>>(),
+            "below": s.below.iter().map(neighbour).collect::<Vec<_>>(),
+        });
+        if let Some(g) = s.gap_up {
+            v["gap_up"] = g.into();
+        }
+        if let Some(g) = s.gap_down {
+            v["gap_down"] = g.into();
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{} on {}{}", format_user(user), format_day(day), if is_final { " (final)" } else { " (live)" });
+    println!("rank {} of {} with {} steps", s.rank, s.users, s.steps);
+    match s.gap_up {
+        Some(g) => println!("{g} steps behind the next total up"),
+        None => println!("at the top"),
+    }
+    match s.gap_down {
+        Some(g) => println!("{g} steps ahead of the next total down"),
+        None => println!("no one below"),
+    }
+    for (u, steps, rank) in s.above.iter().chain(std::iter::once(&(user, s.steps, s.rank))).chain(&s.below) {
+        let me = if *u == user { "  <- you" } else { "" };
+        println!("{:>5}  {:<36}  {:>10}{me}", rank, format_user(*u), steps);
+    }
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! RankMySteps sinks: where the results of every completed epoch go (design §4, §10).
+//!
+//! The dataflow hands each sink one [`EpochOutput`] per completed epoch, in increasing epoch
+//! order. An `EpochOutput` holds *consolidated deltas of absolute records* (a user's total, a
+//! top-k row, a day's number of users): a change is the retraction (`-1`) of the old record and
+//! the insertion (`+1`) of the new one. Sinks therefore never add increments; they upsert and
+//! delete absolute values, which makes rewriting an epoch (a replay) idempotent.
+//!
+//! The crate is laid out one folder per sink:
+//! - [`local`]: the local output directory of design §10 (embedded default, file replays,
+//!   tests), and the readers behind `rankmysteps top` and `rankmysteps standing`.
+//!
+//! [`Fanout`] sends every epoch to several sinks.
+
+use std::path::PathBuf;
+
+use rankmysteps_dataflow::event::Epoch;
+use rankmysteps_dataflow::output::EpochOutput;
+
+pub mod local;
+
+/// A destination for the results of completed epochs.
+///
+/// Contract:
+/// - [`write_epoch`](Sink::write_epoch) is called once per completed epoch (after the dataflow's
+///   frontier has passed it), in strictly increasing epoch order, with that epoch's consolidated
+///   deltas of absolute records (see [`EpochOutput`]). Epochs with no change are still delivered
+///   (they advance progress: positions, watermark, counters).
+/// - A sink may buffer or coalesce writes, but whatever it has written must describe some
+///   completed epoch's state (never a partially applied epoch), and its progress record, if it
+///   has one, must only be written after everything it covers.
+/// - [`finish`](Sink::finish) is called once at the end of a run (after the last epoch); on
+///   return everything received must be written and durable.
+/// - An error is fatal for the run: callers stop delivering epochs to a sink that failed.
+pub trait Sink: Send {
+    /// Applies the changes of one completed epoch.
+    fn write_epoch(&mut self, output: &EpochOutput) -> Result<(), SinkError>;
+
+    /// Writes everything still pending and makes it durable. Called once, at the end of a run.
+    fn finish(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+impl<S: Sink + ?Sized> Sink for Box<S> {
+    fn write_epoch(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
+        (**self).write_epoch(output)
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        (**self).finish()
+    }
+}
+
+/// Several sinks fed the same epochs, in order.
+///
+/// `write_epoch` stops at the first sink that fails (the run is over anyway). `finish` calls
+/// every sink's `finish`, even after a failure, so that the others still make their outputs
+/// durable, and returns the first error.
+pub struct Fanout(pub Vec<Box<dyn Sink>>);
+
+impl Sink for Fanout {
+    fn write_epoch(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
+        for sink in &mut self.0 {
+            sink.write_epoch(output)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        let mut first = Ok(());
+        for sink in &mut self.0 {
+            let result = sink.finish();
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first
+    }
+}
+
+/// Everything that can go wrong writing or reading a sink's output.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// A file system operation failed.
+    #[error("{path}: {source}", path = path.display())]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file exists but does not have the expected format.
+    #[error("{path}: corrupt: {detail}", path = path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (with a line number where it applies).
+        detail: String,
+    },
+    /// Something asked for does not exist (a day with no output, an output directory).
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for, and where.
+        what: String,
+    },
+    /// An epoch was delivered after a later (or the same) one: a breach of the [`Sink`] contract.
+    #[error("epoch {epoch} delivered after epoch {last}: sinks take epochs in increasing order")]
+    OutOfOrder {
+        /// The epoch delivered.
+        epoch: Epoch,
+        /// The last epoch delivered before it.
+        last: Epoch,
+    },
+}
+
+impl SinkError {
+    /// Wraps an I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> SinkError {
+        SinkError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A [`SinkError::Corrupt`] for `path`.
+    pub fn corrupt(path: impl Into<PathBuf>, detail: impl Into<String>) -> SinkError {
+        SinkError::Corrupt {
+            path: path.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Counting(std::sync::Arc<std::sync::Mutex<Vec<Epoch>>>, bool);
+
+    impl Sink for Counting {
+        fn write_epoch(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
+            self.0.lock().unwrap().push(output.epoch);
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<(), SinkError> {
+            self.0.lock().unwrap().push(u64::MAX);
+            if self.1 {
+                Err(SinkError::NotFound { what: "x".into() })
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[test]
+    fn fanout_calls_every_sink() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut fanout = Fanout(vec![
+            Box::new(Counting(seen.clone(), true)),
+            Box::new(Counting(seen.clone(), false)),
+        ]);
+        let output = EpochOutput {
+            epoch: 3,
+            ..EpochOutput::default()
+        };
+        fanout.write_epoch(&output).unwrap();
+        assert!(fanout.finish().is_err());
+        assert_eq!(*seen.lock().unwrap(), vec![3, 3, u64::MAX, u64::MAX]);
+    }
+}

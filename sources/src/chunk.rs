@@ -1,0 +1,79 @@
+//! Chunks: the unit in which sources hand raw records to the dataflow.
+//!
+//! A source produces chunks of raw records (JSON Lines, Kafka values, generated text), each
+//! within a single epoch; the [`crate::operator`] parses them on the worker that pulled them,
+//! so parsing runs on every worker in parallel whatever the source.
+
+use std::time::Duration;
+
+use rankmysteps_dataflow::event::{Epoch, Micros};
+use rankmysteps_dataflow::output::Position;
+
+/// Raw records of one epoch.
+#[derive(Clone, Debug, Default)]
+pub struct Chunk {
+    /// The epoch every record of this chunk belongs to.
+    pub epoch: Epoch,
+    /// The wall clock at ingestion (for the `future` check), UTC microseconds.
+    pub now: Micros,
+    /// The records' bytes, back to back.
+    pub data: Vec<u8>,
+    /// Each record: its position in input order, and its byte range in `data`.
+    pub records: Vec<(u64, u32, u32)>,
+    /// The input position after this chunk, if the source tracks one.
+    pub position: Option<Position>,
+}
+
+impl Chunk {
+    /// An empty chunk for `epoch`.
+    pub fn new(epoch: Epoch, now: Micros) -> Self {
+        Chunk {
+            epoch,
+            now,
+            ..Default::default()
+        }
+    }
+
+    /// Appends one record.
+    pub fn push(&mut self, pos: u64, record: &[u8]) {
+        let start = self.data.len() as u32;
+        self.data.extend_from_slice(record);
+        self.records.push((pos, start, self.data.len() as u32));
+    }
+
+    /// The records as `(position, bytes)`.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.records
+            .iter()
+            .map(|&(pos, s, e)| (pos, &self.data[s as usize..e as usize]))
+    }
+}
+
+/// What a source has for its worker right now.
+#[derive(Debug)]
+pub enum Pull {
+    /// Records to process.
+    Chunk(Chunk),
+    /// Nothing now; no record of an epoch before `epoch` will follow. Ask again after `retry`.
+    Idle {
+        /// The least epoch of any record still to come.
+        epoch: Epoch,
+        /// When to ask again.
+        retry: Duration,
+    },
+    /// The source is exhausted (or was stopped): no more records will follow.
+    Done,
+}
+
+/// A per-worker handle on a source of raw records.
+pub trait ChunkSource: 'static {
+    /// The next chunk, or why there is none. Successive chunks never go back in epochs.
+    fn pull(&mut self) -> Pull;
+}
+
+/// The wall clock, UTC microseconds.
+pub fn wall_clock() -> Micros {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as Micros)
+}

@@ -1,0 +1,191 @@
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rankmysteps_dataflow::output::Position;
+
+use crate::chunk::{wall_clock, Chunk, ChunkSource, Pull};
+use crate::error::SourceError;
+use crate::parse::is_blank;
+
+/// Most lines in one chunk: small enough to spread an epoch over the workers.
+const CHUNK_LINES: u64 = 4096;
+
+/// Reads lines from a sequence of inputs, in order, cutting them into per-epoch chunks.
+pub struct FileInput {
+    /// Inputs still to open, in reverse order (next at the end).
+    pending: Vec<PathBuf>,
+    current: Option<(PathBuf, Box<dyn BufRead + Send>)>,
+    epoch_events: u64,
+    /// Global index of the next line.
+    next_line: u64,
+    /// The first error met; reading stops there.
+    error: Option<SourceError>,
+    line: Vec<u8>,
+}
+
+/// A [`FileInput`] shared by the workers of a process: each pulls the next chunk when ready.
+///
+/// Chunks are handed out in order, so a worker that pulled a chunk of epoch e knows that every
+/// chunk of an earlier epoch was handed out already: its capability may move to e.
+#[derive(Clone)]
+pub struct SharedFileInput(Arc<Mutex<FileInput>>);
+
+impl FileInput {
+    /// Opens `path`: `-` for stdin, a file (gzip detected by its magic bytes), or a directory
+    /// (its regular, non-hidden files in name order, not recursing).
+    pub fn open(path: &Path, epoch_events: u64) -> Result<FileInput, SourceError> {
+        if epoch_events == 0 {
+            return Err(SourceError::Invalid("epoch_events must be at least 1".into()));
+        }
+        let io = |source| SourceError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut files = Vec::new();
+        if path == Path::new("-") {
+            files.push(path.to_owned());
+        } else if std::fs::metadata(path).map_err(io)?.is_dir() {
+            for entry in std::fs::read_dir(path).map_err(io)? {
+                let entry = entry.map_err(io)?;
+                let hidden = entry.file_name().to_string_lossy().starts_with('.');
+                if !hidden && entry.file_type().map_err(io)?.is_file() {
+                    files.push(entry.path());
+                }
+            }
+            files.sort();
+            if files.is_empty() {
+                return Err(SourceError::EmptyDirectory(path.to_owned()));
+            }
+        } else {
+            files.push(path.to_owned());
+        }
+        files.reverse();
+        Ok(FileInput {
+            pending: files,
+            current: None,
+            epoch_events,
+            next_line: 0,
+            error: None,
+            line: Vec::new(),
+        })
+    }
+
+    /// Shares this input among the workers of a process.
+    pub fn shared(self) -> SharedFileInput {
+        SharedFileInput(Arc::new(Mutex::new(self)))
+    }
+
+    fn open_reader(path: &Path) -> Result<Box<dyn BufRead + Send>, SourceError> {
+        const BUFFER: usize = 1 << 20;
+        if path == Path::new("-") {
+            return Ok(Box::new(BufReader::with_capacity(BUFFER, std::io::stdin())));
+        }
+        let io = |source| SourceError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = BufReader::with_capacity(BUFFER, File::open(path).map_err(io)?);
+        let gzip = file.fill_buf().map_err(io)?.starts_with(&[0x1f, 0x8b]);
+        Ok(if gzip {
+            Box::new(BufReader::with_capacity(
+                BUFFER,
+                flate2::bufread::MultiGzDecoder::new(file),
+            ))
+        } else {
+            Box::new(file)
+        })
+    }
+
+    /// The next chunk: at most [`CHUNK_LINES`] lines, all of one epoch. `None` at the end of
+    /// input or after an error (see [`FileInput::take_error`]).
+    pub fn next_chunk(&mut self) -> Option<Chunk> {
+        if self.error.is_some() {
+            return None;
+        }
+        let epoch = self.next_line / self.epoch_events;
+        let epoch_end = (epoch + 1) * self.epoch_events;
+        let last = epoch_end.min(self.next_line + CHUNK_LINES);
+        let mut chunk = Chunk::new(epoch, wall_clock());
+        let start = self.next_line;
+        while self.next_line < last {
+            if self.current.is_none() {
+                let Some(path) = self.pending.pop() else { break };
+                match Self::open_reader(&path) {
+                    Ok(reader) => self.current = Some((path, reader)),
+                    Err(e) => {
+                        self.error = Some(e);
+                        return None;
+                    }
+                }
+            }
+            let (path, reader) = self.current.as_mut().expect("opened above");
+            self.line.clear();
+            match reader.read_until(b'\n', &mut self.line) {
+                Ok(0) => {
+                    self.current = None;
+                    if self.pending.is_empty() {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(source) => {
+                    self.error = Some(SourceError::Io {
+                        path: path.clone(),
+                        source,
+                    });
+                    break;
+                }
+            }
+            let mut line = &self.line[..];
+            if let Some(rest) = line.strip_suffix(b"\n") {
+                line = rest.strip_suffix(b"\r").unwrap_or(rest);
+            }
+            if !is_blank(line) {
+                chunk.push(self.next_line, line);
+            }
+            self.next_line += 1;
+        }
+        if self.next_line == start {
+            return None;
+        }
+        chunk.position = Some(Position {
+            partition: 0,
+            next: self.next_line,
+        });
+        Some(chunk)
+    }
+
+    /// The error that stopped reading, if any.
+    pub fn take_error(&mut self) -> Option<SourceError> {
+        self.error.take()
+    }
+
+    /// Lines read so far.
+    pub fn lines_read(&self) -> u64 {
+        self.next_line
+    }
+}
+
+impl SharedFileInput {
+    /// The error that stopped reading, if any.
+    pub fn take_error(&self) -> Option<SourceError> {
+        self.0.lock().expect("file input lock").take_error()
+    }
+
+    /// Lines read so far.
+    pub fn lines_read(&self) -> u64 {
+        self.0.lock().expect("file input lock").lines_read()
+    }
+}
+
+impl ChunkSource for SharedFileInput {
+    fn pull(&mut self) -> Pull {
+        match self.0.lock().expect("file input lock").next_chunk() {
+            Some(chunk) => Pull::Chunk(chunk),
+            None => Pull::Done,
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The timely operator that pulls chunks from a [`ChunkSource`] and parses them.
+//!
+//! It runs on every worker with that worker's handle on the source. Parsed events, rejections
+//! and input positions leave on three outputs, stamped with the chunk's epoch. Its
+//! capabilities follow the source's epochs, so the dataflow's frontier tells which epochs are
+//! complete. It never runs more than `max_epochs_ahead` epochs ahead of the `completed` probe,
+//! which bounds the memory held by epochs in flight.
+
+use std::time::Duration;
+
+use rankmysteps_dataflow::event::{close_of_day, Epoch, Event, Micros, Rejection};
+use rankmysteps_dataflow::output::Position;
+use rankmysteps_dataflow::pipeline::VecStream;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::{ProbeHandle, Scope};
+
+use crate::chunk::{ChunkSource, Pull};
+use crate::parse::Parser;
+
+/// The three outputs of [`parse_source`].
+pub struct Parsed<'scope> {
+    /// Events that parsed and are not in the future.
+    pub events: VecStream<'scope, Event>,
+    /// Records rejected by parsing or as `future`.
+    pub rejected: VecStream<'scope, Rejection>,
+    /// Input positions reached, per chunk.
+    pub positions: VecStream<'scope, Position>,
+}
+
+/// Flow control of a source.
+#[derive(Clone)]
+pub struct Throttle {
+    /// The frontier of delivered epochs.
+    pub completed: ProbeHandle<Epoch>,
+    /// How many epochs a source may run ahead of `completed`.
+    pub max_epochs_ahead: u64,
+}
+
+/// Builds the source operator named `name` (see the module docs). `grace` is the dataflow's
+/// grace period: events whose day could already be closed keep their raw bytes, for the
+/// dead-letter record should admission reject them as late.
+pub fn parse_source<'scope, S: ChunkSource>(
+    scope: Scope<'scope, Epoch>,
+    name: &str,
+    mut source: S,
+    mut parser: Parser,
+    grace: Micros,
+    throttle: Throttle,
+) -> Parsed<'scope> {
+    let mut builder = OperatorBuilder::new(name.to_owned(), scope);
+    let info = builder.operator_info();
+    let activator = scope.activator_for(info.address);
+    let (events_out, events) = builder.new_output::<Vec<Event>>();
+    let (rejected_out, rejected) = builder.new_output::<Vec<Rejection>>();
+    let (positions_out, positions) = builder.new_output::<Vec<Position>>();
+    let mut events_out = OutputBuilder::from(events_out);
+    let mut rejected_out = OutputBuilder::from(rejected_out);
+    let mut positions_out = OutputBuilder::from(positions_out);
+    let skew = parser.config().max_clock_skew;
+
+    builder.build(move |capabilities| {
+        let mut caps = Some(capabilities);
+        move |_frontiers| {
+            let Some(held) = caps.as_mut() else { return };
+            let current = *held[0].time();
+            // Flow control: wait while too far ahead of what has been delivered.
+            if throttle.completed.less_than(&current.saturating_sub(throttle.max_epochs_ahead)) {
+                activator.activate_after(Duration::from_millis(1));
+                return;
+            }
+            // A few chunks per activation, then yield so downstream operators run.
+            for _ in 0..4 {
+                match source.pull() {
+                    Pull::Done => {
+                        caps = None;
+                        return;
+                    }
+                    Pull::Idle { epoch, retry } => {
+                        if epoch > current {
+                            held.iter_mut().for_each(|c| c.downgrade(&epoch));
+                        }
+                        activator.activate_after(retry);
+                        return;
+                    }
+                    Pull::Chunk(chunk) => {
+                        let epoch = chunk.epoch.max(*held[0].time());
+                        held.iter_mut().for_each(|c| c.downgrade(&epoch));
+                        let mut events = Vec::with_capacity(chunk.records.len());
+                        let mut rejected = Vec::new();
+                        for (pos, raw) in chunk.iter() {
+                            match parser.parse(raw, chunk.now) {
+                                Ok(p) => {
+                                    // Only W's upper bound (now + skew) can close a day: keep
+                                    // the raw bytes only where that could happen.
+                                    let maybe_late = close_of_day(p.day, grace) <= chunk.now + skew;
+                                    events.push(Event {
+                                        pos,
+                                        user: p.user,
+                                        day: p.day,
+                                        time: p.time,
+                                        steps: p.steps,
+                                        event_id: p.event_id,
+                                        raw: maybe_late.then(|| raw.into()),
+                                    });
+                                }
+                                Err(e) => rejected.push(Rejection {
+                                    pos,
+                                    reason: e.reason,
+                                    detail: e.detail,
+                                    raw: raw.to_vec(),
+                                }),
+                            }
+                        }
+                        if !events.is_empty() {
+                            events_out.activate().session(&held[0]).give_container(&mut events);
+                        }
+                        if !rejected.is_empty() {
+                            rejected_out.activate().session(&held[1]).give_container(&mut rejected);
+                        }
+                        if let Some(position) = chunk.position {
+                            positions_out.activate().session(&held[2]).give(position);
+                        }
+                        if throttle.completed.less_than(&epoch.saturating_sub(throttle.max_epochs_ahead)) {
+                            break;
+                        }
+                    }
+                }
+            }
+            activator.activate();
+        }
+    });
+
+    Parsed {
+        events,
+        rejected,
+        positions,
+    }
+}
