@@ -55,7 +55,9 @@ fuzz_target!(|data: &[u8]| {
                     p.steps,
                     serde_json::to_string(&p.event_id).unwrap()
                 );
-                let q = Parser::new(cfg.clone()).parse(line.as_bytes(), NOW).unwrap();
+                let q = Parser::new(cfg.clone())
+                    .parse(line.as_bytes(), NOW)
+                    .unwrap();
                 assert_eq!(
                     (q.user, q.time, q.steps, q.event_id),
                     (p.user, p.time, p.steps, p.event_id),

@@ -65,7 +65,10 @@ pub fn parse_source<'scope, S: ChunkSource>(
             let Some(held) = caps.as_mut() else { return };
             let current = *held[0].time();
             // Flow control: wait while too far ahead of what has been delivered.
-            if throttle.completed.less_than(&current.saturating_sub(throttle.max_epochs_ahead)) {
+            if throttle
+                .completed
+                .less_than(&current.saturating_sub(throttle.max_epochs_ahead))
+            {
                 activator.activate_after(Duration::from_millis(1));
                 return;
             }
@@ -113,15 +116,24 @@ pub fn parse_source<'scope, S: ChunkSource>(
                             }
                         }
                         if !events.is_empty() {
-                            events_out.activate().session(&held[0]).give_container(&mut events);
+                            events_out
+                                .activate()
+                                .session(&held[0])
+                                .give_container(&mut events);
                         }
                         if !rejected.is_empty() {
-                            rejected_out.activate().session(&held[1]).give_container(&mut rejected);
+                            rejected_out
+                                .activate()
+                                .session(&held[1])
+                                .give_container(&mut rejected);
                         }
                         if let Some(position) = chunk.position {
                             positions_out.activate().session(&held[2]).give(position);
                         }
-                        if throttle.completed.less_than(&epoch.saturating_sub(throttle.max_epochs_ahead)) {
+                        if throttle
+                            .completed
+                            .less_than(&epoch.saturating_sub(throttle.max_epochs_ahead))
+                        {
                             break;
                         }
                     }

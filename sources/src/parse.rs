@@ -142,36 +142,35 @@ impl Parser {
         let fields: Fields<'_> = serde_json::from_str(text)
             .map_err(|e| ParseError::new(Reason::Malformed, malformed_detail(&e)))?;
 
-        let user = parse_uuid_field(fields.uuid)?;
+        // Decode the known fields' strings first: one that cannot be decoded (a lone surrogate
+        // escape such as "\ud800", which serde_json only checks when decoding) is malformed.
+        let uuid = Val::new(fields.uuid)?;
+        let timestamp = Val::new(fields.timestamp)?;
+        let steps = Val::new(fields.steps)?;
+        let event_id = Val::new(fields.event_id)?;
 
-        let (time, day) = match fields.timestamp {
+        let user = parse_uuid_field(uuid)?;
+
+        let (time, day) = match timestamp {
             None => return Err(missing("timestamp", Reason::InvalidTimestamp)),
-            Some(raw) => {
-                let raw = raw.get();
-                let parsed = if raw.starts_with('"') {
-                    let s = decode_str(raw);
-                    self.timestamp(&s)
-                } else {
-                    None
-                };
-                parsed.ok_or_else(|| {
+            Some(v) => v
+                .text
+                .as_deref()
+                .and_then(|s| self.timestamp(s))
+                .ok_or_else(|| {
                     ParseError::new(
                         Reason::InvalidTimestamp,
-                        format!("invalid timestamp {}", snippet(raw)),
+                        format!("invalid timestamp {}", snippet(v.raw)),
                     )
-                })?
-            }
+                })?,
         };
 
-        let steps = parse_steps_field(fields.steps, self.config.max_steps)?;
+        let steps = parse_steps_field(steps, self.config.max_steps)?;
 
-        let event_id = fields.event_id.and_then(|raw| {
-            let raw = raw.get();
-            match raw.as_bytes()[0] {
-                b'"' => Some(decode_str(raw).into()),
-                b'-' | b'0'..=b'9' if is_integer_text(raw) => Some(raw.into()),
-                _ => None,
-            }
+        let event_id = event_id.and_then(|v| match v.text {
+            Some(text) => Some(text.into()),
+            None if classify_integer(v.raw).is_some() => Some(v.raw.into()),
+            None => None,
         });
 
         let limit = now.saturating_add(self.config.max_clock_skew);
@@ -338,19 +337,33 @@ fn snippet(raw: &str) -> Cow<'_, str> {
     Cow::Owned(format!("{}…", &raw[..end]))
 }
 
-/// The value of a raw JSON string (`raw` starts and ends with `"`, already validated by
-/// `serde_json`); borrowed unless it has escapes.
-fn decode_str(raw: &str) -> Cow<'_, str> {
-    let inner = &raw[1..raw.len() - 1];
-    if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
-        Cow::Borrowed(inner)
-    } else {
-        // Escapes were validated by serde_json when it skipped the value, but lone surrogates
-        // (`"\ud800"`) are only rejected on decoding: keep the raw text then, which no rule accepts.
-        match serde_json::from_str::<String>(raw) {
-            Ok(s) => Cow::Owned(s),
-            Err(_) => Cow::Borrowed(raw),
+/// A known field's value: its raw JSON text, and its decoded value if it is a string.
+struct Val<'a> {
+    raw: &'a str,
+    text: Option<Cow<'a, str>>,
+}
+
+impl<'a> Val<'a> {
+    /// Decodes a string value (borrowed unless it has escapes); other values stay raw.
+    fn new(raw: Option<&'a RawValue>) -> Result<Option<Val<'a>>, ParseError> {
+        let Some(raw) = raw else { return Ok(None) };
+        let raw = raw.get();
+        if !raw.starts_with('"') {
+            return Ok(Some(Val { raw, text: None }));
         }
+        // serde_json validated the string's syntax: no control characters, valid escapes.
+        let inner = &raw[1..raw.len() - 1];
+        let text = if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
+            Cow::Borrowed(inner)
+        } else {
+            Cow::Owned(serde_json::from_str::<String>(raw).map_err(|e| {
+                ParseError::new(Reason::Malformed, format!("invalid JSON string: {e}"))
+            })?)
+        };
+        Ok(Some(Val {
+            raw,
+            text: Some(text),
+        }))
     }
 }
 
@@ -379,18 +392,16 @@ fn classify_integer(raw: &str) -> Option<(bool, Option<u128>)> {
     Some((neg && value != Some(0), value))
 }
 
-fn parse_uuid_field(raw: Option<&RawValue>) -> Result<User, ParseError> {
-    let Some(raw) = raw else {
+fn parse_uuid_field(val: Option<Val<'_>>) -> Result<User, ParseError> {
+    let Some(Val { raw, text }) = val else {
         return Err(missing("uuid", Reason::InvalidUuid));
     };
-    let raw = raw.get();
-    let user = if raw.starts_with('"') {
-        parse_user(&decode_str(raw))
-    } else {
-        match classify_integer(raw) {
+    let user = match text {
+        Some(text) => parse_user(&text),
+        None => match classify_integer(raw) {
             Some((false, value)) => value,
             _ => None,
-        }
+        },
     };
     user.ok_or_else(|| {
         ParseError::new(
@@ -403,11 +414,10 @@ fn parse_uuid_field(raw: Option<&RawValue>) -> Result<User, ParseError> {
     })
 }
 
-fn parse_steps_field(raw: Option<&RawValue>, max: u32) -> Result<u32, ParseError> {
-    let Some(raw) = raw else {
+fn parse_steps_field(val: Option<Val<'_>>, max: u32) -> Result<u32, ParseError> {
+    let Some(Val { raw, .. }) = val else {
         return Err(missing("steps", Reason::InvalidSteps));
     };
-    let raw = raw.get();
     match classify_integer(raw) {
         Some((false, Some(v))) if v <= u128::from(max) => Ok(v as u32),
         Some(_) => Err(ParseError::new(
@@ -425,7 +435,11 @@ fn parse_steps_field(raw: Option<&RawValue>, max: u32) -> Result<u32, ParseError
 enum Lexed {
     /// With an explicit offset: local time (µs since the epoch, as if UTC), its day, and the
     /// offset in seconds east of UTC.
-    Offset { local: Micros, day: Day, offset: i64 },
+    Offset {
+        local: Micros,
+        day: Day,
+        offset: i64,
+    },
     /// `YYYY-MM-DD HH:MM:SS` without offset: local seconds (as if UTC) and its day.
     Naive { local_secs: i64, day: Day },
 }
@@ -485,7 +499,11 @@ fn lex_timestamp(b: &[u8]) -> Option<Lexed> {
             return None;
         }
         for i in 0..6 {
-            let d = if i < n { i64::from(rest[1 + i] - b'0') } else { 0 };
+            let d = if i < n {
+                i64::from(rest[1 + i] - b'0')
+            } else {
+                0
+            };
             micros = micros * 10 + d;
         }
         rest = &rest[1 + n..];
@@ -616,12 +634,8 @@ mod tests {
 
     fn ts(text: &str) -> Option<(String, String)> {
         let zone = ParseConfig::default().time_zone;
-        parse_timestamp(text, &zone).map(|(t, d)| {
-            (
-                format_micros(t),
-                rankmysteps_dataflow::event::format_day(d),
-            )
-        })
+        parse_timestamp(text, &zone)
+            .map(|(t, d)| (format_micros(t), rankmysteps_dataflow::event::format_day(d)))
     }
 
     fn ts_ok(text: &str, instant: &str, day: &str) {
@@ -655,7 +669,10 @@ mod tests {
     fn whitespace_and_crlf() {
         let line = format!(" \t{{ \"uuid\" : \"{U}\" , \"timestamp\" : \"2026-11-27T10:20:47Z\" , \"steps\" : 0 }} \r");
         assert_eq!(ok(&line).steps, 0);
-        assert_eq!(ok(&format!("{}\r", rec("7", r#""2026-11-27T10:20:47Z""#, "1"))).user, 7);
+        assert_eq!(
+            ok(&format!("{}\r", rec("7", r#""2026-11-27T10:20:47Z""#, "1"))).user,
+            7
+        );
     }
 
     #[test]
@@ -688,6 +705,15 @@ mod tests {
             "{\"uuid\":}",
             "not json",
             "{\"uuid\":7,}",
+            "{\"x\":\"\\q\"}",
+            "{\"uuid\":\"\\q\"}",
+            "{\"x\":\"\\u12\"}",
+            "{\"x\":\"a\u{1}b\"}",
+            "{\"x\":\"a\tb\"}",
+            "{\"x\":01}",
+            "{\"x\":+1}",
+            "{\"x\":.5}",
+            "{\"x\":NaN}",
             "{} {}",
             "{}x",
             "{'uuid':7}",
@@ -696,7 +722,10 @@ mod tests {
         }
         assert_eq!(parse("[]").unwrap_err().detail, "not a JSON object");
         // Malformed wins over everything, even with a JSON syntax error far after bad fields.
-        assert_eq!(reason(r#"{"uuid":"x","steps":-1,"timestamp":3,}"#), Reason::Malformed);
+        assert_eq!(
+            reason(r#"{"uuid":"x","steps":-1,"timestamp":3,}"#),
+            Reason::Malformed
+        );
         // Skipped values are scanned without recursion: deep nesting is valid and cannot
         // overflow the stack, in unknown fields and in known ones.
         let deep = format!(
@@ -705,7 +734,11 @@ mod tests {
             "]".repeat(100_000)
         );
         assert_eq!(ok(&deep).steps, 1);
-        let deep = format!("{{\"uuid\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep = format!(
+            "{{\"uuid\":{}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
         assert_eq!(reason(&deep), Reason::InvalidUuid);
         let deep = format!("{{\"uuid\":{}}}", "[".repeat(100_000));
         assert_eq!(reason(&deep), Reason::Malformed);
@@ -726,7 +759,10 @@ mod tests {
         assert_eq!(reason(&rec(&u, future_ts, "1")), Reason::Future);
         assert_eq!(reason("{}"), Reason::InvalidUuid);
         assert_eq!(reason(r#"{"uuid":7}"#), Reason::InvalidTimestamp);
-        assert_eq!(reason(&format!(r#"{{"uuid":7,"timestamp":{good_ts}}}"#)), Reason::InvalidSteps);
+        assert_eq!(
+            reason(&format!(r#"{{"uuid":7,"timestamp":{good_ts}}}"#)),
+            Reason::InvalidSteps
+        );
         assert_eq!(parse("{}").unwrap_err().detail, "missing field `uuid`");
         assert_eq!(
             parse(r#"{"uuid":7}"#).unwrap_err().detail,
@@ -738,7 +774,10 @@ mod tests {
     fn uuid_strings() {
         let t = r#""2026-11-27T10:20:47Z""#;
         assert_eq!(ok(&rec(&format!("\"{U}\""), t, "1")).user, U_VAL);
-        assert_eq!(ok(&rec(&format!("\"{}\"", U.to_uppercase()), t, "1")).user, U_VAL);
+        assert_eq!(
+            ok(&rec(&format!("\"{}\"", U.to_uppercase()), t, "1")).user,
+            U_VAL
+        );
         // Escapes are decoded: \u0030 is '0'.
         let escaped = format!("\"\\u0030{}\"", &U[1..]);
         assert_eq!(ok(&rec(&escaped, t, "1")).user, U_VAL);
@@ -749,7 +788,6 @@ mod tests {
             "\"0b6f3c1e-9c2d-4f7a-8e1b-2a3c4d5e6f7\"",
             "\"0b6f3c1e-9c2d-4f7a-8e1b-2a3c4d5e6f70 \"",
             "\"g b6f3c1e-9c2d-4f7a-8e1b-2a3c4d5e6f7\"",
-            "\"\\ud800\"",
             "true",
             "false",
             "[]",
@@ -760,6 +798,13 @@ mod tests {
         }
         // null is missing.
         assert_eq!(reason(&rec("null", t, "1")), Reason::InvalidUuid);
+        // A string that cannot be decoded (lone surrogate) in a known field is malformed, even
+        // before a bad uuid; in an unknown field it is skipped.
+        assert_eq!(reason(&rec("\"\\ud800\"", t, "1")), Reason::Malformed);
+        let line = format!(r#"{{"uuid":"x","timestamp":{t},"steps":1,"event_id":"\udc00"}}"#);
+        assert_eq!(reason(&line), Reason::Malformed);
+        let line = format!(r#"{{"uuid":7,"timestamp":{t},"steps":1,"x":"\ud800"}}"#);
+        assert_eq!(ok(&line).user, 7);
         assert_eq!(
             parse(&rec("null", t, "1")).unwrap_err().detail,
             "missing field `uuid`"
@@ -855,7 +900,10 @@ mod tests {
         assert_eq!(id(r#","event_id":["a"]"#), None);
         assert_eq!(id(r#","event_id":{"a":1}"#), None);
         // Last duplicate wins, also when the last is null.
-        assert_eq!(id(r#","event_id":"a","event_id":"b""#).as_deref(), Some("b"));
+        assert_eq!(
+            id(r#","event_id":"a","event_id":"b""#).as_deref(),
+            Some("b")
+        );
         assert_eq!(id(r#","event_id":"a","event_id":null"#), None);
     }
 
@@ -889,7 +937,11 @@ mod tests {
     #[test]
     fn timestamp_types() {
         for bad in ["null", "1700000000", "true", "[]", "{}", "\"\""] {
-            assert_eq!(reason(&rec("7", bad, "1")), Reason::InvalidTimestamp, "{bad}");
+            assert_eq!(
+                reason(&rec("7", bad, "1")),
+                Reason::InvalidTimestamp,
+                "{bad}"
+            );
         }
         // Escapes are decoded.
         let p = ok(&rec("7", r#""\u0032026-11-27T10:20:47Z""#, "1"));
@@ -898,25 +950,101 @@ mod tests {
 
     #[test]
     fn rfc3339() {
-        ts_ok("2026-11-27T10:20:47Z", "2026-11-27T10:20:47.000000Z", "2026-11-27");
-        ts_ok("2026-11-27t10:20:47z", "2026-11-27T10:20:47.000000Z", "2026-11-27");
-        ts_ok("2026-11-27 10:20:47Z", "2026-11-27T10:20:47.000000Z", "2026-11-27");
-        ts_ok("2026-11-27T10:20:47-08:00", "2026-11-27T18:20:47.000000Z", "2026-11-27");
-        ts_ok("2026-11-27T10:20:47-00:00", "2026-11-27T10:20:47.000000Z", "2026-11-27");
-        ts_ok("2026-11-27T10:20:47+00:00", "2026-11-27T10:20:47.000000Z", "2026-11-27");
-        ts_ok("2026-11-27T01:00:00+14:00", "2026-11-26T11:00:00.000000Z", "2026-11-27");
-        ts_ok("2026-11-27T23:00:00-12:00", "2026-11-28T11:00:00.000000Z", "2026-11-27");
-        ts_ok("2026-11-27T02:00:00+05:45", "2026-11-26T20:15:00.000000Z", "2026-11-27");
-        ts_ok("2026-11-27T00:00:00+23:59", "2026-11-26T00:01:00.000000Z", "2026-11-27");
-        ts_ok("2026-11-27T10:20:47.5Z", "2026-11-27T10:20:47.500000Z", "2026-11-27");
-        ts_ok("2026-11-27T10:20:47.123456Z", "2026-11-27T10:20:47.123456Z", "2026-11-27");
-        ts_ok("2026-11-27T10:20:47.1234569999Z", "2026-11-27T10:20:47.123456Z", "2026-11-27");
-        ts_ok("2026-11-27T10:20:47.000001+01:00", "2026-11-27T09:20:47.000001Z", "2026-11-27");
-        ts_ok("2024-02-29T23:59:59Z", "2024-02-29T23:59:59.000000Z", "2024-02-29");
-        ts_ok("2000-02-29T00:00:00Z", "2000-02-29T00:00:00.000000Z", "2000-02-29");
-        ts_ok("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000000Z", "0001-01-01");
-        ts_ok("9999-12-31T23:59:59.999999Z", "9999-12-31T23:59:59.999999Z", "9999-12-31");
-        ts_ok("1969-12-31T23:59:59.5Z", "1969-12-31T23:59:59.500000Z", "1969-12-31");
+        ts_ok(
+            "2026-11-27T10:20:47Z",
+            "2026-11-27T10:20:47.000000Z",
+            "2026-11-27",
+        );
+        ts_ok(
+            "2026-11-27t10:20:47z",
+            "2026-11-27T10:20:47.000000Z",
+            "2026-11-27",
+        );
+        ts_ok(
+            "2026-11-27 10:20:47Z",
+            "2026-11-27T10:20:47.000000Z",
+            "2026-11-27",
+        );
+        ts_ok(
+            "2026-11-27T10:20:47-08:00",
+            "2026-11-27T18:20:47.000000Z",
+            "2026-11-27",
+        );
+        ts_ok(
+            "2026-11-27T10:20:47-00:00",
+            "2026-11-27T10:20:47.000000Z",
+            "2026-11-27",
+        );
+        ts_ok(
+            "2026-11-27T10:20:47+00:00",
+            "2026-11-27T10:20:47.000000Z",
+            "2026-11-27",
+        );
+        ts_ok(
+            "2026-11-27T01:00:00+14:00",
+            "2026-11-26T11:00:00.000000Z",
+            "2026-11-27",
+        );
+        ts_ok(
+            "2026-11-27T23:00:00-12:00",
+            "2026-11-28T11:00:00.000000Z",
+            "2026-11-27",
+        );
+        ts_ok(
+            "2026-11-27T02:00:00+05:45",
+            "2026-11-26T20:15:00.000000Z",
+            "2026-11-27",
+        );
+        ts_ok(
+            "2026-11-27T00:00:00+23:59",
+            "2026-11-26T00:01:00.000000Z",
+            "2026-11-27",
+        );
+        ts_ok(
+            "2026-11-27T10:20:47.5Z",
+            "2026-11-27T10:20:47.500000Z",
+            "2026-11-27",
+        );
+        ts_ok(
+            "2026-11-27T10:20:47.123456Z",
+            "2026-11-27T10:20:47.123456Z",
+            "2026-11-27",
+        );
+        ts_ok(
+            "2026-11-27T10:20:47.1234569999Z",
+            "2026-11-27T10:20:47.123456Z",
+            "2026-11-27",
+        );
+        ts_ok(
+            "2026-11-27T10:20:47.000001+01:00",
+            "2026-11-27T09:20:47.000001Z",
+            "2026-11-27",
+        );
+        ts_ok(
+            "2024-02-29T23:59:59Z",
+            "2024-02-29T23:59:59.000000Z",
+            "2024-02-29",
+        );
+        ts_ok(
+            "2000-02-29T00:00:00Z",
+            "2000-02-29T00:00:00.000000Z",
+            "2000-02-29",
+        );
+        ts_ok(
+            "0001-01-01T00:00:00Z",
+            "0001-01-01T00:00:00.000000Z",
+            "0001-01-01",
+        );
+        ts_ok(
+            "9999-12-31T23:59:59.999999Z",
+            "9999-12-31T23:59:59.999999Z",
+            "9999-12-31",
+        );
+        ts_ok(
+            "1969-12-31T23:59:59.5Z",
+            "1969-12-31T23:59:59.500000Z",
+            "1969-12-31",
+        );
     }
 
     #[test]
@@ -979,21 +1107,69 @@ mod tests {
 
     #[test]
     fn naive_in_zone() {
-        ts_ok("2026-11-27 10:20:47", "2026-11-27T18:20:47.000000Z", "2026-11-27");
-        ts_ok("2026-07-01 23:30:00", "2026-07-02T06:30:00.000000Z", "2026-07-01");
+        ts_ok(
+            "2026-11-27 10:20:47",
+            "2026-11-27T18:20:47.000000Z",
+            "2026-11-27",
+        );
+        ts_ok(
+            "2026-07-01 23:30:00",
+            "2026-07-02T06:30:00.000000Z",
+            "2026-07-01",
+        );
         // DST gap: 02:30 does not exist, shifted forward to 03:30 PDT.
-        ts_ok("2026-03-08 02:30:00", "2026-03-08T10:30:00.000000Z", "2026-03-08");
-        ts_ok("2026-03-08 02:00:00", "2026-03-08T10:00:00.000000Z", "2026-03-08");
-        ts_ok("2026-03-08 01:59:59", "2026-03-08T09:59:59.000000Z", "2026-03-08");
-        ts_ok("2026-03-08 03:00:00", "2026-03-08T10:00:00.000000Z", "2026-03-08");
+        ts_ok(
+            "2026-03-08 02:30:00",
+            "2026-03-08T10:30:00.000000Z",
+            "2026-03-08",
+        );
+        ts_ok(
+            "2026-03-08 02:00:00",
+            "2026-03-08T10:00:00.000000Z",
+            "2026-03-08",
+        );
+        ts_ok(
+            "2026-03-08 01:59:59",
+            "2026-03-08T09:59:59.000000Z",
+            "2026-03-08",
+        );
+        ts_ok(
+            "2026-03-08 03:00:00",
+            "2026-03-08T10:00:00.000000Z",
+            "2026-03-08",
+        );
         // DST overlap: 01:30 happens twice, the earlier (PDT) instant.
-        ts_ok("2026-11-01 01:30:00", "2026-11-01T08:30:00.000000Z", "2026-11-01");
-        ts_ok("2026-11-01 00:59:59", "2026-11-01T07:59:59.000000Z", "2026-11-01");
-        ts_ok("2026-11-01 02:00:00", "2026-11-01T10:00:00.000000Z", "2026-11-01");
+        ts_ok(
+            "2026-11-01 01:30:00",
+            "2026-11-01T08:30:00.000000Z",
+            "2026-11-01",
+        );
+        ts_ok(
+            "2026-11-01 00:59:59",
+            "2026-11-01T07:59:59.000000Z",
+            "2026-11-01",
+        );
+        ts_ok(
+            "2026-11-01 02:00:00",
+            "2026-11-01T10:00:00.000000Z",
+            "2026-11-01",
+        );
         // Far dates: the LMT of 1883 and the ends of the range.
-        ts_ok("1800-01-01 00:00:00", "1800-01-01T07:52:58.000000Z", "1800-01-01");
-        ts_ok("0001-01-01 00:00:00", "0001-01-01T07:52:58.000000Z", "0001-01-01");
-        ts_ok("9999-12-31 23:59:59", "10000-01-01T07:59:59.000000Z", "9999-12-31");
+        ts_ok(
+            "1800-01-01 00:00:00",
+            "1800-01-01T07:52:58.000000Z",
+            "1800-01-01",
+        );
+        ts_ok(
+            "0001-01-01 00:00:00",
+            "0001-01-01T07:52:58.000000Z",
+            "0001-01-01",
+        );
+        ts_ok(
+            "9999-12-31 23:59:59",
+            "10000-01-01T07:59:59.000000Z",
+            "9999-12-31",
+        );
         // Other zones.
         let utc = TimeZone::UTC;
         assert_eq!(
@@ -1031,7 +1207,9 @@ mod tests {
                 ((2035, 1, 1), (2045, 1, 1), 3 * 3600 + 7 * 60 + 1),
                 ((1880, 1, 1), (1950, 1, 1), 5 * 3600 + 11 * 60 + 1),
             ];
-            for (pass, ((y0, m0, d0), (y1, m1, d1), step)) in (0..2).flat_map(|p| spans.map(|s| (p, s))) {
+            for (pass, ((y0, m0, d0), (y1, m1, d1), step)) in
+                (0..2).flat_map(|p| spans.map(|s| (p, s)))
+            {
                 let start = i64::from(day_from_civil(y0, m0, d0)) * 86_400;
                 let end = i64::from(day_from_civil(y1, m1, d1)) * 86_400;
                 let mut local = start + pass * 1234;
@@ -1057,18 +1235,32 @@ mod tests {
         let now = (i64::from(day_from_civil(2026, 11, 27)) * 86_400 + 36_000) * MICROS_PER_SEC;
         let line = |t: &str| rec("7", &format!("\"{t}\""), "1");
         // now = 10:00:00Z; limit = 11:00:00Z exactly.
-        assert!(p.parse(line("2026-11-27T11:00:00Z").as_bytes(), now).is_ok());
-        let e = p.parse(line("2026-11-27T11:00:00.000001Z").as_bytes(), now).unwrap_err();
+        assert!(p
+            .parse(line("2026-11-27T11:00:00Z").as_bytes(), now)
+            .is_ok());
+        let e = p
+            .parse(line("2026-11-27T11:00:00.000001Z").as_bytes(), now)
+            .unwrap_err();
         assert_eq!(e.reason, Reason::Future);
-        assert!(p.parse(line("2026-11-27T12:00:00+01:00").as_bytes(), now).is_ok());
-        assert!(p.parse(line("2026-11-27T12:00:01+01:00").as_bytes(), now).is_err());
+        assert!(p
+            .parse(line("2026-11-27T12:00:00+01:00").as_bytes(), now)
+            .is_ok());
+        assert!(p
+            .parse(line("2026-11-27T12:00:01+01:00").as_bytes(), now)
+            .is_err());
         // 03:00 PST = 11:00Z.
         assert!(p.parse(line("2026-11-27 03:00:00").as_bytes(), now).is_ok());
-        assert!(p.parse(line("2026-11-27 03:00:01").as_bytes(), now).is_err());
+        assert!(p
+            .parse(line("2026-11-27 03:00:01").as_bytes(), now)
+            .is_err());
         // Past events are fine, however old.
-        assert!(p.parse(line("0001-01-01T00:00:00Z").as_bytes(), now).is_ok());
+        assert!(p
+            .parse(line("0001-01-01T00:00:00Z").as_bytes(), now)
+            .is_ok());
         // No overflow with extreme clocks.
-        assert!(p.parse(line("2026-11-27T11:00:00Z").as_bytes(), Micros::MAX).is_ok());
+        assert!(p
+            .parse(line("2026-11-27T11:00:00Z").as_bytes(), Micros::MAX)
+            .is_ok());
         assert_eq!(
             p.parse(line("2026-11-27T11:00:00Z").as_bytes(), Micros::MIN)
                 .unwrap_err()

@@ -90,8 +90,17 @@ fn written() -> impl Strategy<Value = Written> {
     // 1900-01-01 .. 2100-01-01 in nanoseconds.
     let range = -2_208_988_800_000_000_000i128..4_102_444_800_000_000_000i128;
     (
-        (any::<u128>(), 0u8..4, range, prop::option::weighted(0.8, -14 * 60..=14 * 60)),
-        (0usize..10, prop::sample::select(vec!['T', 't', ' ']), 0u8..3),
+        (
+            any::<u128>(),
+            0u8..4,
+            range,
+            prop::option::weighted(0.8, -14 * 60..=14 * 60),
+        ),
+        (
+            0usize..10,
+            prop::sample::select(vec!['T', 't', ' ']),
+            0u8..3,
+        ),
         (0u32..=100_000, any::<bool>()),
         prop::option::of(any::<String>()),
         (any::<bool>(), any::<bool>()),
@@ -147,7 +156,11 @@ fn render(w: &Written, zone: &TimeZone) -> (String, (u128, i32, Micros, u32, Opt
             } else {
                 format!("{}{}", ".", &format!("{frac}000")[..w.frac_digits])
             };
-            let (sign, abs) = if minutes < 0 { ('-', -minutes) } else { ('+', minutes) };
+            let (sign, abs) = if minutes < 0 {
+                ('-', -minutes)
+            } else {
+                ('+', minutes)
+            };
             let off = if minutes == 0 && w.zulu == 1 {
                 "Z".to_owned()
             } else if minutes == 0 && w.zulu == 2 {
@@ -196,14 +209,21 @@ fn render(w: &Written, zone: &TimeZone) -> (String, (u128, i32, Micros, u32, Opt
         }
     };
     let sp = if w.spaces { " " } else { "" };
-    let steps = if w.steps_neg_zero { "-0".to_owned() } else { w.steps.to_string() };
+    let steps = if w.steps_neg_zero {
+        "-0".to_owned()
+    } else {
+        w.steps.to_string()
+    };
     let mut fields = vec![
         format!("\"uuid\":{sp}{uuid}"),
         format!("\"timestamp\":{sp}\"{timestamp}\""),
         format!("\"steps\":{sp}{steps}"),
     ];
     if let Some(id) = &w.event_id {
-        fields.push(format!("\"event_id\":{sp}{}", serde_json::to_string(id).unwrap()));
+        fields.push(format!(
+            "\"event_id\":{sp}{}",
+            serde_json::to_string(id).unwrap()
+        ));
     }
     let extra = "\"source\":{\"v\":[1,2.5,\"x\",null,true]}".to_owned();
     if w.extra_first {
@@ -212,10 +232,7 @@ fn render(w: &Written, zone: &TimeZone) -> (String, (u128, i32, Micros, u32, Opt
         fields.push(extra);
     }
     let line = format!("{sp}{{{sp}{}{sp}}}{sp}\r", fields.join(&format!(",{sp}")));
-    (
-        line,
-        (w.user, day, time, w.steps, w.event_id.clone()),
-    )
+    (line, (w.user, day, time, w.steps, w.event_id.clone()))
 }
 
 proptest! {

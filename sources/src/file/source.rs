@@ -37,7 +37,9 @@ impl FileInput {
     /// (its regular, non-hidden files in name order, not recursing).
     pub fn open(path: &Path, epoch_events: u64) -> Result<FileInput, SourceError> {
         if epoch_events == 0 {
-            return Err(SourceError::Invalid("epoch_events must be at least 1".into()));
+            return Err(SourceError::Invalid(
+                "epoch_events must be at least 1".into(),
+            ));
         }
         let io = |source| SourceError::Io {
             path: path.to_owned(),
@@ -111,7 +113,9 @@ impl FileInput {
         let start = self.next_line;
         while self.next_line < last {
             if self.current.is_none() {
-                let Some(path) = self.pending.pop() else { break };
+                let Some(path) = self.pending.pop() else {
+                    break;
+                };
                 match Self::open_reader(&path) {
                     Ok(reader) => self.current = Some((path, reader)),
                     Err(e) => {

@@ -100,7 +100,13 @@ fn push_uuid(out: &mut Vec<u8>, user: User) {
 
 impl Generator {
     /// Worker `index` of `peers`; all workers must share `started` so they agree on epochs.
-    pub fn new(config: GeneratorConfig, index: usize, peers: usize, started: Instant, stop: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        config: GeneratorConfig,
+        index: usize,
+        peers: usize,
+        started: Instant,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
         Generator {
             rng: splitmix(config.seed ^ (index as u64).wrapping_mul(0xA24B_AED4_963E_E407)),
             config,
@@ -155,7 +161,8 @@ impl ChunkSource for Generator {
             let rate = self.share(rate).max(1);
             let due = (elapsed.as_secs_f64() * rate as f64) as u64;
             if due <= self.produced {
-                let wait = Duration::from_secs_f64(1.0 / rate as f64).clamp(Duration::from_micros(200), Duration::from_millis(50));
+                let wait = Duration::from_secs_f64(1.0 / rate as f64)
+                    .clamp(Duration::from_micros(200), Duration::from_millis(50));
                 return Pull::Idle { epoch, retry: wait };
             }
             batch = batch.min(due - self.produced);

@@ -30,7 +30,9 @@ fn generated_records_parse_and_respect_limits() {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
-        let mut gens: Vec<_> = (0..2).map(|i| Generator::new(config.clone(), i, 2, started, stop.clone())).collect();
+        let mut gens: Vec<_> = (0..2)
+            .map(|i| Generator::new(config.clone(), i, 2, started, stop.clone()))
+            .collect();
         let mut parser = Parser::new(ParseConfig::default());
         let mut seen = std::collections::BTreeSet::new();
         for g in gens.iter_mut() {
@@ -38,7 +40,9 @@ fn generated_records_parse_and_respect_limits() {
                 match g.pull() {
                     Pull::Chunk(chunk) => {
                         for (pos, bytes) in chunk.iter() {
-                            let p = parser.parse(bytes, chunk.now).unwrap_or_else(|e| panic!("{e:?}: {}", String::from_utf8_lossy(bytes)));
+                            let p = parser.parse(bytes, chunk.now).unwrap_or_else(|e| {
+                                panic!("{e:?}: {}", String::from_utf8_lossy(bytes))
+                            });
                             assert!((1..=10).contains(&p.steps));
                             assert!(p.event_id.is_some());
                             assert!(seen.insert(pos), "position {pos} twice");
