@@ -116,7 +116,8 @@ struct CountingSink {
 
 impl Sink for CountingSink {
     fn write_epoch(&mut self, out: &EpochOutput) -> Result<(), SinkError> {
-        self.deltas += (out.totals.len() + out.top.len() + out.histogram.len() + out.users.len()) as u64;
+        self.deltas +=
+            (out.totals.len() + out.top.len() + out.histogram.len() + out.users.len()) as u64;
         Ok(())
     }
 }
@@ -142,8 +143,18 @@ fn peak_rss_mib() -> f64 {
 /// CPU seconds (user + system) used by this process so far.
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // After the command name: state is field 0, utime 11, stime 12 (clock ticks, 100 Hz).
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -166,9 +177,18 @@ fn core_once(a: CoreOnceArgs) -> Result<(), CliError> {
         max_epochs_ahead: 2,
     };
     let cpu0 = cpu_seconds();
-    let report = job::run(spec, Box::new(CountingSink { deltas: 0 }), Arc::new(AtomicBool::new(false)))?;
+    let report = job::run(
+        spec,
+        Box::new(CountingSink { deltas: 0 }),
+        Arc::new(AtomicBool::new(false)),
+    )?;
     let cpu = cpu_seconds() - cpu0;
-    let JobReport { stats, elapsed, mut epoch_latencies, .. } = report;
+    let JobReport {
+        stats,
+        elapsed,
+        mut epoch_latencies,
+        ..
+    } = report;
     // The first epoch starts mid-way and the last is cut short by the end of the run.
     if epoch_latencies.len() > 2 {
         epoch_latencies.remove(0);
@@ -196,30 +216,52 @@ fn core_once(a: CoreOnceArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn run_child(users: u64, seconds: f64, workers: usize, k: usize, rate: Option<u64>) -> Result<serde_json::Value, CliError> {
+fn run_child(
+    users: u64,
+    seconds: f64,
+    workers: usize,
+    k: usize,
+    rate: Option<u64>,
+) -> Result<serde_json::Value, CliError> {
     let exe = std::env::current_exe().map_err(|e| CliError::Worker(e.to_string()))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["bench", "core-once", "--users", &users.to_string(), "--seconds", &seconds.to_string()]);
+    cmd.args([
+        "bench",
+        "core-once",
+        "--users",
+        &users.to_string(),
+        "--seconds",
+        &seconds.to_string(),
+    ]);
     cmd.args(["--workers", &workers.to_string(), "--k", &k.to_string()]);
     if let Some(rate) = rate {
         cmd.args(["--rate", &rate.to_string()]);
     }
     let out = cmd.output().map_err(|e| CliError::Worker(e.to_string()))?;
     if !out.status.success() {
-        return Err(CliError::Worker(String::from_utf8_lossy(&out.stderr).into_owned()));
+        return Err(CliError::Worker(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| CliError::Worker(format!("bench child output: {e}")))
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| CliError::Worker(format!("bench child output: {e}")))
 }
 
 fn core(a: CoreArgs) -> Result<(), CliError> {
-    println!("core benchmark: {} users/day, k = {}, 1 s epochs, {} s per run", a.users, a.k, a.seconds);
+    println!(
+        "core benchmark: {} users/day, k = {}, 1 s epochs, {} s per run",
+        a.users, a.k, a.seconds
+    );
     println!("| workers | mode | events/s | events/s per core | CPU s | epoch latency p50 / p99 (ms) | peak RSS (MiB) |");
     println!("|---|---|---|---|---|---|---|");
     for &workers in &a.workers {
         let full = run_child(a.users, a.seconds, workers, a.k, None)?;
         let rate = (full["events_per_sec"].as_f64().unwrap_or(0.0) * a.latency_load) as u64;
         let paced = run_child(a.users, a.seconds, workers, a.k, Some(rate.max(1)))?;
-        for (mode, r) in [("full speed", &full), (&*format!("paced at {rate}/s"), &paced)] {
+        for (mode, r) in [
+            ("full speed", &full),
+            (&*format!("paced at {rate}/s"), &paced),
+        ] {
             let eps = r["events_per_sec"].as_f64().unwrap_or(0.0);
             println!(
                 "| {workers} | {mode} | {:.0} | {:.0} | {:.1} | {:.0} / {:.0} | {:.0} |",
@@ -238,7 +280,10 @@ fn core(a: CoreArgs) -> Result<(), CliError> {
 /// Writes `events` JSON Lines over 1 M users spread over three days (naive timestamps, in
 /// time order with jitter, a few malformed lines), like the original producers' data.
 fn generate_file(path: &PathBuf, events: u64, users: u64) -> Result<(), CliError> {
-    let io = |source| CliError::Io { path: path.clone(), source };
+    let io = |source| CliError::Io {
+        path: path.clone(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
     let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(io)?);
     let start = jiff::civil::date(2026, 11, 1).at(0, 0, 0, 0);
@@ -253,7 +298,9 @@ fn generate_file(path: &PathBuf, events: u64, users: u64) -> Result<(), CliError
         let user = user_uuid(7, z % users);
         let steps = 1 + (z >> 40) % 10;
         let secs = (i * span_secs / events) as i64 - ((z >> 20) % 600) as i64;
-        let t = start.checked_add(jiff::SignedDuration::from_secs(secs.max(0))).unwrap_or(start);
+        let t = start
+            .checked_add(jiff::SignedDuration::from_secs(secs.max(0)))
+            .unwrap_or(start);
         if i % 1_000_000 == 999_999 {
             writeln!(w, "{{not json").map_err(io)?;
             continue;
@@ -275,7 +322,12 @@ fn generate_file(path: &PathBuf, events: u64, users: u64) -> Result<(), CliError
 fn replay(a: ReplayArgs) -> Result<(), CliError> {
     if !a.file.exists() {
         let t = Instant::now();
-        eprintln!("generating {} ({} events, {} users)…", a.file.display(), a.events, a.users);
+        eprintln!(
+            "generating {} ({} events, {} users)…",
+            a.file.display(),
+            a.events,
+            a.users
+        );
         generate_file(&a.file, a.events, a.users)?;
         eprintln!("generated in {:.1}s", t.elapsed().as_secs_f64());
     }

@@ -212,19 +212,29 @@ impl ClusterConfig {
 impl Dataflow {
     /// `grace` in microseconds.
     pub fn grace_micros(&self) -> Result<i64, CliError> {
-        parse_duration(&self.grace).ok_or_else(|| CliError::Setting(format!("grace: cannot read {:?} as a duration", self.grace)))
+        parse_duration(&self.grace).ok_or_else(|| {
+            CliError::Setting(format!("grace: cannot read {:?} as a duration", self.grace))
+        })
     }
 
     /// `max_clock_skew` in microseconds.
     pub fn skew_micros(&self) -> Result<i64, CliError> {
-        parse_duration(&self.max_clock_skew)
-            .ok_or_else(|| CliError::Setting(format!("max_clock_skew: cannot read {:?} as a duration", self.max_clock_skew)))
+        parse_duration(&self.max_clock_skew).ok_or_else(|| {
+            CliError::Setting(format!(
+                "max_clock_skew: cannot read {:?} as a duration",
+                self.max_clock_skew
+            ))
+        })
     }
 
     /// The default time zone.
     pub fn zone(&self) -> Result<jiff::tz::TimeZone, CliError> {
-        jiff::tz::TimeZone::get(&self.default_time_zone)
-            .map_err(|e| CliError::Setting(format!("default_time_zone {:?}: {e}", self.default_time_zone)))
+        jiff::tz::TimeZone::get(&self.default_time_zone).map_err(|e| {
+            CliError::Setting(format!(
+                "default_time_zone {:?}: {e}",
+                self.default_time_zone
+            ))
+        })
     }
 }
 

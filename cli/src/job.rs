@@ -2,9 +2,7 @@
 //!
 //! The same dataflow code runs in every mode; only the source and the sink differ.
 
-use std::cell::RefCell;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +12,7 @@ use rankmysteps_dataflow::event::{Epoch, Micros};
 use rankmysteps_dataflow::output::{EpochOutput, Stats};
 use rankmysteps_dataflow::pipeline::{build, Settings};
 use rankmysteps_sinks::{Sink, SinkError};
+
 use rankmysteps_sources::chunk::wall_clock;
 use rankmysteps_sources::file::FileInput;
 use rankmysteps_sources::generator::{Generator, GeneratorConfig};
@@ -70,7 +69,11 @@ pub struct JobReport {
 
 /// Runs `spec` to completion (the end of the input, or `stop`), delivering every completed
 /// epoch to `sink` on worker 0, and finally calling `sink.finish()`.
-pub fn run(spec: JobSpec, sink: Box<dyn Sink>, stop: Arc<AtomicBool>) -> Result<JobReport, CliError> {
+pub fn run(
+    spec: JobSpec,
+    sink: Box<dyn Sink>,
+    stop: Arc<AtomicBool>,
+) -> Result<JobReport, CliError> {
     if spec.workers == 0 {
         return Err(CliError::Setting("workers must be at least 1".into()));
     }
@@ -78,40 +81,72 @@ pub fn run(spec: JobSpec, sink: Box<dyn Sink>, stop: Arc<AtomicBool>) -> Result<
         Input::File { path, epoch_events } => Some(FileInput::open(path, *epoch_events)?.shared()),
         Input::Generator(_) => None,
     };
-    let sink = Arc::new(Mutex::new(Some(sink)));
+    // The sink runs on a thread of its own, fed through a small bounded channel: worker 0 only
+    // hands over completed epochs (and waits when the sink is two epochs behind), so file and
+    // network writes overlap with the dataflow instead of stalling it.
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<EpochOutput>(2);
+    let sender = Arc::new(Mutex::new(Some(sender)));
     let report = Arc::new(Mutex::new(JobReport::default()));
     let failure: Arc<Mutex<Option<SinkError>>> = Arc::new(Mutex::new(None));
     let started = Instant::now();
-    let (spec2, file2, report2, failure2, stop2) = (spec.clone(), file.clone(), report.clone(), failure.clone(), stop.clone());
+    let sink_thread = {
+        let (failure, stop) = (failure.clone(), stop.clone());
+        let mut sink = sink;
+        std::thread::Builder::new()
+            .name("rankmysteps-sink".into())
+            .spawn(move || {
+                let mut failed = false;
+                for out in receiver {
+                    if failed {
+                        continue;
+                    }
+                    if let Err(e) = sink.write_epoch(&out) {
+                        tracing::error!(epoch = out.epoch, error = %e, "sink failed; stopping");
+                        failure.lock().expect("failure lock").get_or_insert(e);
+                        stop.store(true, Ordering::SeqCst);
+                        failed = true;
+                    }
+                }
+                if !failed {
+                    if let Err(e) = sink.finish() {
+                        failure.lock().expect("failure lock").get_or_insert(e);
+                    }
+                }
+            })
+            .map_err(|e| CliError::Worker(format!("cannot start the sink thread: {e}")))?
+    };
+    let (spec2, file2, report2, stop2) = (spec.clone(), file.clone(), report.clone(), stop.clone());
 
     let guards = timely::execute(timely::Config::process(spec.workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let spec = spec2.clone();
         let settings = spec.settings.clone();
         let probe = ProbeHandle::new();
-        // Worker 0 owns the sink; the epoch callback and the final `finish` share it.
-        let sink: Rc<RefCell<Option<Box<dyn Sink>>>> = Rc::new(RefCell::new(if index == 0 { sink.lock().expect("sink lock").take() } else { None }));
-        let (report, failure, stop) = (report2.clone(), failure2.clone(), stop2.clone());
+        // Worker 0 hands completed epochs to the sink thread.
+        let sender = if index == 0 {
+            sender.lock().expect("sender lock").take()
+        } else {
+            None
+        };
+        let report = report2.clone();
         let epoch_ms = match &spec.input {
             Input::Generator(g) => Some(g.epoch_ms),
             Input::File { .. } => None,
         };
-        let sink_for_epochs = sink.clone();
         let on_epoch = move |out: EpochOutput| {
             let mut report = report.lock().expect("report lock");
             report.epochs += 1;
             report.stats.add(&out.stats);
             if let Some(ms) = epoch_ms {
                 let end: Micros = (out.epoch as Micros + 1) * ms as Micros * 1000;
-                report.epoch_latencies.push(Duration::from_micros((wall_clock() - end).max(0) as u64));
+                report
+                    .epoch_latencies
+                    .push(Duration::from_micros((wall_clock() - end).max(0) as u64));
             }
             drop(report);
-            if let Some(sink) = sink_for_epochs.borrow_mut().as_mut() {
-                if let Err(e) = sink.write_epoch(&out) {
-                    tracing::error!(epoch = out.epoch, error = %e, "sink failed; stopping");
-                    failure.lock().expect("failure lock").get_or_insert(e);
-                    stop.store(true, Ordering::SeqCst);
-                }
+            if let Some(sender) = &sender {
+                // A closed channel means the sink thread is gone; its error is reported below.
+                let _ = sender.send(out);
             }
         };
         worker.dataflow::<Epoch, _, _>(|scope| {
@@ -121,30 +156,49 @@ pub fn run(spec: JobSpec, sink: Box<dyn Sink>, stop: Arc<AtomicBool>) -> Result<
                 max_epochs_ahead: spec.max_epochs_ahead,
             };
             let parsed = match (&spec.input, &file2) {
-                (Input::File { .. }, Some(file)) => {
-                    parse_source(scope, "FileSource", StoppableFile(file.clone(), stop2.clone()), parser, settings.grace, throttle)
-                }
+                (Input::File { .. }, Some(file)) => parse_source(
+                    scope,
+                    "FileSource",
+                    StoppableFile(file.clone(), stop2.clone()),
+                    parser,
+                    settings.grace,
+                    throttle,
+                ),
                 (Input::Generator(config), _) => {
-                    let generator = Generator::new(config.clone(), index, peers, started, stop2.clone());
-                    parse_source(scope, "Generator", generator, parser, settings.grace, throttle)
+                    let generator =
+                        Generator::new(config.clone(), index, peers, started, stop2.clone());
+                    parse_source(
+                        scope,
+                        "Generator",
+                        generator,
+                        parser,
+                        settings.grace,
+                        throttle,
+                    )
                 }
                 (Input::File { .. }, None) => unreachable!("file opened above"),
             };
             let outputs = build(parsed.events, &settings);
-            deliver(outputs, parsed.rejected, parsed.positions, &settings, &probe, on_epoch);
+            deliver(
+                outputs,
+                parsed.rejected,
+                parsed.positions,
+                &settings,
+                &probe,
+                on_epoch,
+            );
         });
         while !probe.done() {
             worker.step_or_park(Some(Duration::from_millis(20)));
         }
-        let finished = sink.borrow_mut().as_mut().map(|sink| sink.finish());
-        if let Some(Err(e)) = finished {
-            failure2.lock().expect("failure lock").get_or_insert(e);
-        }
     })
     .map_err(CliError::Worker)?;
-    for result in guards.join() {
-        result.map_err(CliError::Worker)?;
-    }
+    let joined: Result<Vec<()>, String> = guards.join().into_iter().collect();
+    // Every sender is gone with its worker: the sink thread drains, finishes and ends.
+    sink_thread
+        .join()
+        .map_err(|_| CliError::Worker("the sink thread panicked".into()))?;
+    joined.map_err(CliError::Worker)?;
     if let Some(e) = failure.lock().expect("failure lock").take() {
         return Err(e.into());
     }

@@ -91,7 +91,12 @@ impl TerminalView {
                     "steps"
                 ));
                 for row in rows.values().take(self.rows) {
-                    text.push_str(&format!("{:>5}  {:<36}  {:>10}\n", row.rank, format_user(row.user), row.steps));
+                    text.push_str(&format!(
+                        "{:>5}  {:<36}  {:>10}\n",
+                        row.rank,
+                        format_user(row.user),
+                        row.steps
+                    ));
                 }
             }
         }

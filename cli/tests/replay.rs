@@ -6,11 +6,12 @@
 //! parser under test. Outputs for 1 and 4 workers and several epoch sizes must equal the
 //! reference exactly: every day's top.json and totals.csv, rejected.jsonl and the counters.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use rankmysteps_dataflow::event::{day_from_civil, format_day, format_user, Day, Event, Micros, Reason, MICROS_PER_SEC};
+use rankmysteps_dataflow::event::{
+    day_from_civil, format_day, format_user, Day, Event, Micros, Reason, MICROS_PER_SEC,
+};
 use rankmysteps_dataflow::pipeline::Settings;
 use rankmysteps_dataflow::reference::{Record, Reference};
 
@@ -29,7 +30,17 @@ impl Rng {
 }
 
 /// Offsets in minutes: the extremes and the odd ones.
-const OFFSETS: [i64; 9] = [0, 14 * 60, -12 * 60, 5 * 60 + 45, -8 * 60, 9 * 60 + 30, -(3 * 60 + 30), 60, -7 * 60];
+const OFFSETS: [i64; 9] = [
+    0,
+    14 * 60,
+    -12 * 60,
+    5 * 60 + 45,
+    -8 * 60,
+    9 * 60 + 30,
+    -(3 * 60 + 30),
+    60,
+    -7 * 60,
+];
 
 /// A line and what it must mean: `Ok((user, day, time, steps, event_id))` or `Err(reason)`.
 type Expected = Result<(u128, Day, Micros, u32, Option<String>), Reason>;
@@ -57,15 +68,59 @@ fn line(rng: &mut Rng, clock: Micros, users: &[u128]) -> (String, Expected) {
     match rng.below(40) {
         0 => return ("{\"uuid\": \"broken".into(), Err(Reason::Malformed)),
         1 => return ("[1,2,3]".into(), Err(Reason::Malformed)),
-        2 => return (format!("{{\"uuid\":\"{}x\",\"timestamp\":\"2025-06-01T00:00:00Z\",\"steps\":\"7\"}}", format_user(user)), Err(Reason::InvalidUuid)),
-        3 => return (format!("{{\"uuid\":\"{}\",\"timestamp\":\"2025-02-29T10:00:00Z\",\"steps\":1}}", format_user(user)), Err(Reason::InvalidTimestamp)),
-        4 => return (format!("{{\"uuid\":\"{}\",\"timestamp\":\"2025-06-01T10:00:00Z\",\"steps\":2.5}}", format_user(user)), Err(Reason::InvalidSteps)),
-        5 => return (format!("{{\"uuid\":\"{}\",\"timestamp\":\"2099-06-01T10:00:00Z\",\"steps\":3}}", format_user(user)), Err(Reason::Future)),
-        6 => return (format!("{{\"uuid\":\"{}\",\"timestamp\":\"2025-06-01T10:00:00Z\",\"steps\":100001}}", format_user(user)), Err(Reason::InvalidSteps)),
+        2 => {
+            return (
+                format!(
+                    "{{\"uuid\":\"{}x\",\"timestamp\":\"2025-06-01T00:00:00Z\",\"steps\":\"7\"}}",
+                    format_user(user)
+                ),
+                Err(Reason::InvalidUuid),
+            )
+        }
+        3 => {
+            return (
+                format!(
+                    "{{\"uuid\":\"{}\",\"timestamp\":\"2025-02-29T10:00:00Z\",\"steps\":1}}",
+                    format_user(user)
+                ),
+                Err(Reason::InvalidTimestamp),
+            )
+        }
+        4 => {
+            return (
+                format!(
+                    "{{\"uuid\":\"{}\",\"timestamp\":\"2025-06-01T10:00:00Z\",\"steps\":2.5}}",
+                    format_user(user)
+                ),
+                Err(Reason::InvalidSteps),
+            )
+        }
+        5 => {
+            return (
+                format!(
+                    "{{\"uuid\":\"{}\",\"timestamp\":\"2099-06-01T10:00:00Z\",\"steps\":3}}",
+                    format_user(user)
+                ),
+                Err(Reason::Future),
+            )
+        }
+        6 => {
+            return (
+                format!(
+                    "{{\"uuid\":\"{}\",\"timestamp\":\"2025-06-01T10:00:00Z\",\"steps\":100001}}",
+                    format_user(user)
+                ),
+                Err(Reason::InvalidSteps),
+            )
+        }
         _ => {}
     }
     // Mostly recent; sometimes two or three days old (late once those days have closed).
-    let back = if rng.below(25) == 0 { 40 + rng.below(40) } else { rng.below(3) } as i64;
+    let back = if rng.below(25) == 0 {
+        40 + rng.below(40)
+    } else {
+        rng.below(3)
+    } as i64;
     let time = clock - back * 3600 * MICROS_PER_SEC - rng.below(3600) as i64 * MICROS_PER_SEC;
     let event_id = match rng.below(5) {
         0 | 1 => None,
@@ -82,7 +137,11 @@ fn line(rng: &mut Rng, clock: Micros, users: &[u128]) -> (String, Expected) {
         let ts = jiff::Timestamp::from_microsecond(time).unwrap();
         let dt = zone.to_datetime(ts);
         let text = dt.strftime("%Y-%m-%d %H:%M:%S").to_string();
-        let instant = zone.to_ambiguous_timestamp(dt).compatible().unwrap().as_microsecond();
+        let instant = zone
+            .to_ambiguous_timestamp(dt)
+            .compatible()
+            .unwrap()
+            .as_microsecond();
         let day = day_from_civil(dt.year() as i32, dt.month() as u32, dt.day() as u32);
         (text, (day, instant))
     } else {
@@ -96,18 +155,39 @@ fn line(rng: &mut Rng, clock: Micros, users: &[u128]) -> (String, Expected) {
             format!("{sign}{:02}:{:02}", offset.abs() / 60, offset.abs() % 60)
         };
         let text = format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}{zone}");
-        (text, (day_from_civil(y, m, d), time - time.rem_euclid(MICROS_PER_SEC)))
+        (
+            text,
+            (
+                day_from_civil(y, m, d),
+                time - time.rem_euclid(MICROS_PER_SEC),
+            ),
+        )
     };
-    let id_json = event_id.as_ref().map(|id| format!(",\"event_id\":\"{id}\"")).unwrap_or_default();
-    let extra = if rng.below(3) == 0 { ",\"source\":\"watch\",\"battery\":0.5" } else { "" };
-    let text = format!("{{\"uuid\":{uuid_json},\"timestamp\":\"{timestamp}\",\"steps\":{steps}{id_json}{extra}}}");
+    let id_json = event_id
+        .as_ref()
+        .map(|id| format!(",\"event_id\":\"{id}\""))
+        .unwrap_or_default();
+    let extra = if rng.below(3) == 0 {
+        ",\"source\":\"watch\",\"battery\":0.5"
+    } else {
+        ""
+    };
+    let text = format!(
+        "{{\"uuid\":{uuid_json},\"timestamp\":\"{timestamp}\",\"steps\":{steps}{id_json}{extra}}}"
+    );
     (text, Ok((user, day.0, day.1, steps, event_id)))
 }
 
 fn random_file(seed: u64, lines: usize) -> (String, Vec<Option<Expected>>) {
     let mut rng = Rng(seed);
     let users: Vec<u128> = (0..60)
-        .map(|i| if i < 20 { i as u128 + 1 } else { (u128::from(rng.next()) << 64) | u128::from(rng.next()) })
+        .map(|i| {
+            if i < 20 {
+                i as u128 + 1
+            } else {
+                (u128::from(rng.next()) << 64) | u128::from(rng.next())
+            }
+        })
         .collect();
     let mut clock: Micros = (day_from_civil(2025, 6, 1) as i64) * 86_400 * MICROS_PER_SEC;
     let mut text = String::new();
@@ -160,21 +240,37 @@ fn run(input: &Path, out: &Path, workers: usize, epoch_events: usize, k: usize) 
         .arg(input)
         .arg("--out")
         .arg(out)
-        .args(["--workers", &workers.to_string(), "--epoch-events", &epoch_events.to_string()])
-        .args(["--k", &k.to_string(), "--grace", "2h", "--write-interval-ms", "0"])
+        .args([
+            "--workers",
+            &workers.to_string(),
+            "--epoch-events",
+            &epoch_events.to_string(),
+        ])
+        .args([
+            "--k",
+            &k.to_string(),
+            "--grace",
+            "2h",
+            "--write-interval-ms",
+            "0",
+        ])
         .status()
         .unwrap();
     assert!(status.success());
 }
 
 fn check(out: &Path, reference: &Reference, k: usize, lines: &[&str]) {
-    let mut days_on_disk: Vec<String> = std::fs::read_dir(out.join("days")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut days_on_disk: Vec<String> = std::fs::read_dir(out.join("days"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     days_on_disk.sort();
     let expected_days: Vec<String> = reference.days.keys().map(|d| format_day(*d)).collect();
     assert_eq!(days_on_disk, expected_days);
     for (day, result) in &reference.days {
         let dir = out.join("days").join(format_day(*day));
-        let top: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("top.json")).unwrap()).unwrap();
+        let top: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("top.json")).unwrap()).unwrap();
         let expected_top: Vec<serde_json::Value> = result
             .top(k)
             .iter()
@@ -190,24 +286,42 @@ fn check(out: &Path, reference: &Reference, k: usize, lines: &[&str]) {
         for (user, steps) in &result.totals {
             csv.push_str(&format!("{},{}\n", format_user(*user), steps));
         }
-        assert_eq!(std::fs::read_to_string(dir.join("totals.csv")).unwrap(), csv, "totals.csv of {}", format_day(*day));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("totals.csv")).unwrap(),
+            csv,
+            "totals.csv of {}",
+            format_day(*day)
+        );
     }
     let rejected: Vec<(String, String)> = std::fs::read_to_string(out.join("rejected.jsonl"))
         .unwrap()
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["reason"].as_str().unwrap().to_owned(), v["raw"].as_str().unwrap().to_owned())
+            (
+                v["reason"].as_str().unwrap().to_owned(),
+                v["raw"].as_str().unwrap().to_owned(),
+            )
         })
         .collect();
-    let expected: Vec<(String, String)> = reference.rejected.iter().map(|(_, pos, reason)| (reason.code().to_owned(), lines[*pos as usize].to_owned())).collect();
+    let expected: Vec<(String, String)> = reference
+        .rejected
+        .iter()
+        .map(|(_, pos, reason)| (reason.code().to_owned(), lines[*pos as usize].to_owned()))
+        .collect();
     assert_eq!(rejected, expected, "rejected.jsonl");
-    let progress: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("progress.json")).unwrap()).unwrap();
+    let progress: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("progress.json")).unwrap()).unwrap();
     let s = &reference.stats;
     assert_eq!(progress["stats"]["accepted"], s.accepted);
     assert_eq!(progress["stats"]["duplicate"], s.duplicate);
     for reason in Reason::ALL {
-        assert_eq!(progress["stats"]["rejected"][reason.code()], s.rejected(reason), "{}", reason.code());
+        assert_eq!(
+            progress["stats"]["rejected"][reason.code()],
+            s.rejected(reason),
+            "{}",
+            reason.code()
+        );
     }
     assert_eq!(progress["positions"][0]["next"], lines.len());
 }
@@ -216,7 +330,10 @@ fn check(out: &Path, reference: &Reference, k: usize, lines: &[&str]) {
 fn replay_matches_reference_for_1_and_4_workers() {
     let dir = tempfile::tempdir().unwrap();
     let k = 7;
-    let settings = Settings { k, grace: 2 * 3600 * MICROS_PER_SEC };
+    let settings = Settings {
+        k,
+        grace: 2 * 3600 * MICROS_PER_SEC,
+    };
     for (seed, epoch_events) in [(1u64, 50usize), (2, 333), (3, 1)] {
         let lines_n = if epoch_events == 1 { 600 } else { 4000 };
         let (text, expected) = random_file(seed, lines_n);
@@ -226,9 +343,15 @@ fn replay_matches_reference_for_1_and_4_workers() {
         let reference = reference(&expected, epoch_events, &settings);
         // The input exercises what it claims to.
         let s = reference.stats;
-        assert!(s.duplicate > 0 && s.rejected(Reason::Late) > 0 && s.rejected(Reason::Future) > 0, "weak input: {s:?}");
+        assert!(
+            s.duplicate > 0 && s.rejected(Reason::Late) > 0 && s.rejected(Reason::Future) > 0,
+            "weak input: {s:?}"
+        );
         assert!(reference.days.values().any(|d| d.is_final) && reference.days.len() > 2);
-        let ties = reference.days.values().any(|d| d.top(k).windows(2).any(|w| w[0].rank == w[1].rank));
+        let ties = reference
+            .days
+            .values()
+            .any(|d| d.top(k).windows(2).any(|w| w[0].rank == w[1].rank));
         assert!(ties, "no ties in the top");
         for workers in [1, 4] {
             let out = dir.path().join(format!("out-{seed}-{workers}"));
@@ -245,26 +368,55 @@ fn top_and_standing_commands_read_the_output() {
     let user = |i: u32| format!("00000000-0000-0000-0000-{i:012}");
     let mut text = String::new();
     for (i, steps) in [(1, 90), (2, 80), (3, 80), (4, 70)] {
-        text.push_str(&format!("{{\"uuid\":\"{}\",\"timestamp\":\"2025-06-01T10:00:00Z\",\"steps\":{steps}}}\n", user(i)));
+        text.push_str(&format!(
+            "{{\"uuid\":\"{}\",\"timestamp\":\"2025-06-01T10:00:00Z\",\"steps\":{steps}}}\n",
+            user(i)
+        ));
     }
     std::fs::write(&input, text).unwrap();
     let out = dir.path().join("out");
     run(&input, &out, 2, 10, 100);
     let bin = env!("CARGO_BIN_EXE_rankmysteps");
-    let top = Command::new(bin).args(["top", "--out"]).arg(&out).args(["--day", "2025-06-01", "--json"]).output().unwrap();
+    let top = Command::new(bin)
+        .args(["top", "--out"])
+        .arg(&out)
+        .args(["--day", "2025-06-01", "--json"])
+        .output()
+        .unwrap();
     assert!(top.status.success());
     let v: serde_json::Value = serde_json::from_slice(&top.stdout).unwrap();
-    let ranks: Vec<u64> = v["top"].as_array().unwrap().iter().map(|r| r["rank"].as_u64().unwrap()).collect();
+    let ranks: Vec<u64> = v["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rank"].as_u64().unwrap())
+        .collect();
     assert_eq!(ranks, vec![1, 2, 2, 4]);
     let standing = Command::new(bin)
         .args(["standing", "--out"])
         .arg(&out)
-        .args(["--day", "2025-06-01", "--user", &user(3), "--json", "--neighbours", "1"])
+        .args([
+            "--day",
+            "2025-06-01",
+            "--user",
+            &user(3),
+            "--json",
+            "--neighbours",
+            "1",
+        ])
         .output()
         .unwrap();
     assert!(standing.status.success());
     let v: serde_json::Value = serde_json::from_slice(&standing.stdout).unwrap();
-    assert_eq!((v["rank"].as_u64(), v["users"].as_u64(), v["gap_up"].as_u64(), v["gap_down"].as_u64()), (Some(2), Some(4), Some(10), Some(10)));
+    assert_eq!(
+        (
+            v["rank"].as_u64(),
+            v["users"].as_u64(),
+            v["gap_up"].as_u64(),
+            v["gap_down"].as_u64()
+        ),
+        (Some(2), Some(4), Some(10), Some(10))
+    );
     assert_eq!(v["above"][0]["user"], user(2));
     assert_eq!(v["below"][0]["user"], user(4));
     let missing = Command::new(bin)
@@ -275,6 +427,11 @@ fn top_and_standing_commands_read_the_output() {
         .unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no steps"));
-    let bad_day = Command::new(bin).args(["top", "--out"]).arg(&out).args(["--day", "2025-13-01"]).output().unwrap();
+    let bad_day = Command::new(bin)
+        .args(["top", "--out"])
+        .arg(&out)
+        .args(["--day", "2025-13-01"])
+        .output()
+        .unwrap();
     assert!(!bad_day.status.success());
 }

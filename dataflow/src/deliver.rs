@@ -3,8 +3,10 @@
 //! All outputs are gathered on worker 0, buffered per epoch, and handed over as one
 //! [`EpochOutput`] once *every* input frontier has passed the epoch: a sink never sees a partial
 //! epoch, and sees epochs in increasing order. Each vector of an `EpochOutput` is consolidated
-//! (the producing operators own disjoint keys and emit one net change per key and epoch) and is
-//! sorted here so that the delivered value does not depend on the number of workers.
+//! (the producing operators own disjoint keys and emit one net change per key and epoch). All
+//! but `totals` are sorted here so that they do not depend on the number of workers; `totals`
+//! (one or two records per changed user: the largest by far) is left in arrival order, which
+//! upserting sinks do not need.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,8 +44,7 @@ pub fn deliver<'scope, F>(
     settings: &Settings,
     probe: &ProbeHandle<Epoch>,
     mut on_epoch: F,
-)
-where
+) where
     F: FnMut(EpochOutput) + 'static,
 {
     let scope = positions.scope();
@@ -52,7 +53,10 @@ where
     let items: Vec<VecStream<'scope, Item>> = vec![
         outputs.totals.inner.map(|(r, _, d)| Item::Total(r, d)),
         outputs.top.inner.map(|(r, _, d)| Item::Top(r, d)),
-        outputs.histogram.inner.map(|(r, _, d)| Item::Histogram(r, d)),
+        outputs
+            .histogram
+            .inner
+            .map(|(r, _, d)| Item::Histogram(r, d)),
         outputs.users.inner.map(|(r, _, d)| Item::Users(r, d)),
         outputs.rejected.map(Item::Rejected),
         source_rejected.map(Item::Rejected),
@@ -116,7 +120,6 @@ where
                 }
                 out.epoch = epoch;
                 out.watermark = watermark;
-                out.totals.sort_unstable();
                 out.top.sort_unstable();
                 out.histogram.sort_unstable();
                 out.users.sort_unstable();
@@ -128,7 +131,11 @@ where
                         last_day = Some(*day);
                     }
                 }
-                out.closed = open_days.iter().copied().filter(|&d| is_closed(d, watermark, grace)).collect();
+                out.closed = open_days
+                    .iter()
+                    .copied()
+                    .filter(|&d| is_closed(d, watermark, grace))
+                    .collect();
                 for day in &out.closed {
                     open_days.remove(day);
                 }
@@ -136,7 +143,10 @@ where
                     let slot = positions.entry(p.partition).or_insert(p.next);
                     *slot = (*slot).max(p.next);
                 }
-                out.positions = positions.iter().map(|(&partition, &next)| Position { partition, next }).collect();
+                out.positions = positions
+                    .iter()
+                    .map(|(&partition, &next)| Position { partition, next })
+                    .collect();
                 on_epoch(out);
             }
         }

@@ -195,32 +195,50 @@ pub fn format_micros(t: Micros) -> String {
 /// The lowercase hyphenated text of a user's UUID.
 pub fn format_user(user: User) -> String {
     let h = format!("{user:032x}");
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
+
+/// Hex digit values, 0xFF for non-digits.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0xFF; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Parses an RFC 4122 UUID string: the hyphenated `8-4-4-4-12` hex form, any case.
 pub fn parse_user(text: &str) -> Option<User> {
     let b = text.as_bytes();
-    if b.len() != 36 {
+    if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
         return None;
     }
     let mut value: u128 = 0;
-    for (i, &c) in b.iter().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            if c != b'-' {
-                return None;
-            }
-            continue;
+    let mut bad = 0u8;
+    for group in [&b[0..8], &b[9..13], &b[14..18], &b[19..23], &b[24..36]] {
+        for &c in group {
+            let d = HEX_VALUE[c as usize];
+            bad |= d;
+            value = value << 4 | u128::from(d & 15);
         }
-        let digit = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            b'A'..=b'F' => c - b'A' + 10,
-            _ => return None,
-        };
-        value = value << 4 | u128::from(digit);
     }
-    Some(value)
+    // Any non-digit has the high bit set.
+    (bad & 0x80 == 0).then_some(value)
 }
 
 #[cfg(test)]

@@ -51,8 +51,9 @@ pub struct Position {
 ///
 /// Every collection holds *absolute* records (a total, a top-k row, a histogram count), so a
 /// change is a retraction (`-1`) of the old record and an insertion (`+1`) of the new one.
-/// Each vector is consolidated (no record twice, no zero diff) and sorted, so sinks can apply
-/// insertions as idempotent upserts and retractions without a matching insertion as deletes.
+/// Each vector is consolidated (no record twice, no zero diff) and sorted, except `totals` whose
+/// order is unspecified; sinks apply insertions as idempotent upserts and retractions without a
+/// matching insertion as deletes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpochOutput {
     /// The epoch these changes complete.

@@ -120,8 +120,12 @@ pub fn epoch_of(cap: &timely::dataflow::operators::InputCapability<Epoch>) -> Ep
 }
 
 /// Per-epoch buffer of one input, each epoch held with one capability per output port.
+///
+/// Received batches are kept as they came (timely hands over its buffers): appending them to
+/// one vector would copy every record and, for large epochs, keep growing (and page-faulting
+/// in) fresh memory.
 struct Stash<D> {
-    epochs: BTreeMap<Epoch, (Vec<Capability<Epoch>>, Vec<D>)>,
+    epochs: BTreeMap<Epoch, (Vec<Capability<Epoch>>, Vec<Vec<D>>)>,
 }
 
 impl<D> Stash<D> {
@@ -132,21 +136,27 @@ impl<D> Stash<D> {
     }
 
     /// Buffers `data` under `cap`, keeping capabilities for `ports` outputs.
-    fn absorb(&mut self, cap: &timely::dataflow::operators::InputCapability<Epoch>, ports: usize, data: &mut Vec<D>) {
+    fn absorb(
+        &mut self,
+        cap: &timely::dataflow::operators::InputCapability<Epoch>,
+        ports: usize,
+        data: &mut Vec<D>,
+    ) {
         let time = epoch_of(cap);
-        let entry = self
-            .epochs
-            .entry(time)
-            .or_insert_with(|| ((0..ports).map(|p| cap.delayed(&time, p)).collect(), Vec::new()));
-        if entry.1.is_empty() {
-            std::mem::swap(&mut entry.1, data);
-        } else {
-            entry.1.append(data);
-        }
+        let entry = self.epochs.entry(time).or_insert_with(|| {
+            (
+                (0..ports).map(|p| cap.delayed(&time, p)).collect(),
+                Vec::new(),
+            )
+        });
+        entry.1.push(std::mem::take(data));
     }
 
     /// Removes and returns the earliest epoch if no frontier could still deliver data for it.
-    fn pop_complete(&mut self, frontiers: &[&timely::progress::frontier::MutableAntichain<Epoch>]) -> Option<(Epoch, Vec<Capability<Epoch>>, Vec<D>)> {
+    fn pop_complete(
+        &mut self,
+        frontiers: &[&timely::progress::frontier::MutableAntichain<Epoch>],
+    ) -> Option<(Epoch, Vec<Capability<Epoch>>, Vec<Vec<D>>)> {
         let (&time, _) = self.epochs.first_key_value()?;
         if frontiers.iter().any(|f| f.less_equal(&time)) {
             return None;
@@ -209,7 +219,11 @@ struct Admitted<'scope> {
 /// was admitted before is a `duplicate`; otherwise it is accepted. The accepted output is
 /// consolidated per epoch (one record per `(day, user)`, diff = summed steps). The seen-set of a
 /// day is dropped once the day closes: no later event of that day can be anything but late.
-fn admit<'scope>(events: VecStream<'scope, Event>, watermark: VecStream<'scope, Micros>, settings: &Settings) -> Admitted<'scope> {
+fn admit<'scope>(
+    events: VecStream<'scope, Event>,
+    watermark: VecStream<'scope, Micros>,
+    settings: &Settings,
+) -> Admitted<'scope> {
     let grace = settings.grace;
     let mut builder = OperatorBuilder::new("Admit".to_owned(), events.scope());
     let mut input = builder.new_input(events, Exchange::new(|e: &Event| route_user(e.user)));
@@ -236,31 +250,53 @@ fn admit<'scope>(events: VecStream<'scope, Event>, watermark: VecStream<'scope, 
             let mut rejected_h = rejected_out.activate();
             let mut stats_h = stats_out.activate();
             let mut max_h = max_out.activate();
-            while let Some((time, caps, mut events)) = stash.pop_complete(&[&frontiers[0], &frontiers[1]]) {
+            while let Some((time, caps, batches)) =
+                stash.pop_complete(&[&frontiers[0], &frontiers[1]])
+            {
                 let w_prev = wm.at(time);
                 seen.retain(|&day, _| !is_closed(day, w_prev, grace));
-                // First in input order wins: sort the epoch's events by position.
-                events.sort_unstable_by_key(|e| e.pos);
                 let mut stats = Stats::default();
                 let mut late = Vec::new();
                 let mut max: Option<Micros> = None;
-                for event in events {
+                // Only events with an `event_id` depend on input order (the first one wins):
+                // sort just those by position; the others are summed in any order.
+                let mut with_id: Vec<Event> = Vec::new();
+                let without_id = batches.into_iter().flatten().filter_map(|e| {
+                    if e.event_id.is_some() {
+                        with_id.push(e);
+                        None
+                    } else {
+                        Some(e)
+                    }
+                });
+                let mut admit_one = |event: Event, stats: &mut Stats| {
                     if is_closed(event.day, w_prev, grace) {
                         late.push(late_rejection(event, w_prev, grace));
-                        continue;
+                        return;
                     }
                     if let Some(id) = event.event_id {
                         if !seen.entry(event.day).or_default().insert((event.user, id)) {
                             stats.duplicate += 1;
-                            continue;
+                            return;
                         }
                     }
                     stats.accepted += 1;
                     max = Some(max.map_or(event.time, |m| m.max(event.time)));
                     *sums.entry((event.day, event.user)).or_insert(0) += i64::from(event.steps);
+                };
+                for event in without_id {
+                    admit_one(event, &mut stats);
                 }
+                with_id.sort_unstable_by_key(|e| e.pos);
+                for event in with_id {
+                    admit_one(event, &mut stats);
+                }
+                // Rejections leave in input order.
+                late.sort_unstable_by_key(|r| r.pos);
                 stats.rejected[Reason::Late.index()] = late.len() as u64;
-                accepted_h.session(&caps[0]).give_iterator(sums.drain().map(|(k, s)| (k, time, s)));
+                accepted_h
+                    .session(&caps[0])
+                    .give_iterator(sums.drain().map(|(k, s)| (k, time, s)));
                 if !late.is_empty() {
                     rejected_h.session(&caps[1]).give_iterator(late.into_iter());
                 }
@@ -323,7 +359,9 @@ fn watermark<'scope>(local_max: VecStream<'scope, Micros>) -> VecStream<'scope, 
                 input.for_each(|cap, data| {
                     let time = epoch_of(&cap);
                     if let Some(&max) = data.iter().max() {
-                        let entry = pending.entry(time).or_insert_with(|| (cap.retain_least(0).expect("capability"), max));
+                        let entry = pending
+                            .entry(time)
+                            .or_insert_with(|| (cap.retain_least(0).expect("capability"), max));
                         entry.1 = entry.1.max(max);
                     }
                 });
@@ -363,14 +401,19 @@ struct DayTotals {
 ///
 /// Outputs are consolidated per epoch: a user changed in an epoch yields at most one retraction
 /// and one insertion. A closed day's state is dropped after the epoch that closed it.
-fn totals<'scope>(accepted: Coll<'scope, (Day, User), i64>, watermark: VecStream<'scope, Micros>, settings: &Settings) -> Totals<'scope> {
+fn totals<'scope>(
+    accepted: Coll<'scope, (Day, User), i64>,
+    watermark: VecStream<'scope, Micros>,
+    settings: &Settings,
+) -> Totals<'scope> {
     let (k, grace) = (settings.k, settings.grace);
     let mut builder = OperatorBuilder::new("Totals".to_owned(), accepted.inner.scope());
     let mut input = builder.new_input(accepted.inner, Pipeline);
     let mut wm_input = builder.new_input(watermark, Pipeline);
     let (totals_out, totals) = builder.new_output::<Vec<((Day, User, u64), Epoch, isize)>>();
     let (contrib_out, contributions) = builder.new_output::<Vec<((Day, u64), Epoch, isize)>>();
-    let (cand_out, candidates) = builder.new_output::<Vec<((Day, (Reverse<u64>, User)), Epoch, isize)>>();
+    let (cand_out, candidates) =
+        builder.new_output::<Vec<((Day, (Reverse<u64>, User)), Epoch, isize)>>();
     let mut totals_out = OutputBuilder::from(totals_out);
     let mut contrib_out = OutputBuilder::from(contrib_out);
     let mut cand_out = OutputBuilder::from(cand_out);
@@ -388,8 +431,10 @@ fn totals<'scope>(accepted: Coll<'scope, (Day, User), i64>, watermark: VecStream
             let mut totals_h = totals_out.activate();
             let mut contrib_h = contrib_out.activate();
             let mut cand_h = cand_out.activate();
-            while let Some((time, caps, updates)) = stash.pop_complete(&[&frontiers[0], &frontiers[1]]) {
-                for ((day, user), _, steps) in updates {
+            while let Some((time, caps, updates)) =
+                stash.pop_complete(&[&frontiers[0], &frontiers[1]])
+            {
+                for ((day, user), _, steps) in updates.into_iter().flatten() {
                     let state = days.entry(day).or_default();
                     let slot = state.totals.entry(user);
                     let (old, new) = match slot {
@@ -430,12 +475,17 @@ fn totals<'scope>(accepted: Coll<'scope, (Day, User), i64>, watermark: VecStream
                     }
                 }
                 totals_h.session(&caps[0]).give_iterator(changes.drain(..));
-                contrib_h
-                    .session(&caps[1])
-                    .give_iterator(contrib.drain().filter(|(_, d)| *d != 0).map(|(r, d)| (r, time, d)));
-                cand_h
-                    .session(&caps[2])
-                    .give_iterator(cand.drain().filter(|(_, d)| *d != 0).map(|(r, d)| (r, time, d)));
+                contrib_h.session(&caps[1]).give_iterator(
+                    contrib
+                        .drain()
+                        .filter(|(_, d)| *d != 0)
+                        .map(|(r, d)| (r, time, d)),
+                );
+                cand_h.session(&caps[2]).give_iterator(
+                    cand.drain()
+                        .filter(|(_, d)| *d != 0)
+                        .map(|(r, d)| (r, time, d)),
+                );
                 // Drop the days W(time) closed: their totals are final.
                 let w = wm.at(time);
                 days.retain(|&day, _| !is_closed(day, w, grace));
@@ -461,26 +511,35 @@ fn totals<'scope>(accepted: Coll<'scope, (Day, User), i64>, watermark: VecStream
 ///
 /// Output consolidated per epoch: for every position whose row changed, the old row is retracted
 /// and the new one inserted. A closed day's candidates are dropped after the epoch that closed it.
-fn top_k<'scope>(candidates: Coll<'scope, (Day, (Reverse<u64>, User))>, watermark: VecStream<'scope, Micros>, settings: &Settings) -> Coll<'scope, (Day, TopRow)> {
+fn top_k<'scope>(
+    candidates: Coll<'scope, (Day, (Reverse<u64>, User))>,
+    watermark: VecStream<'scope, Micros>,
+    settings: &Settings,
+) -> Coll<'scope, (Day, TopRow)> {
     let (k, grace) = (settings.k, settings.grace);
     candidates
         .inner
         .binary_frontier(
             watermark,
-            Exchange::new(|((day, _), _, _): &((Day, (Reverse<u64>, User)), Epoch, isize)| route_day(*day)),
+            Exchange::new(
+                |((day, _), _, _): &((Day, (Reverse<u64>, User)), Epoch, isize)| route_day(*day),
+            ),
             Pipeline,
             "TopK",
             move |_cap, _info| {
                 let mut stash: Stash<((Day, (Reverse<u64>, User)), Epoch, isize)> = Stash::new();
                 let mut wm = WatermarkView::new();
                 // Per day: the candidate set, and the rows last emitted.
-                let mut days: FxHashMap<Day, (BTreeSet<(Reverse<u64>, User)>, Vec<TopRow>)> = FxHashMap::default();
+                let mut days: FxHashMap<Day, (BTreeSet<(Reverse<u64>, User)>, Vec<TopRow>)> =
+                    FxHashMap::default();
                 move |(input, frontier), (wm_input, wm_frontier), output| {
                     input.for_each(|cap, data| stash.absorb(&cap, 1, data));
                     wm_input.for_each(|cap, data| wm.absorb(epoch_of(&cap), data));
-                    while let Some((time, caps, updates)) = stash.pop_complete(&[frontier, wm_frontier]) {
+                    while let Some((time, caps, updates)) =
+                        stash.pop_complete(&[frontier, wm_frontier])
+                    {
                         let mut changed: BTreeSet<Day> = BTreeSet::new();
-                        for ((day, entry), _, diff) in updates {
+                        for ((day, entry), _, diff) in updates.into_iter().flatten() {
                             let (set, _) = days.entry(day).or_default();
                             if diff > 0 {
                                 set.insert(entry);
@@ -492,7 +551,8 @@ fn top_k<'scope>(candidates: Coll<'scope, (Day, (Reverse<u64>, User))>, watermar
                         let mut session = output.session(&caps[0]);
                         for day in changed {
                             let (set, rows) = days.get_mut(&day).expect("present");
-                            let new_rows = rank_prefix(set.iter().map(|&(Reverse(s), u)| (u, s)), k);
+                            let new_rows =
+                                rank_prefix(set.iter().map(|&(Reverse(s), u)| (u, s)), k);
                             for i in 0..rows.len().max(new_rows.len()) {
                                 let (old, new) = (rows.get(i), new_rows.get(i));
                                 if old != new {
@@ -519,7 +579,11 @@ fn top_k<'scope>(candidates: Coll<'scope, (Day, (Reverse<u64>, User))>, watermar
 ///
 /// Outputs consolidated per epoch: a changed `(day, total)` count retracts the old count and
 /// inserts the new one (absent when zero); likewise the day's number of users.
-fn histogram<'scope>(contributions: Coll<'scope, (Day, u64)>, watermark: VecStream<'scope, Micros>, settings: &Settings) -> (Coll<'scope, (Day, u64, u64)>, Coll<'scope, (Day, u64)>) {
+fn histogram<'scope>(
+    contributions: Coll<'scope, (Day, u64)>,
+    watermark: VecStream<'scope, Micros>,
+    settings: &Settings,
+) -> (Coll<'scope, (Day, u64, u64)>, Coll<'scope, (Day, u64)>) {
     let grace = settings.grace;
     let mut builder = OperatorBuilder::new("Histogram".to_owned(), contributions.inner.scope());
     let mut input = builder.new_input(
@@ -540,8 +604,11 @@ fn histogram<'scope>(contributions: Coll<'scope, (Day, u64)>, watermark: VecStre
             wm_input.for_each(|cap, data| wm.absorb(epoch_of(&cap), data));
             let mut hist_h = hist_out.activate();
             let mut users_h = users_out.activate();
-            while let Some((time, caps, mut updates)) = stash.pop_complete(&[&frontiers[0], &frontiers[1]]) {
+            while let Some((time, caps, batches)) =
+                stash.pop_complete(&[&frontiers[0], &frontiers[1]])
+            {
                 // Workers' contributions to one (day, total) arrive separately: net them first.
+                let mut updates: Vec<_> = batches.into_iter().flatten().collect();
                 differential_dataflow::consolidation::consolidate_updates(&mut updates);
                 let mut user_delta: BTreeMap<Day, i64> = BTreeMap::new();
                 let mut hist_session = hist_h.session(&caps[0]);

@@ -79,7 +79,8 @@ pub fn standing(listing: &[(User, u64)], user: User, n: usize) -> Option<Standin
     let index = listing.iter().position(|&(u, _)| u == user)?;
     let steps = listing[index].1;
     // Ranks of every entry, computed once over the listing's prefix up to the neighbours needed.
-    let rank_at = |i: usize| -> u64 { listing.partition_point(|&(_, s)| s > listing[i].1) as u64 + 1 };
+    let rank_at =
+        |i: usize| -> u64 { listing.partition_point(|&(_, s)| s > listing[i].1) as u64 + 1 };
     let gap_up = listing[..index]
         .iter()
         .rev()
@@ -98,8 +99,12 @@ pub fn standing(listing: &[(User, u64)], user: User, n: usize) -> Option<Standin
         users: listing.len() as u64,
         gap_up,
         gap_down,
-        above: (lo..index).map(|i| (listing[i].0, listing[i].1, rank_at(i))).collect(),
-        below: (index + 1..hi).map(|i| (listing[i].0, listing[i].1, rank_at(i))).collect(),
+        above: (lo..index)
+            .map(|i| (listing[i].0, listing[i].1, rank_at(i)))
+            .collect(),
+        below: (index + 1..hi)
+            .map(|i| (listing[i].0, listing[i].1, rank_at(i)))
+            .collect(),
     })
 }
 

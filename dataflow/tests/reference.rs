@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use rankmysteps_dataflow::deliver::deliver;
-use rankmysteps_dataflow::event::{Day, Epoch, Event, Reason, Rejection, User, MICROS_PER_DAY, MICROS_PER_SEC};
+use rankmysteps_dataflow::event::{
+    Day, Epoch, Event, Reason, Rejection, User, MICROS_PER_DAY, MICROS_PER_SEC,
+};
 use rankmysteps_dataflow::output::{EpochOutput, Position, Stats};
 use rankmysteps_dataflow::pipeline::{build, Settings};
 use rankmysteps_dataflow::reference::{DayResult, Record, Reference};
@@ -28,7 +30,16 @@ impl Rng {
 }
 
 /// Offsets (minutes) covering the extremes and the odd ones.
-const OFFSETS: [i64; 8] = [0, 14 * 60, -12 * 60, 5 * 60 + 45, -8 * 60, 9 * 60 + 30, -3 * 60 - 30, 60];
+const OFFSETS: [i64; 8] = [
+    0,
+    14 * 60,
+    -12 * 60,
+    5 * 60 + 45,
+    -8 * 60,
+    9 * 60 + 30,
+    -3 * 60 - 30,
+    60,
+];
 
 /// Epochs of random records: time moves forward about `step` per epoch with jitter, so days
 /// close as the run goes on and some events arrive after their day closed.
@@ -49,8 +60,13 @@ fn random_input(seed: u64, epochs: usize, per_epoch: usize, users: u64) -> Vec<V
                 continue;
             }
             // Mostly recent, sometimes days old (late once those days close).
-            let back = if rng.below(10) == 0 { rng.below(5 * 24) } else { rng.below(20) } as i64;
-            let time = clock - back * 3600 * MICROS_PER_SEC - rng.below(3600) as i64 * MICROS_PER_SEC;
+            let back = if rng.below(10) == 0 {
+                rng.below(5 * 24)
+            } else {
+                rng.below(20)
+            } as i64;
+            let time =
+                clock - back * 3600 * MICROS_PER_SEC - rng.below(3600) as i64 * MICROS_PER_SEC;
             let offset = OFFSETS[rng.below(OFFSETS.len() as u64) as usize] * 60 * MICROS_PER_SEC;
             let day = (time + offset).div_euclid(MICROS_PER_DAY) as Day;
             let user: User = if rng.below(2) == 0 {
@@ -91,7 +107,14 @@ fn run_dataflow(workers: usize, input: Vec<Vec<Record>>, settings: Settings) -> 
             let (rin, rejects) = scope.new_input::<Vec<Rejection>>();
             let (pin, positions) = scope.new_input::<Vec<Position>>();
             let outputs = build(events, &settings);
-            deliver(outputs, rejects, positions, &settings, &timely::dataflow::ProbeHandle::new(), move |out| results.lock().unwrap().push(out));
+            deliver(
+                outputs,
+                rejects,
+                positions,
+                &settings,
+                &timely::dataflow::ProbeHandle::new(),
+                move |out| results.lock().unwrap().push(out),
+            );
             (ein, rin, pin)
         });
         for (epoch, records) in input.iter().enumerate() {
@@ -110,7 +133,10 @@ fn run_dataflow(workers: usize, input: Vec<Vec<Record>>, settings: Settings) -> 
                 }
             }
             if index == 0 {
-                positions.send(Position { partition: 0, next: epoch as u64 });
+                positions.send(Position {
+                    partition: 0,
+                    next: epoch as u64,
+                });
             }
             let next = epoch as Epoch + 1;
             events.advance_to(next);
@@ -141,6 +167,7 @@ impl Materialized {
     fn apply(&mut self, out: &EpochOutput) {
         // Consolidated: no record twice.
         let mut keys: Vec<_> = out.totals.iter().map(|(r, _)| r).collect();
+        keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), out.totals.len(), "totals not consolidated");
         for ((day, user, total), diff) in &out.totals {
@@ -159,14 +186,27 @@ impl Materialized {
             assert_eq!(removed, Some(*row), "retracted a row that was not there");
         }
         for ((day, row), _) in out.top.iter().filter(|(_, d)| *d > 0) {
-            assert!(self.top.entry(*day).or_default().insert(row.position, *row).is_none());
+            assert!(self
+                .top
+                .entry(*day)
+                .or_default()
+                .insert(row.position, *row)
+                .is_none());
         }
         for ((day, total, count), diff) in out.histogram.iter().filter(|(_, d)| *d < 0) {
             assert_eq!(*diff, -1);
-            assert_eq!(self.histogram.entry(*day).or_default().remove(total), Some(*count));
+            assert_eq!(
+                self.histogram.entry(*day).or_default().remove(total),
+                Some(*count)
+            );
         }
         for ((day, total, count), _) in out.histogram.iter().filter(|(_, d)| *d > 0) {
-            assert!(self.histogram.entry(*day).or_default().insert(*total, *count).is_none());
+            assert!(self
+                .histogram
+                .entry(*day)
+                .or_default()
+                .insert(*total, *count)
+                .is_none());
         }
         for ((day, n), diff) in &out.users {
             if *diff > 0 {
@@ -174,10 +214,14 @@ impl Materialized {
             }
         }
         for day in &out.closed {
-            assert!(self.closed.insert(*day, out.epoch).is_none(), "closed twice");
+            assert!(
+                self.closed.insert(*day, out.epoch).is_none(),
+                "closed twice"
+            );
         }
         self.stats.add(&out.stats);
-        self.rejected.extend(out.rejected.iter().map(|r| (out.epoch, r.pos, r.reason)));
+        self.rejected
+            .extend(out.rejected.iter().map(|r| (out.epoch, r.pos, r.reason)));
     }
 
     fn check(&self, reference: &Reference, k: usize, epoch: Epoch) {
@@ -185,21 +229,44 @@ impl Materialized {
         assert_eq!(self.stats, reference.stats, "stats {at}");
         assert_eq!(self.rejected, reference.rejected, "rejections {at}");
         let days: Vec<Day> = reference.days.keys().copied().collect();
-        assert_eq!(self.totals.keys().copied().collect::<Vec<_>>(), days, "days {at}");
+        assert_eq!(
+            self.totals.keys().copied().collect::<Vec<_>>(),
+            days,
+            "days {at}"
+        );
         for (day, expected) in &reference.days {
             let DayResult { totals, is_final } = expected;
             assert_eq!(&self.totals[day], totals, "totals of {day} {at}");
-            let top: Vec<_> = self.top.get(day).map(|t| t.values().copied().collect()).unwrap_or_default();
+            let top: Vec<_> = self
+                .top
+                .get(day)
+                .map(|t| t.values().copied().collect())
+                .unwrap_or_default();
             assert_eq!(top, expected.top(k), "top of {day} {at}");
-            assert_eq!(self.histogram.get(day).cloned().unwrap_or_default(), expected.histogram(), "histogram of {day} {at}");
-            assert_eq!(self.users.get(day).copied(), Some(totals.len() as u64), "users of {day} {at}");
-            assert_eq!(self.closed.contains_key(day), *is_final, "final flag of {day} {at}");
+            assert_eq!(
+                self.histogram.get(day).cloned().unwrap_or_default(),
+                expected.histogram(),
+                "histogram of {day} {at}"
+            );
+            assert_eq!(
+                self.users.get(day).copied(),
+                Some(totals.len() as u64),
+                "users of {day} {at}"
+            );
+            assert_eq!(
+                self.closed.contains_key(day),
+                *is_final,
+                "final flag of {day} {at}"
+            );
         }
     }
 }
 
 fn compare(seed: u64, workers: usize, k: usize) {
-    let settings = Settings { k, grace: 6 * 3600 * MICROS_PER_SEC };
+    let settings = Settings {
+        k,
+        grace: 6 * 3600 * MICROS_PER_SEC,
+    };
     let input = random_input(seed, 40, 120, 40);
     let outputs = run_dataflow(workers, input.clone(), settings.clone());
     let mut reference = Reference::new(settings.clone());
@@ -211,7 +278,10 @@ fn compare(seed: u64, workers: usize, k: usize) {
         reference.epoch(epoch, records);
         while let Some(out) = outputs.next_if(|o| o.epoch <= epoch) {
             assert_eq!(out.epoch, epoch);
-            assert_eq!(out.watermark, reference.watermark, "watermark after epoch {epoch}");
+            assert_eq!(
+                out.watermark, reference.watermark,
+                "watermark after epoch {epoch}"
+            );
             materialized.apply(&out);
         }
         materialized.check(&reference, k, epoch);
@@ -221,8 +291,13 @@ fn compare(seed: u64, workers: usize, k: usize) {
     assert_eq!(checked, 40);
     // The input must exercise what it claims to.
     let s = reference.stats;
-    assert!(s.accepted > 500 && s.duplicate > 20 && s.rejected(Reason::Late) > 5, "weak input: {s:?}");
-    assert!(reference.days.values().any(|d| d.is_final) && reference.days.values().any(|d| !d.is_final));
+    assert!(
+        s.accepted > 500 && s.duplicate > 20 && s.rejected(Reason::Late) > 5,
+        "weak input: {s:?}"
+    );
+    assert!(
+        reference.days.values().any(|d| d.is_final) && reference.days.values().any(|d| !d.is_final)
+    );
 }
 
 #[test]

@@ -94,7 +94,14 @@ pub struct Parser {
     zone_cache: [ZoneRange; ZONE_CACHE_SIZE],
     /// The entry of `zone_cache` to replace next.
     zone_cache_next: usize,
+    /// Direct-mapped cache of local hours (seconds / 3600, as if UTC) whose every second maps
+    /// unambiguously to `local - offset`: `(hour, offset)`. Serves the hours near transitions
+    /// that `zone_cache` leaves out (e.g. data from the days around a DST change).
+    hour_cache: [(i64, i64); HOUR_CACHE_SIZE],
 }
+
+/// Entries of a [`Parser`]'s hour cache.
+const HOUR_CACHE_SIZE: usize = 64;
 
 /// Number of [`ZoneRange`]s remembered by a [`Parser`].
 const ZONE_CACHE_SIZE: usize = 4;
@@ -121,6 +128,7 @@ impl Parser {
             config,
             zone_cache: [EMPTY_RANGE; ZONE_CACHE_SIZE],
             zone_cache_next: 0,
+            hour_cache: [(i64::MIN, 0); HOUR_CACHE_SIZE],
         }
     }
 
@@ -204,12 +212,21 @@ impl Parser {
                         return Some(((local_secs - r.offset) * MICROS_PER_SEC, day));
                     }
                 }
+                let hour = local_secs.div_euclid(3600);
+                let slot = hour.rem_euclid(HOUR_CACHE_SIZE as i64) as usize;
+                if self.hour_cache[slot].0 == hour {
+                    return Some(((local_secs - self.hour_cache[slot].1) * MICROS_PER_SEC, day));
+                }
                 let time = naive_to_instant(local_secs, &self.config.time_zone)?;
                 if let Some(range) = safe_range(time, &self.config.time_zone) {
                     if range.lo <= local_secs && local_secs < range.hi {
                         self.zone_cache[self.zone_cache_next] = range;
                         self.zone_cache_next = (self.zone_cache_next + 1) % ZONE_CACHE_SIZE;
+                        return Some((time, day));
                     }
+                }
+                if let Some(offset) = unambiguous_hour(hour, &self.config.time_zone) {
+                    self.hour_cache[slot] = (hour, offset);
                 }
                 Some((time, day))
             }
@@ -567,6 +584,23 @@ fn naive_to_instant(local_secs: i64, zone: &TimeZone) -> Option<Micros> {
         }
     };
     Some(ts.as_microsecond())
+}
+
+/// The offset of local hour `hour` (seconds / 3600 since the epoch, as if UTC) if its first and
+/// last second are both unambiguous with the same offset. Time zone transitions are hours
+/// apart, so no gap or fold can then lie inside the hour: every second of it maps to
+/// `local - offset`.
+fn unambiguous_hour(hour: i64, zone: &TimeZone) -> Option<i64> {
+    use jiff::tz::AmbiguousOffset;
+    let first = hour.checked_mul(3600)?;
+    let offset_at = |secs: i64| -> Option<i64> {
+        match zone.to_ambiguous_timestamp(civil(secs)).offset() {
+            AmbiguousOffset::Unambiguous { offset } => Some(i64::from(offset.seconds())),
+            _ => None,
+        }
+    };
+    let a = offset_at(first)?;
+    (offset_at(first + 3599)? == a).then_some(a)
 }
 
 /// The local times that convert with the same offset as instant `time` (UTC µs) and are

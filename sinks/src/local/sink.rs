@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rankmysteps_dataflow::event::{format_day, format_micros, Day, Epoch, Micros, User};
 use rankmysteps_dataflow::output::{EpochOutput, Position, Stats};
 use rankmysteps_dataflow::ranking::TopRow;
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tracing::{debug, info};
 
 use super::format::{
@@ -45,8 +45,9 @@ impl Default for LocalOptions {
 /// The current results of one open day, rebuilt from the deltas of every epoch so far.
 #[derive(Default)]
 struct DayState {
-    /// Total of every user of the day. A B-tree because totals.csv is written sorted by user.
-    totals: BTreeMap<User, u64>,
+    /// Total of every user of the day. A hash map: a day may have millions of users and every
+    /// epoch changes many of them, while totals.csv (sorted by user) is written far less often.
+    totals: FxHashMap<User, u64>,
     /// The top-k rows by position (1-based, listing order).
     top: BTreeMap<u32, TopRow>,
     /// The number of ranked users, once the dataflow has said.
@@ -60,6 +61,15 @@ struct DayState {
 /// there, and retracting removes only if the retracted value is the current one: then both orders
 /// leave `b`, and a retraction of a value we never saw (or already replaced) is a no-op.
 fn apply<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, key: K, value: V, diff: isize) {
+    if diff > 0 {
+        map.insert(key, value);
+    } else if diff < 0 && map.get(&key) == Some(&value) {
+        map.remove(&key);
+    }
+}
+
+/// [`apply`] for a hash map.
+fn apply_hashed(map: &mut FxHashMap<User, u64>, key: User, value: u64, diff: isize) {
     if diff > 0 {
         map.insert(key, value);
     } else if diff < 0 && map.get(&key) == Some(&value) {
@@ -183,12 +193,13 @@ impl LocalDirSink {
     /// because their day had already closed.
     fn apply(&mut self, output: &EpochOutput) -> usize {
         let mut ignored = 0;
-        // Each vector is sorted (by day first): look a day up once per run of its deltas.
+        // Deltas of one day mostly come in runs (`top` is sorted by day; `totals`, unsorted,
+        // rarely spans many days): look a day up once per run.
         for run in output.totals.chunk_by(|a, b| a.0 .0 == b.0 .0) {
             match self.open_day(run[0].0 .0) {
                 Some(state) => {
                     for &((_, user, total), diff) in run {
-                        apply(&mut state.totals, user, total, diff);
+                        apply_hashed(&mut state.totals, user, total, diff);
                     }
                 }
                 None => ignored += run.len(),
@@ -235,7 +246,9 @@ impl LocalDirSink {
             line.extend_from_slice(TOTALS_HEADER.as_bytes());
             line.push(b'\n');
             w.write_all(&line)?;
-            for (&user, &total) in &state.totals {
+            let mut sorted: Vec<(User, u64)> = state.totals.iter().map(|(&u, &t)| (u, t)).collect();
+            sorted.sort_unstable();
+            for (user, total) in sorted {
                 line.clear();
                 push_user(&mut line, user);
                 line.push(b',');
