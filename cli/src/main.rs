@@ -332,6 +332,7 @@ fn standing(args: StandingArgs) -> Result<()> {
             "user": format_user(user),
             "rank": s.rank,
             "steps": s.steps,
+            "total": s.steps,
             "users": s.users,
             "above": s.above.iter().map(neighbour).collect::<Vec<_>>(),
             "below": s.below.iter().map(neighbour).collect::<Vec<_>>(),

@@ -198,7 +198,14 @@ impl LocalDirSink {
         for run in output.totals.chunk_by(|a, b| a.0 .0 == b.0 .0) {
             match self.open_day(run[0].0 .0) {
                 Some(state) => {
-                    for &((_, user, total), diff) in run {
+                    for (i, &((_, user, total), diff)) in run.iter().enumerate() {
+                        // The dataflow emits a change as the retraction of the old total right
+                        // before the insertion of the new one: the insertion alone does it, and
+                        // skipping the retraction saves a random probe of a map that may hold
+                        // millions of users.
+                        if diff < 0 && run.get(i + 1).is_some_and(|n| n.0 .1 == user && n.1 > 0) {
+                            continue;
+                        }
                         apply_hashed(&mut state.totals, user, total, diff);
                     }
                 }
