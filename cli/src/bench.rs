@@ -175,6 +175,8 @@ fn core_once(a: CoreOnceArgs) -> Result<(), CliError> {
             ..GeneratorConfig::default()
         }),
         max_epochs_ahead: 2,
+        cluster: None,
+        metrics: None,
     };
     let cpu0 = cpu_seconds();
     let report = job::run(
@@ -341,6 +343,8 @@ fn replay(a: ReplayArgs) -> Result<(), CliError> {
             epoch_events: a.epoch_events,
         },
         max_epochs_ahead: 4,
+        cluster: None,
+        metrics: None,
     };
     let sink = LocalDirSink::create(&a.out, LocalOptions::default())?;
     let cpu0 = cpu_seconds();

@@ -19,7 +19,7 @@ pub struct ClusterConfig {
     pub cluster: Cluster,
     /// Kafka input.
     #[serde(default)]
-    pub kafka: Option<Kafka>,
+    pub kafka: Option<rankmysteps_sources::kafka::KafkaConfig>,
     /// Cassandra output.
     #[serde(default)]
     pub cassandra: Option<Cassandra>,
@@ -57,19 +57,6 @@ impl Default for Cluster {
             threads: default_threads(),
         }
     }
-}
-
-/// `[kafka]`: where events come from.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Kafka {
-    /// Bootstrap brokers, `host:port`.
-    pub brokers: Vec<String>,
-    /// The topic of step events.
-    pub topic: String,
-    /// Extra librdkafka properties.
-    #[serde(default)]
-    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 /// `[cassandra]`: where results go.

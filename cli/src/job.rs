@@ -2,6 +2,7 @@
 //!
 //! The same dataflow code runs in every mode; only the source and the sink differ.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use rankmysteps_sinks::{Sink, SinkError};
 use rankmysteps_sources::chunk::wall_clock;
 use rankmysteps_sources::file::FileInput;
 use rankmysteps_sources::generator::{Generator, GeneratorConfig};
+use rankmysteps_sources::kafka::{KafkaConfig, KafkaSource};
 use rankmysteps_sources::operator::{parse_source, Throttle};
 use rankmysteps_sources::parse::{ParseConfig, Parser};
 use timely::dataflow::ProbeHandle;
@@ -34,6 +36,26 @@ pub enum Input {
     },
     /// The built-in generator, with wall-clock epochs.
     Generator(GeneratorConfig),
+    /// A Kafka topic, partitions assigned statically to the workers, wall-clock epochs.
+    Kafka {
+        /// Brokers, topic, properties.
+        config: KafkaConfig,
+        /// The topic's number of partitions.
+        partitions: u32,
+        /// Epoch length, milliseconds of wall clock.
+        epoch_ms: u64,
+        /// Where to start each partition (absent: at the beginning).
+        start: BTreeMap<u32, u64>,
+    },
+}
+
+/// Where this process stands in a cluster of worker processes.
+#[derive(Clone, Debug)]
+pub struct ClusterPlace {
+    /// This process's index in `addresses`.
+    pub process: usize,
+    /// `host:port` of every process, in process order.
+    pub addresses: Vec<String>,
 }
 
 /// Everything a job needs.
@@ -49,6 +71,10 @@ pub struct JobSpec {
     pub input: Input,
     /// Flow control: epochs a source may run ahead of the last delivered one.
     pub max_epochs_ahead: u64,
+    /// Several processes (`None`: this process alone, `workers` threads).
+    pub cluster: Option<ClusterPlace>,
+    /// Where to record epoch latencies, if anywhere.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// What a finished job measured.
@@ -79,7 +105,7 @@ pub fn run(
     }
     let file = match &spec.input {
         Input::File { path, epoch_events } => Some(FileInput::open(path, *epoch_events)?.shared()),
-        Input::Generator(_) => None,
+        Input::Generator(_) | Input::Kafka { .. } => None,
     };
     // The sink runs on a thread of its own, fed through a small bounded channel: worker 0 only
     // hands over completed epochs (and waits when the sink is two epochs behind), so file and
@@ -96,7 +122,22 @@ pub fn run(
             .name("rankmysteps-sink".into())
             .spawn(move || {
                 let mut failed = false;
-                for out in receiver {
+                loop {
+                    let out = match receiver.recv_timeout(Duration::from_millis(250)) {
+                        Ok(out) => out,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            if !failed {
+                                if let Err(e) = sink.tick() {
+                                    tracing::error!(error = %e, "sink failed; stopping");
+                                    failure.lock().expect("failure lock").get_or_insert(e);
+                                    stop.store(true, Ordering::SeqCst);
+                                    failed = true;
+                                }
+                            }
+                            continue;
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
                     if failed {
                         continue;
                     }
@@ -117,7 +158,20 @@ pub fn run(
     };
     let (spec2, file2, report2, stop2) = (spec.clone(), file.clone(), report.clone(), stop.clone());
 
-    let guards = timely::execute(timely::Config::process(spec.workers), move |worker| {
+    let config = match &spec.cluster {
+        None => timely::Config::process(spec.workers),
+        Some(place) => timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: spec.workers,
+                process: place.process,
+                addresses: place.addresses.clone(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        },
+    };
+    let guards = timely::execute(config, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let spec = spec2.clone();
         let settings = spec.settings.clone();
@@ -129,8 +183,10 @@ pub fn run(
             None
         };
         let report = report2.clone();
+        let metrics = spec.metrics.clone();
         let epoch_ms = match &spec.input {
             Input::Generator(g) => Some(g.epoch_ms),
+            Input::Kafka { epoch_ms, .. } => Some(*epoch_ms),
             Input::File { .. } => None,
         };
         let on_epoch = move |out: EpochOutput| {
@@ -139,9 +195,14 @@ pub fn run(
             report.stats.add(&out.stats);
             if let Some(ms) = epoch_ms {
                 let end: Micros = (out.epoch as Micros + 1) * ms as Micros * 1000;
-                report
-                    .epoch_latencies
-                    .push(Duration::from_micros((wall_clock() - end).max(0) as u64));
+                let latency = Duration::from_micros((wall_clock() - end).max(0) as u64);
+                // Bounded: a long-running worker keeps the first 100 000 (metrics see them all).
+                if report.epoch_latencies.len() < 100_000 {
+                    report.epoch_latencies.push(latency);
+                }
+                if let Some(m) = &metrics {
+                    m.epoch_latency(latency);
+                }
             }
             drop(report);
             if let Some(sender) = &sender {
@@ -175,6 +236,35 @@ pub fn run(
                         settings.grace,
                         throttle,
                     )
+                }
+                (
+                    Input::Kafka {
+                        config,
+                        partitions,
+                        epoch_ms,
+                        start,
+                    },
+                    _,
+                ) => {
+                    match KafkaSource::new(
+                        config,
+                        *partitions,
+                        index,
+                        peers,
+                        start,
+                        *epoch_ms,
+                        stop2.clone(),
+                    ) {
+                        Ok(source) => parse_source(
+                            scope,
+                            "KafkaSource",
+                            source,
+                            parser,
+                            settings.grace,
+                            throttle,
+                        ),
+                        Err(e) => panic!("worker {index}: cannot start the Kafka source: {e}"),
+                    }
                 }
                 (Input::File { .. }, None) => unreachable!("file opened above"),
             };

@@ -5,6 +5,8 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod job;
+pub mod metrics;
+pub mod produce;
 pub mod view;
 
 pub use error::CliError;

@@ -45,6 +45,13 @@ enum Command {
     Top(TopArgs),
     /// Print a user's standing on a day (rank, total, gaps, neighbours) from an output directory.
     Standing(StandingArgs),
+    /// Run a streaming worker process: Kafka → dataflow → sinks, as described by cluster.toml.
+    ///
+    /// Partitions are assigned statically (partition p to worker p mod workers). Serves
+    /// Prometheus metrics on --metrics.
+    Worker(WorkerArgs),
+    /// Produce generated step events to Kafka (the original producers, done right).
+    Produce(ProduceArgs),
     /// Benchmark the core (generator → parse → dataflow → deltas) and file replays.
     Bench(rankmysteps::bench::BenchArgs),
 }
@@ -114,6 +121,68 @@ struct RunArgs {
     write_interval_ms: u64,
 }
 
+#[derive(Args)]
+struct WorkerArgs {
+    /// The deployment description.
+    #[arg(long, value_name = "FILE", default_value = "cluster.toml")]
+    config: PathBuf,
+    /// This process's index in [cluster] hosts (ignored when hosts lists at most one).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    process: usize,
+    /// Worker threads of this process [default: [cluster] threads].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Also write the local output directory (process 0 only).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address ("off" to disable).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9898")]
+    metrics: String,
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    /// Read brokers and topic from this file's [kafka] section.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Bootstrap brokers, comma separated (overrides --config).
+    #[arg(long, value_name = "HOST:PORT,...")]
+    brokers: Option<String>,
+    /// Topic (overrides --config) [default: steps].
+    #[arg(long)]
+    topic: Option<String>,
+    /// Partitions of the topic if it has to be created.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Number of users, drawn uniformly.
+    #[arg(long, default_value_t = 72_000)]
+    users: u64,
+    /// Records per second (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Stop after this many records.
+    #[arg(long)]
+    events: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Timestamp format.
+    #[arg(long, value_enum, default_value_t = Format::Naive)]
+    timestamp_format: Format,
+    /// IANA zone of the timestamps.
+    #[arg(long, default_value = "America/Los_Angeles")]
+    time_zone: String,
+    /// Give every record an event_id.
+    #[arg(long)]
+    event_ids: bool,
+    /// Share of deliberately bad records (0 to 1), for testing the dead-letter path.
+    #[arg(long, default_value_t = 0.0)]
+    bad_share: f64,
+    /// Seed of users and draws.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
 #[derive(Copy, Clone, ValueEnum)]
 enum Format {
     /// YYYY-MM-DD HH:MM:SS in the time zone, as the original producers.
@@ -170,6 +239,8 @@ fn main() {
         Command::Run(args) => run(args),
         Command::Top(args) => top(args),
         Command::Standing(args) => standing(args),
+        Command::Produce(args) => produce(args),
+        Command::Worker(args) => worker(args),
         Command::Bench(args) => rankmysteps::bench::bench(args).map_err(Into::into),
     };
     if let Err(e) = result {
@@ -264,6 +335,8 @@ fn run(args: RunArgs) -> Result<()> {
         },
         input,
         max_epochs_ahead: df.max_epochs_ahead,
+        cluster: None,
+        metrics: None,
     };
     let report = job::run(spec, Box::new(Fanout(sinks)), stop)?;
     let s = &report.stats;
@@ -281,6 +354,170 @@ fn run(args: RunArgs) -> Result<()> {
         rejected.join(" "),
         args.out.display()
     );
+    Ok(())
+}
+
+fn worker(args: WorkerArgs) -> Result<()> {
+    let config = ClusterConfig::load(&args.config)?;
+    let df = &config.dataflow;
+    let kafka = config.kafka.clone().with_context(|| {
+        format!(
+            "{}: a worker needs a [kafka] section",
+            args.config.display()
+        )
+    })?;
+    let partitions =
+        rankmysteps_sources::kafka::partition_count(&kafka, Duration::from_secs(15))
+            .with_context(|| format!("reading the partitions of topic {:?}", kafka.topic))?;
+    let hosts = &config.cluster.hosts;
+    let cluster = (hosts.len() > 1).then(|| job::ClusterPlace {
+        process: args.process,
+        addresses: hosts.clone(),
+    });
+    if cluster
+        .as_ref()
+        .is_some_and(|c| c.process >= c.addresses.len())
+    {
+        bail!(
+            "--process {} but [cluster] hosts lists {} processes",
+            args.process,
+            hosts.len()
+        );
+    }
+    let workers = args.workers.unwrap_or(config.cluster.threads).max(1);
+    let metrics = Arc::new(rankmysteps::metrics::Metrics::default());
+    if args.metrics != "off" {
+        let listener = std::net::TcpListener::bind(&args.metrics)
+            .with_context(|| format!("--metrics: cannot listen on {}", args.metrics))?;
+        metrics.serve(listener);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if args.process == 0 {
+        if let Some(out) = &args.out {
+            sinks.push(Box::new(LocalDirSink::create(
+                out,
+                LocalOptions::default(),
+            )?));
+        }
+    }
+    let sink = rankmysteps::metrics::Measured {
+        inner: Box::new(Fanout(sinks)),
+        metrics: metrics.clone(),
+    };
+    let spec = JobSpec {
+        workers,
+        settings: Settings {
+            k: df.k,
+            grace: df.grace_micros()?,
+        },
+        parse: ParseConfig {
+            max_steps: df.max_steps_per_event,
+            max_clock_skew: df.skew_micros()?,
+            time_zone: df.zone()?,
+        },
+        input: Input::Kafka {
+            config: kafka.clone(),
+            partitions,
+            epoch_ms: df.epoch_ms.max(1),
+            // Recovery from a progress record is not implemented yet: start at the beginning.
+            start: Default::default(),
+        },
+        max_epochs_ahead: df.max_epochs_ahead,
+        cluster,
+        metrics: Some(metrics),
+    };
+    eprintln!(
+        "rankmysteps: worker process {} consuming {} ({} partitions) with {} threads",
+        args.process, kafka.topic, partitions, workers
+    );
+    let report = job::run(spec, Box::new(sink), stop)?;
+    eprintln!(
+        "rankmysteps: stopped after {} epochs: accepted {}, duplicate {}, rejected {}",
+        report.epochs,
+        report.stats.accepted,
+        report.stats.duplicate,
+        report.stats.rejected_total()
+    );
+    Ok(())
+}
+
+fn produce(args: ProduceArgs) -> Result<()> {
+    let from_file = match &args.config {
+        Some(path) => ClusterConfig::load(path)?.kafka,
+        None => None,
+    };
+    let mut kafka = from_file.unwrap_or_else(|| rankmysteps_sources::kafka::KafkaConfig {
+        brokers: vec!["127.0.0.1:9092".into()],
+        topic: "steps".into(),
+        properties: Default::default(),
+    });
+    if let Some(b) = &args.brokers {
+        kafka.brokers = b.split(',').map(str::to_owned).collect();
+    }
+    if let Some(t) = &args.topic {
+        kafka.topic = t.clone();
+    }
+    if !(0.0..=1.0).contains(&args.bad_share) {
+        bail!("--bad-share must be between 0 and 1");
+    }
+    if args.events.is_none() && args.duration.is_none() {
+        eprintln!(
+            "rankmysteps: producing until Ctrl-C (use --events or --duration to stop by itself)"
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let zone = jiff::tz::TimeZone::get(&args.time_zone)
+        .with_context(|| format!("unknown time zone {:?}", args.time_zone))?;
+    use std::io::IsTerminal;
+    let spec = rankmysteps::produce::ProduceSpec {
+        kafka: kafka.clone(),
+        partitions: args.partitions.max(1),
+        generator: GeneratorConfig {
+            users: args.users.max(1),
+            rate: (args.rate > 0).then_some(args.rate),
+            duration: args.duration.map(Duration::from_secs_f64),
+            max_events: args.events,
+            epoch_ms: 1000,
+            seed: args.seed,
+            format: match args.timestamp_format {
+                Format::Naive => TimestampFormat::Naive,
+                Format::Rfc3339 => TimestampFormat::Rfc3339,
+            },
+            event_ids: args.event_ids,
+            zone,
+        },
+        bad_share: args.bad_share,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let report = rankmysteps::produce::produce(spec, stop)?;
+    let secs = report.elapsed.as_secs_f64();
+    eprintln!(
+        "rankmysteps: produced {} records to {} in {:.2}s ({:.0}/s), {} deliberately bad, {} failed",
+        report.delivered,
+        kafka.topic,
+        secs,
+        report.delivered as f64 / secs.max(1e-9),
+        report.bad,
+        report.failed
+    );
+    if report.failed > 0 {
+        bail!("{} records could not be delivered", report.failed);
+    }
     Ok(())
 }
 

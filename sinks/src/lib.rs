@@ -7,6 +7,7 @@
 //! delete absolute values, which makes rewriting an epoch (a replay) idempotent.
 //!
 //! The crate is laid out one folder per sink:
+//! - [`cassandra`]: the Cassandra tables of design §5 (sink, schema, readers).
 //! - [`local`]: the local output directory of design §10 (embedded default, file replays,
 //!   tests), and the readers behind `rankmysteps top` and `rankmysteps standing`.
 //!
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use rankmysteps_dataflow::event::Epoch;
 use rankmysteps_dataflow::output::EpochOutput;
 
+pub mod cassandra;
 pub mod local;
 
 /// A destination for the results of completed epochs.
@@ -36,6 +38,12 @@ pub trait Sink: Send {
     /// Applies the changes of one completed epoch.
     fn write_epoch(&mut self, output: &EpochOutput) -> Result<(), SinkError>;
 
+    /// Called regularly (a few times a second) while no epoch arrives, so that a sink that
+    /// coalesces writes still writes what is due when the input goes quiet.
+    fn tick(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
     /// Writes everything still pending and makes it durable. Called once, at the end of a run.
     fn finish(&mut self) -> Result<(), SinkError> {
         Ok(())
@@ -45,6 +53,10 @@ pub trait Sink: Send {
 impl<S: Sink + ?Sized> Sink for Box<S> {
     fn write_epoch(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
         (**self).write_epoch(output)
+    }
+
+    fn tick(&mut self) -> Result<(), SinkError> {
+        (**self).tick()
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
@@ -63,6 +75,13 @@ impl Sink for Fanout {
     fn write_epoch(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
         for sink in &mut self.0 {
             sink.write_epoch(output)?;
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Result<(), SinkError> {
+        for sink in &mut self.0 {
+            sink.tick()?;
         }
         Ok(())
     }
@@ -104,6 +123,14 @@ pub enum SinkError {
         /// What was looked for, and where.
         what: String,
     },
+    /// A Cassandra request, connection or configuration failed (after its retries).
+    #[error("cassandra: {what}: {detail}")]
+    Cassandra {
+        /// What was being done.
+        what: String,
+        /// The error.
+        detail: String,
+    },
     /// An epoch was delivered after a later (or the same) one: a breach of the [`Sink`] contract.
     #[error("epoch {epoch} delivered after epoch {last}: sinks take epochs in increasing order")]
     OutOfOrder {
@@ -120,6 +147,14 @@ impl SinkError {
         SinkError::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// A [`SinkError::Cassandra`]: `detail` went wrong while doing `what`.
+    pub fn cassandra(what: impl Into<String>, detail: impl Into<String>) -> SinkError {
+        SinkError::Cassandra {
+            what: what.into(),
+            detail: detail.into(),
         }
     }
 

@@ -20,8 +20,8 @@ pub struct Chunk {
     pub data: Vec<u8>,
     /// Each record: its position in input order, and its byte range in `data`.
     pub records: Vec<(u64, u32, u32)>,
-    /// The input position after this chunk, if the source tracks one.
-    pub position: Option<Position>,
+    /// The input positions after this chunk (one per partition it read), if the source tracks them.
+    pub positions: Vec<Position>,
 }
 
 impl Chunk {

@@ -16,6 +16,9 @@ pub enum SourceError {
     /// A directory given as input holds no file to read.
     #[error("no input files in directory {0}")]
     EmptyDirectory(PathBuf),
+    /// Kafka failed.
+    #[error("kafka: {0}")]
+    Kafka(String),
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     Invalid(String),

@@ -5,6 +5,7 @@ pub mod chunk;
 pub mod error;
 pub mod file;
 pub mod generator;
+pub mod kafka;
 pub mod operator;
 pub mod parse;
 

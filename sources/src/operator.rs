@@ -86,7 +86,7 @@ pub fn parse_source<'scope, S: ChunkSource>(
                         activator.activate_after(retry);
                         return;
                     }
-                    Pull::Chunk(chunk) => {
+                    Pull::Chunk(mut chunk) => {
                         let epoch = chunk.epoch.max(*held[0].time());
                         held.iter_mut().for_each(|c| c.downgrade(&epoch));
                         let mut events = Vec::with_capacity(chunk.records.len());
@@ -127,8 +127,11 @@ pub fn parse_source<'scope, S: ChunkSource>(
                                 .session(&held[1])
                                 .give_container(&mut rejected);
                         }
-                        if let Some(position) = chunk.position {
-                            positions_out.activate().session(&held[2]).give(position);
+                        if !chunk.positions.is_empty() {
+                            positions_out
+                                .activate()
+                                .session(&held[2])
+                                .give_iterator(chunk.positions.drain(..));
                         }
                         if throttle
                             .completed

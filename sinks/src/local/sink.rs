@@ -357,6 +357,16 @@ impl LocalDirSink {
 }
 
 impl Sink for LocalDirSink {
+    /// Writes what is pending once `min_write_interval` has passed since the last write, so
+    /// a quiet stream still reaches the directory.
+    fn tick(&mut self) -> Result<(), SinkError> {
+        let pending = self.progress_dirty || !self.dirty.is_empty() || !self.rejected.is_empty();
+        if pending && self.last_write.elapsed() >= self.options.min_write_interval {
+            self.write_pending(false)?;
+        }
+        Ok(())
+    }
+
     fn write_epoch(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
         if let Some(last) = self.epoch.filter(|&last| output.epoch <= last) {
             return Err(SinkError::OutOfOrder {

@@ -155,7 +155,7 @@ impl FileInput {
         if self.next_line == start {
             return None;
         }
-        chunk.position = Some(Position {
+        chunk.positions.push(Position {
             partition: 0,
             next: self.next_line,
         });

@@ -138,6 +138,31 @@ impl Generator {
         }
     }
 
+    /// Renders the next event (a random user, 1–10 steps, `timestamp`) into `line`; returns the
+    /// user. `pos` names the event in its `event_id`, when those are on.
+    pub fn render(&mut self, timestamp: &str, pos: u64, line: &mut Vec<u8>) -> User {
+        let r = self.next_random();
+        let user = user_uuid(self.config.seed, r % self.config.users.max(1));
+        let steps = 1 + (r >> 40) % 10;
+        line.clear();
+        line.extend_from_slice(b"{\"uuid\":\"");
+        push_uuid(line, user);
+        line.extend_from_slice(b"\",\"timestamp\":\"");
+        line.extend_from_slice(timestamp.as_bytes());
+        line.extend_from_slice(b"\",\"steps\":");
+        line.extend_from_slice(steps.to_string().as_bytes());
+        if self.config.event_ids {
+            line.extend_from_slice(format!(",\"event_id\":\"g{pos}\"").as_bytes());
+        }
+        line.extend_from_slice(b",\"source\":\"rankmysteps-generator\"}");
+        user
+    }
+
+    /// The current timestamp text (wall clock) in the configured format and zone.
+    pub fn timestamp_now(&self) -> String {
+        self.timestamp(wall_clock())
+    }
+
     /// This worker's share of a total count.
     fn share(&self, total: u64) -> u64 {
         total / self.peers + u64::from(self.index < total % self.peers)
@@ -175,21 +200,8 @@ impl ChunkSource for Generator {
         chunk.data.reserve(batch as usize * 130);
         let mut line = std::mem::take(&mut self.line);
         for _ in 0..batch {
-            let r = self.next_random();
-            let user = user_uuid(self.config.seed, r % self.config.users.max(1));
-            let steps = 1 + (r >> 40) % 10;
-            line.clear();
-            line.extend_from_slice(b"{\"uuid\":\"");
-            push_uuid(&mut line, user);
-            line.extend_from_slice(b"\",\"timestamp\":\"");
-            line.extend_from_slice(timestamp.as_bytes());
-            line.extend_from_slice(b"\",\"steps\":");
-            line.extend_from_slice(steps.to_string().as_bytes());
             let pos = self.produced * self.peers + self.index;
-            if self.config.event_ids {
-                line.extend_from_slice(format!(",\"event_id\":\"g{pos}\"").as_bytes());
-            }
-            line.extend_from_slice(b",\"source\":\"rankmysteps-generator\"}");
+            self.render(&timestamp, pos, &mut line);
             chunk.push(pos, &line);
             self.produced += 1;
         }

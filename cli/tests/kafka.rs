@@ -1,0 +1,253 @@
+//! Kafka → `rankmysteps worker` → local output, against the sequential reference, on a real
+//! Apache Kafka broker (`scripts/services start kafka`). Compiled only with the `integration`
+//! feature: `cargo test -p rankmysteps --features integration --test kafka`. It fails (never
+//! skips) when the broker is not there.
+#![cfg(feature = "integration")]
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rankmysteps_dataflow::event::{
+    format_day, format_user, parse_day, Event, Reason, User, MICROS_PER_SEC,
+};
+use rankmysteps_dataflow::pipeline::Settings;
+use rankmysteps_dataflow::reference::{Record, Reference};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::ClientConfig;
+
+fn brokers() -> String {
+    std::env::var("RANKMYSTEPS_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+/// Records with their meaning: recent days (none closes: the watermark stays below), several
+/// offsets, ties, duplicates by event_id, and bad records of every parse-time reason.
+fn records(
+    n: usize,
+) -> Vec<(
+    User,
+    String,
+    Result<(User, i32, i64, u32, Option<String>), Reason>,
+)> {
+    let mut rng = Rng(42);
+    let users: Vec<User> = (1..=30u128).map(|i| i * 0x1_0000_0001).collect();
+    let day = parse_day("2026-01-10").unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let user = users[rng.below(users.len() as u64) as usize];
+        let u = format_user(user);
+        let bad = rng.below(20);
+        let (text, meaning) = match bad {
+            0 => ("{not json".to_owned(), Err(Reason::Malformed)),
+            1 => (
+                format!("{{\"uuid\":\"{u}0\",\"timestamp\":\"2026-01-10T10:00:00Z\",\"steps\":1}}"),
+                Err(Reason::InvalidUuid),
+            ),
+            2 => (
+                format!("{{\"uuid\":\"{u}\",\"timestamp\":\"2026-01-32T10:00:00Z\",\"steps\":1}}"),
+                Err(Reason::InvalidTimestamp),
+            ),
+            3 => (
+                format!(
+                    "{{\"uuid\":\"{u}\",\"timestamp\":\"2026-01-10T10:00:00Z\",\"steps\":\"7\"}}"
+                ),
+                Err(Reason::InvalidSteps),
+            ),
+            4 => (
+                format!("{{\"uuid\":\"{u}\",\"timestamp\":\"2999-01-10T10:00:00Z\",\"steps\":1}}"),
+                Err(Reason::Future),
+            ),
+            _ => {
+                let hour = rng.below(10) as i64;
+                let steps = rng.below(3) as u32 * 5;
+                let id = (rng.below(3) == 0).then(|| format!("e{}", rng.below(4)));
+                let id_json = id
+                    .as_ref()
+                    .map(|i| format!(",\"event_id\":\"{i}\""))
+                    .unwrap_or_default();
+                let text = format!("{{\"uuid\":\"{u}\",\"timestamp\":\"2026-01-10T{:02}:00:00+05:45\",\"steps\":{steps}{id_json}}}", hour + 6);
+                let time = (day as i64 * 86_400 + (hour + 6) * 3600 - (5 * 3600 + 45 * 60))
+                    * MICROS_PER_SEC;
+                (text, Ok((user, day, time, steps, id)))
+            }
+        };
+        out.push((user, text, meaning));
+    }
+    out
+}
+
+/// Kills the worker if the test fails before stopping it.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn worker_matches_reference_on_real_kafka() {
+    let topic = format!("rms-it-{}", std::process::id());
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", brokers());
+    let admin: AdminClient<DefaultClientContext> = client.create().unwrap();
+    let created = futures_executor::block_on(admin.create_topics(
+        [&NewTopic::new(&topic, 4, TopicReplication::Fixed(1))],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+    ))
+    .expect("Kafka must be running: scripts/services start kafka");
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+
+    let records = records(3000);
+    let producer: ThreadedProducer<DefaultProducerContext> = client
+        .clone()
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    // Keyed by user: one user's records share a partition, in send order.
+    for (user, text, _) in &records {
+        let key = format_user(*user);
+        producer
+            .send(BaseRecord::to(&topic).key(&key).payload(text))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    // Reference: one user's records share a partition, so "first in (epoch, partition, offset)"
+    // is "first sent" among that user's records; no day closes, so epochs do not matter.
+    let settings = Settings {
+        k: 10,
+        ..Settings::default()
+    };
+    let mut reference = Reference::new(settings.clone());
+    let batch: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, meaning))| match meaning {
+            Err(reason) => Record::Rejected(i as u64, *reason),
+            Ok((user, day, time, steps, id)) => Record::Event(Event {
+                pos: i as u64,
+                user: *user,
+                day: *day,
+                time: *time,
+                steps: *steps,
+                event_id: id.clone().map(Into::into),
+                raw: None,
+            }),
+        })
+        .collect();
+    reference.epoch(0, batch);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(
+        &config,
+        format!("[cluster]\nthreads = 3\n[kafka]\nbrokers = [\"{}\"]\ntopic = \"{topic}\"\n[dataflow]\nk = 10\nepoch_ms = 200\n", brokers()),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
+            .args(["worker", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .args(["--metrics", "off"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let consumed = loop {
+        let progress: Option<serde_json::Value> =
+            std::fs::read_to_string(out.join("progress.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
+        let done = progress.as_ref().and_then(|p| {
+            let s = &p["stats"];
+            let n = s["accepted"].as_u64()?
+                + s["duplicate"].as_u64()?
+                + Reason::ALL
+                    .iter()
+                    .map(|r| s["rejected"][r.code()].as_u64().unwrap_or(0))
+                    .sum::<u64>();
+            Some(n)
+        });
+        if done == Some(records.len() as u64) {
+            break progress.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker did not consume everything: {progress:?}"
+        );
+        assert!(child.0.try_wait().unwrap().is_none(), "worker exited early");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Graceful stop (Ctrl-C): the worker writes its last epoch and exits 0.
+    Command::new("kill")
+        .args(["-INT", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+
+    let next: u64 = consumed["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["next"].as_u64().unwrap())
+        .sum();
+    assert_eq!(next, records.len() as u64, "positions cover every record");
+    let s = &reference.stats;
+    assert_eq!(consumed["stats"]["accepted"], s.accepted);
+    assert_eq!(consumed["stats"]["duplicate"], s.duplicate);
+    for r in Reason::ALL {
+        assert_eq!(
+            consumed["stats"]["rejected"][r.code()],
+            s.rejected(r),
+            "{}",
+            r.code()
+        );
+    }
+    assert!(s.duplicate > 0 && s.rejected_total() > 0);
+    for (day, result) in &reference.days {
+        let top: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("days").join(format_day(*day)).join("top.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        let expected: Vec<serde_json::Value> = result.top(10).iter().map(|r| serde_json::json!({"rank": r.rank, "user": format_user(r.user), "steps": r.steps})).collect();
+        assert_eq!(top["top"], serde_json::Value::from(expected));
+        assert_eq!(top["users"], result.totals.len());
+        let totals: BTreeMap<String, u64> =
+            std::fs::read_to_string(out.join("days").join(format_day(*day)).join("totals.csv"))
+                .unwrap()
+                .lines()
+                .skip(1)
+                .map(|l| {
+                    let (u, s) = l.split_once(',').unwrap();
+                    (u.to_owned(), s.parse().unwrap())
+                })
+                .collect();
+        let expected: BTreeMap<String, u64> = result
+            .totals
+            .iter()
+            .map(|(u, s)| (format_user(*u), *s))
+            .collect();
+        assert_eq!(totals, expected);
+    }
+}

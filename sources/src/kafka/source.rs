@@ -1,0 +1,140 @@
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rankmysteps_dataflow::event::Epoch;
+use rankmysteps_dataflow::output::Position;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::KafkaConfig;
+use crate::chunk::{wall_clock, Chunk, ChunkSource, Pull};
+use crate::error::SourceError;
+
+/// Most records in one chunk.
+const CHUNK_RECORDS: usize = 4096;
+
+/// The position of a Kafka record in input order: partition, then offset.
+pub fn record_pos(partition: u32, offset: u64) -> u64 {
+    (u64::from(partition) << 48) | (offset & ((1 << 48) - 1))
+}
+
+/// The number of partitions of the topic.
+pub fn partition_count(config: &KafkaConfig, timeout: Duration) -> Result<u32, SourceError> {
+    let consumer: BaseConsumer = config.client_config().create().map_err(kafka_error)?;
+    let metadata = consumer
+        .fetch_metadata(Some(&config.topic), timeout)
+        .map_err(kafka_error)?;
+    let topic = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == config.topic)
+        .ok_or_else(|| SourceError::Kafka(format!("topic {} not found", config.topic)))?;
+    if let Some(e) = topic.error() {
+        return Err(SourceError::Kafka(format!("topic {}: {e:?}", config.topic)));
+    }
+    Ok(topic.partitions().len() as u32)
+}
+
+fn kafka_error(e: rdkafka::error::KafkaError) -> SourceError {
+    SourceError::Kafka(e.to_string())
+}
+
+/// One worker's share of a topic: partitions `p` with `p mod workers == worker`.
+///
+/// A worker with no partition still reports epochs (idle pulls advance with the wall clock), so
+/// it never holds the dataflow back.
+pub struct KafkaSource {
+    consumer: BaseConsumer,
+    /// Next offset of each assigned partition.
+    next: BTreeMap<u32, u64>,
+    epoch_ms: u64,
+    stop: Arc<AtomicBool>,
+}
+
+impl KafkaSource {
+    /// Assigns this worker's partitions of `partitions`, starting each at `start[p]` (the
+    /// progress record's next offset) or at the beginning.
+    pub fn new(
+        config: &KafkaConfig,
+        partitions: u32,
+        worker: usize,
+        workers: usize,
+        start: &BTreeMap<u32, u64>,
+        epoch_ms: u64,
+        stop: Arc<AtomicBool>,
+    ) -> Result<KafkaSource, SourceError> {
+        let mut client = config.client_config();
+        // Offsets live in the progress record, not in Kafka: no group coordination, no commits.
+        client
+            .set("group.id", "rankmysteps")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
+        let consumer: BaseConsumer = client.create().map_err(kafka_error)?;
+        let mut list = TopicPartitionList::new();
+        let mut next = BTreeMap::new();
+        for p in (0..partitions).filter(|p| *p as usize % workers == worker) {
+            let offset = start.get(&p).copied().unwrap_or(0);
+            list.add_partition_offset(&config.topic, p as i32, Offset::Offset(offset as i64))
+                .map_err(kafka_error)?;
+            next.insert(p, offset);
+        }
+        consumer.assign(&list).map_err(kafka_error)?;
+        Ok(KafkaSource {
+            consumer,
+            next,
+            epoch_ms: epoch_ms.max(1),
+            stop,
+        })
+    }
+
+    /// Next offset of each assigned partition.
+    pub fn positions(&self) -> Vec<Position> {
+        self.next
+            .iter()
+            .map(|(&partition, &next)| Position { partition, next })
+            .collect()
+    }
+}
+
+impl ChunkSource for KafkaSource {
+    fn pull(&mut self) -> Pull {
+        if self.stop.load(Ordering::Relaxed) {
+            return Pull::Done;
+        }
+        let now = wall_clock();
+        let epoch: Epoch = (now / 1000).max(0) as u64 / self.epoch_ms;
+        let mut chunk = Chunk::new(epoch, now);
+        if !self.next.is_empty() {
+            while chunk.records.len() < CHUNK_RECORDS {
+                match self.consumer.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Ok(message)) => {
+                        let partition = message.partition() as u32;
+                        let offset = message.offset() as u64;
+                        chunk.push(
+                            record_pos(partition, offset),
+                            message.payload().unwrap_or(b""),
+                        );
+                        self.next.insert(partition, offset + 1);
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "kafka poll error");
+                        break;
+                    }
+                }
+            }
+        }
+        if chunk.records.is_empty() {
+            return Pull::Idle {
+                epoch,
+                retry: Duration::from_millis(5),
+            };
+        }
+        chunk.positions = self.positions();
+        Pull::Chunk(chunk)
+    }
+}
