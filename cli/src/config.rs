@@ -22,7 +22,7 @@ pub struct ClusterConfig {
     pub kafka: Option<rankmysteps_sources::kafka::KafkaConfig>,
     /// Cassandra output.
     #[serde(default)]
-    pub cassandra: Option<Cassandra>,
+    pub cassandra: Option<rankmysteps_sinks::cassandra::CassandraConfig>,
     /// S3 archive.
     #[serde(default)]
     pub s3: Option<S3>,
@@ -57,37 +57,6 @@ impl Default for Cluster {
             threads: default_threads(),
         }
     }
-}
-
-/// `[cassandra]`: where results go.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Cassandra {
-    /// Contact points, `host:port`.
-    pub contact_points: Vec<String>,
-    /// Keyspace.
-    #[serde(default = "default_keyspace")]
-    pub keyspace: String,
-    /// Replication map of the keyspace, e.g. `{ class = "SimpleStrategy", replication_factor = "1" }`.
-    #[serde(default)]
-    pub replication: std::collections::BTreeMap<String, String>,
-    /// Consistency level of reads and writes.
-    #[serde(default = "default_consistency")]
-    pub consistency: String,
-    /// Environment variable holding the user name, if authentication is on.
-    #[serde(default)]
-    pub username_env: Option<String>,
-    /// Environment variable holding the password.
-    #[serde(default)]
-    pub password_env: Option<String>,
-}
-
-fn default_keyspace() -> String {
-    "rankmysteps".into()
-}
-
-fn default_consistency() -> String {
-    "LOCAL_QUORUM".into()
 }
 
 /// `[s3]`: the raw-event archive.
@@ -192,6 +161,12 @@ impl ClusterConfig {
         config.dataflow.grace_micros()?;
         config.dataflow.skew_micros()?;
         config.dataflow.zone()?;
+        if let Some(c) = &config.cassandra {
+            c.validate().map_err(|e| CliError::Config {
+                path: path.to_owned(),
+                detail: format!("[cassandra]: {e}"),
+            })?;
+        }
         Ok(config)
     }
 }

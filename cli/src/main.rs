@@ -50,6 +50,8 @@ enum Command {
     /// Partitions are assigned statically (partition p to worker p mod workers). Serves
     /// Prometheus metrics on --metrics.
     Worker(WorkerArgs),
+    /// Create (or check) the Cassandra keyspace and tables of cluster.toml's [cassandra].
+    Schema(SchemaArgs),
     /// Produce generated step events to Kafka (the original producers, done right).
     Produce(ProduceArgs),
     /// Benchmark the core (generator → parse → dataflow → deltas) and file replays.
@@ -119,6 +121,16 @@ struct RunArgs {
     /// Rewrite output files at most this often, in milliseconds (final results are always written).
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     write_interval_ms: u64,
+}
+
+#[derive(Args)]
+struct SchemaArgs {
+    /// `apply` creates the keyspace and tables (idempotent); `print` shows the CQL.
+    #[arg(value_parser = ["apply", "print"])]
+    action: String,
+    /// The deployment description (its [cassandra] section).
+    #[arg(long, value_name = "FILE", default_value = "cluster.toml")]
+    config: PathBuf,
 }
 
 #[derive(Args)]
@@ -196,6 +208,9 @@ struct TopArgs {
     /// Output directory written by `rankmysteps run`.
     #[arg(long, value_name = "DIR", default_value = "out")]
     out: PathBuf,
+    /// Read Cassandra (cluster.toml's [cassandra]) instead of an output directory.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The day, YYYY-MM-DD.
     #[arg(long, value_name = "YYYY-MM-DD")]
     day: String,
@@ -212,6 +227,9 @@ struct StandingArgs {
     /// Output directory written by `rankmysteps run`.
     #[arg(long, value_name = "DIR", default_value = "out")]
     out: PathBuf,
+    /// Read Cassandra (cluster.toml's [cassandra]) instead of an output directory.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The day, YYYY-MM-DD.
     #[arg(long, value_name = "YYYY-MM-DD")]
     day: String,
@@ -241,6 +259,7 @@ fn main() {
         Command::Standing(args) => standing(args),
         Command::Produce(args) => produce(args),
         Command::Worker(args) => worker(args),
+        Command::Schema(args) => schema(args),
         Command::Bench(args) => rankmysteps::bench::bench(args).map_err(Into::into),
     };
     if let Err(e) = result {
@@ -403,6 +422,11 @@ fn worker(args: WorkerArgs) -> Result<()> {
     }
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if args.process == 0 {
+        if let Some(c) = &config.cassandra {
+            let sink = rankmysteps_sinks::cassandra::CassandraSink::connect(c, "rankmysteps")
+                .with_context(|| format!("connecting to Cassandra at {:?}", c.contact_points))?;
+            sinks.push(Box::new(sink));
+        }
         if let Some(out) = &args.out {
             sinks.push(Box::new(LocalDirSink::create(
                 out,
@@ -449,6 +473,36 @@ fn worker(args: WorkerArgs) -> Result<()> {
         report.stats.rejected_total()
     );
     Ok(())
+}
+
+fn schema(args: SchemaArgs) -> Result<()> {
+    let config = ClusterConfig::load(&args.config)?;
+    let c = config
+        .cassandra
+        .with_context(|| format!("{}: no [cassandra] section", args.config.display()))?;
+    if args.action == "print" {
+        for statement in
+            rankmysteps_sinks::cassandra::schema::statements(&c.keyspace, &c.replication_cql())
+        {
+            println!("{statement};");
+        }
+        return Ok(());
+    }
+    rankmysteps_sinks::cassandra::schema::apply(&c)
+        .with_context(|| format!("applying the schema at {:?}", c.contact_points))?;
+    eprintln!("rankmysteps: schema of keyspace {} applied", c.keyspace);
+    Ok(())
+}
+
+/// The Cassandra section of `--config`, when given.
+fn cassandra_of(
+    config: &Option<PathBuf>,
+) -> Result<Option<rankmysteps_sinks::cassandra::CassandraConfig>> {
+    let Some(path) = config else { return Ok(None) };
+    let c = ClusterConfig::load(path)?
+        .cassandra
+        .with_context(|| format!("{}: no [cassandra] section", path.display()))?;
+    Ok(Some(c))
 }
 
 fn produce(args: ProduceArgs) -> Result<()> {
@@ -527,7 +581,10 @@ fn day_arg(text: &str) -> Result<rankmysteps_dataflow::event::Day> {
 
 fn top(args: TopArgs) -> Result<()> {
     let day = day_arg(&args.day)?;
-    let top = read_top(&args.out, day, args.k)?;
+    let top = match cassandra_of(&args.config)? {
+        Some(c) => rankmysteps_sinks::cassandra::CassandraReader::connect(&c)?.top(day, args.k)?,
+        None => read_top(&args.out, day, args.k)?,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&top)?);
         return Ok(());
@@ -554,7 +611,15 @@ fn standing(args: StandingArgs) -> Result<()> {
             args.user
         )
     })?;
-    let Some((s, is_final)) = read_standing(&args.out, day, user, args.neighbours)? else {
+    let found = match cassandra_of(&args.config)? {
+        Some(c) => rankmysteps_sinks::cassandra::CassandraReader::connect(&c)?.standing(
+            day,
+            user,
+            args.neighbours,
+        )?,
+        None => read_standing(&args.out, day, user, args.neighbours)?,
+    };
+    let Some((s, is_final)) = found else {
         bail!(
             "user {} has no steps on {}",
             format_user(user),

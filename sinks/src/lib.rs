@@ -10,6 +10,8 @@
 //! - [`cassandra`]: the Cassandra tables of design §5 (sink, schema, readers).
 //! - [`local`]: the local output directory of design §10 (embedded default, file replays,
 //!   tests), and the readers behind `rankmysteps top` and `rankmysteps standing`.
+//! - [`s3`]: the archive of raw and rejected records of design §6 (gzip JSON Lines objects
+//!   with deterministic keys) and its readers for replays.
 //!
 //! [`Fanout`] sends every epoch to several sinks.
 
@@ -20,6 +22,7 @@ use rankmysteps_dataflow::output::EpochOutput;
 
 pub mod cassandra;
 pub mod local;
+pub mod s3;
 
 /// A destination for the results of completed epochs.
 ///
@@ -131,6 +134,15 @@ pub enum SinkError {
         /// The error.
         detail: String,
     },
+    /// An S3 request, connection or configuration failed (after the SDK's retries), or an
+    /// archive object could not be encoded or decoded.
+    #[error("s3: {what}: {detail}")]
+    S3 {
+        /// What was being done (with the bucket and key where it applies).
+        what: String,
+        /// The error.
+        detail: String,
+    },
     /// An epoch was delivered after a later (or the same) one: a breach of the [`Sink`] contract.
     #[error("epoch {epoch} delivered after epoch {last}: sinks take epochs in increasing order")]
     OutOfOrder {
@@ -153,6 +165,14 @@ impl SinkError {
     /// A [`SinkError::Cassandra`]: `detail` went wrong while doing `what`.
     pub fn cassandra(what: impl Into<String>, detail: impl Into<String>) -> SinkError {
         SinkError::Cassandra {
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// A [`SinkError::S3`]: `detail` went wrong while doing `what`.
+    pub fn s3(what: impl Into<String>, detail: impl Into<String>) -> SinkError {
+        SinkError::S3 {
             what: what.into(),
             detail: detail.into(),
         }
