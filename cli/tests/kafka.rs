@@ -18,6 +18,10 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
 
+fn cassandra() -> String {
+    std::env::var("RANKMYSTEPS_CASSANDRA").unwrap_or_else(|_| "127.0.0.1:9042".into())
+}
+
 fn brokers() -> String {
     std::env::var("RANKMYSTEPS_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
@@ -102,6 +106,7 @@ impl Drop for Child {
 #[test]
 fn worker_matches_reference_on_real_kafka() {
     let topic = format!("rms-it-{}", std::process::id());
+    let keyspace = format!("rms_it_{}", std::process::id());
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", brokers());
     let admin: AdminClient<DefaultClientContext> = client.create().unwrap();
@@ -156,9 +161,23 @@ fn worker_matches_reference_on_real_kafka() {
     let config = dir.path().join("cluster.toml");
     std::fs::write(
         &config,
-        format!("[cluster]\nthreads = 3\n[kafka]\nbrokers = [\"{}\"]\ntopic = \"{topic}\"\n[dataflow]\nk = 10\nepoch_ms = 200\n", brokers()),
+        format!(
+            "[cluster]\nthreads = 3\n[kafka]\nbrokers = [\"{}\"]\ntopic = \"{topic}\"\n[cassandra]\ncontact_points = [\"{}\"]\nkeyspace = \"{keyspace}\"\nconsistency = \"ONE\"\n[dataflow]\nk = 10\nepoch_ms = 200\n",
+            brokers(),
+            cassandra()
+        ),
     )
     .unwrap();
+    let bin = env!("CARGO_BIN_EXE_rankmysteps");
+    let schema = Command::new(bin)
+        .args(["schema", "apply", "--config"])
+        .arg(&config)
+        .status()
+        .unwrap();
+    assert!(
+        schema.success(),
+        "schema apply (Cassandra must be running: scripts/services start cassandra)"
+    );
     let out = dir.path().join("out");
     let mut child = Child(
         Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
@@ -249,5 +268,57 @@ fn worker_matches_reference_on_real_kafka() {
             .map(|(u, s)| (format_user(*u), *s))
             .collect();
         assert_eq!(totals, expected);
+    }
+    // The same answers from Cassandra, through the CLI.
+    for (day, result) in &reference.days {
+        let d = format_day(*day);
+        let from_dir = Command::new(bin)
+            .args(["top", "--out"])
+            .arg(&out)
+            .args(["--day", &d, "--json"])
+            .output()
+            .unwrap();
+        let from_cassandra = Command::new(bin)
+            .args(["top", "--config"])
+            .arg(&config)
+            .args(["--day", &d, "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            from_cassandra.status.success(),
+            "{}",
+            String::from_utf8_lossy(&from_cassandra.stderr)
+        );
+        assert_eq!(from_cassandra.stdout, from_dir.stdout, "top of {d}");
+        for user in result.totals.keys().take(12) {
+            let u = format_user(*user);
+            let args = [
+                "--day",
+                d.as_str(),
+                "--user",
+                u.as_str(),
+                "--neighbours",
+                "2",
+                "--json",
+            ];
+            let a = Command::new(bin)
+                .args(["standing", "--out"])
+                .arg(&out)
+                .args(args)
+                .output()
+                .unwrap();
+            let b = Command::new(bin)
+                .args(["standing", "--config"])
+                .arg(&config)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(a.status.success() && b.status.success());
+            assert_eq!(
+                String::from_utf8_lossy(&b.stdout),
+                String::from_utf8_lossy(&a.stdout),
+                "standing of {u} on {d}"
+            );
+        }
     }
 }

@@ -250,7 +250,7 @@ pub fn hex_encode(bytes: &[u8]) -> String {
 /// The bytes of a hex string (either case); `None` if it is not hex.
 pub fn hex_decode(hex: &str) -> Option<Vec<u8>> {
     let hex = hex.as_bytes();
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
