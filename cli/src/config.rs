@@ -25,7 +25,7 @@ pub struct ClusterConfig {
     pub cassandra: Option<rankmysteps_sinks::cassandra::CassandraConfig>,
     /// S3 archive.
     #[serde(default)]
-    pub s3: Option<S3>,
+    pub s3: Option<rankmysteps_sinks::s3::S3Config>,
     /// Dataflow semantics and limits.
     #[serde(default)]
     pub dataflow: Dataflow,
@@ -57,25 +57,6 @@ impl Default for Cluster {
             threads: default_threads(),
         }
     }
-}
-
-/// `[s3]`: the raw-event archive.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct S3 {
-    /// Endpoint URL (absent: AWS).
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// Region.
-    pub region: String,
-    /// Bucket.
-    pub bucket: String,
-    /// Path-style addressing (most S3-compatible stores need it).
-    #[serde(default)]
-    pub path_style: bool,
-    /// Compute request checksums and validate response checksums only "when required".
-    #[serde(default)]
-    pub checksums_when_required: bool,
 }
 
 /// `[web]`: the leaderboard page.

@@ -34,6 +34,16 @@ pub enum Input {
         /// Lines per epoch.
         epoch_events: u64,
     },
+    /// An S3 archive (design §6): every record under `prefix`, in key order, as a file replay
+    /// (epochs of `epoch_events` records), each parsed as of its own Kafka timestamp.
+    S3 {
+        /// Endpoint, region, bucket.
+        config: rankmysteps_sinks::s3::S3Config,
+        /// Key prefix to read (e.g. `raw/steps/`).
+        prefix: String,
+        /// Records per epoch.
+        epoch_events: u64,
+    },
     /// The built-in generator, with wall-clock epochs.
     Generator(GeneratorConfig),
     /// A Kafka topic, partitions assigned statically to the workers, wall-clock epochs.
@@ -105,7 +115,15 @@ pub fn run(
     }
     let file = match &spec.input {
         Input::File { path, epoch_events } => Some(FileInput::open(path, *epoch_events)?.shared()),
-        Input::Generator(_) | Input::Kafka { .. } => None,
+        Input::Generator(_) | Input::Kafka { .. } | Input::S3 { .. } => None,
+    };
+    let s3 = match &spec.input {
+        Input::S3 {
+            config,
+            prefix,
+            epoch_events,
+        } => Some(SharedS3Input::open(config, prefix, *epoch_events)?),
+        _ => None,
     };
     // The sink runs on a thread of its own, fed through a small bounded channel: worker 0 only
     // hands over completed epochs (and waits when the sink is two epochs behind), so file and
@@ -157,6 +175,7 @@ pub fn run(
             .map_err(|e| CliError::Worker(format!("cannot start the sink thread: {e}")))?
     };
     let (spec2, file2, report2, stop2) = (spec.clone(), file.clone(), report.clone(), stop.clone());
+    let s3_2 = s3.clone();
 
     let config = match &spec.cluster {
         None => timely::Config::process(spec.workers),
@@ -187,7 +206,7 @@ pub fn run(
         let epoch_ms = match &spec.input {
             Input::Generator(g) => Some(g.epoch_ms),
             Input::Kafka { epoch_ms, .. } => Some(*epoch_ms),
-            Input::File { .. } => None,
+            Input::File { .. } | Input::S3 { .. } => None,
         };
         let on_epoch = move |out: EpochOutput| {
             let mut report = report.lock().expect("report lock");
@@ -266,6 +285,10 @@ pub fn run(
                         Err(e) => panic!("worker {index}: cannot start the Kafka source: {e}"),
                     }
                 }
+                (Input::S3 { .. }, _) => {
+                    let source = s3_2.clone().expect("archive opened above");
+                    parse_source(scope, "S3Source", source, parser, settings.grace, throttle)
+                }
                 (Input::File { .. }, None) => unreachable!("file opened above"),
             };
             let outputs = build(parsed.events, &settings);
@@ -297,9 +320,13 @@ pub fn run(
             return Err(e.into());
         }
     }
+    if let Some(e) = s3.as_ref().and_then(SharedS3Input::take_error) {
+        return Err(e.into());
+    }
     let mut report = report.lock().expect("report lock").clone();
     report.elapsed = started.elapsed();
-    report.lines = file.as_ref().map_or(0, |f| f.lines_read());
+    report.lines = file.as_ref().map_or(0, |f| f.lines_read())
+        + s3.as_ref().map_or(0, SharedS3Input::records_read);
     Ok(report)
 }
 
@@ -312,5 +339,102 @@ impl rankmysteps_sources::chunk::ChunkSource for StoppableFile {
             return rankmysteps_sources::chunk::Pull::Done;
         }
         self.0.pull()
+    }
+}
+
+/// Most records in one chunk of an archive replay.
+const S3_CHUNK_RECORDS: u64 = 4096;
+
+/// An S3 archive read in key order, shared by the workers like a file (see `FileInput`).
+struct S3Input {
+    archive: rankmysteps_sinks::s3::S3Archive,
+    keys: std::collections::VecDeque<String>,
+    current: std::collections::VecDeque<rankmysteps_sinks::s3::ArchiveRecord>,
+    epoch_events: u64,
+    next: u64,
+    error: Option<SinkError>,
+}
+
+/// A shared [`S3Input`].
+#[derive(Clone)]
+struct SharedS3Input(Arc<Mutex<S3Input>>);
+
+impl SharedS3Input {
+    fn open(
+        config: &rankmysteps_sinks::s3::S3Config,
+        prefix: &str,
+        epoch_events: u64,
+    ) -> Result<Self, CliError> {
+        if epoch_events == 0 {
+            return Err(CliError::Setting("epoch_events must be at least 1".into()));
+        }
+        let archive = rankmysteps_sinks::s3::S3Archive::connect(config)?;
+        let keys: std::collections::VecDeque<String> = archive.list(prefix)?.into();
+        if keys.is_empty() {
+            return Err(CliError::Setting(format!(
+                "no archive objects under s3://{}/{prefix}",
+                config.bucket
+            )));
+        }
+        Ok(SharedS3Input(Arc::new(Mutex::new(S3Input {
+            archive,
+            keys,
+            current: Default::default(),
+            epoch_events,
+            next: 0,
+            error: None,
+        }))))
+    }
+
+    fn take_error(&self) -> Option<SinkError> {
+        self.0.lock().expect("s3 input lock").error.take()
+    }
+
+    fn records_read(&self) -> u64 {
+        self.0.lock().expect("s3 input lock").next
+    }
+}
+
+impl rankmysteps_sources::chunk::ChunkSource for SharedS3Input {
+    fn pull(&mut self) -> rankmysteps_sources::chunk::Pull {
+        use rankmysteps_sources::chunk::{Chunk, Pull};
+        let mut input = self.0.lock().expect("s3 input lock");
+        if input.error.is_some() {
+            return Pull::Done;
+        }
+        let epoch = input.next / input.epoch_events;
+        let last = ((epoch + 1) * input.epoch_events).min(input.next + S3_CHUNK_RECORDS);
+        let mut chunk = Chunk::new(epoch, wall_clock());
+        let mut nows = Vec::new();
+        while input.next < last {
+            let Some(record) = input.current.pop_front() else {
+                let Some(key) = input.keys.pop_front() else {
+                    break;
+                };
+                match input.archive.get_lines(&key) {
+                    Ok(records) => input.current = records.into(),
+                    Err(e) => {
+                        input.error = Some(e);
+                        break;
+                    }
+                }
+                continue;
+            };
+            // Parsed as of its arrival: `future` keeps its meaning in a later replay.
+            nows.push(record.kafka_timestamp.map_or(chunk.now, |ms| ms * 1000));
+            chunk.push(input.next, &record.raw);
+            input.next += 1;
+        }
+        if chunk.records.is_empty() {
+            return Pull::Done;
+        }
+        chunk.record_now = Some(nows);
+        chunk
+            .positions
+            .push(rankmysteps_dataflow::output::Position {
+                partition: 0,
+                next: input.next,
+            });
+        Pull::Chunk(chunk)
     }
 }

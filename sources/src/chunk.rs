@@ -22,6 +22,10 @@ pub struct Chunk {
     pub records: Vec<(u64, u32, u32)>,
     /// The input positions after this chunk (one per partition it read), if the source tracks them.
     pub positions: Vec<Position>,
+    /// Per-record ingestion times, when records carry their own (an archive replay uses each
+    /// record's Kafka timestamp, so `future` means what it meant when the record arrived);
+    /// otherwise every record was ingested at `now`.
+    pub record_now: Option<Vec<Micros>>,
 }
 
 impl Chunk {

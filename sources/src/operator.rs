@@ -91,12 +91,14 @@ pub fn parse_source<'scope, S: ChunkSource>(
                         held.iter_mut().for_each(|c| c.downgrade(&epoch));
                         let mut events = Vec::with_capacity(chunk.records.len());
                         let mut rejected = Vec::new();
-                        for (pos, raw) in chunk.iter() {
-                            match parser.parse(raw, chunk.now) {
+                        for (i, (pos, raw)) in chunk.iter().enumerate() {
+                            let now = chunk.record_now.as_ref().map_or(chunk.now, |n| n[i]);
+                            match parser.parse(raw, now) {
                                 Ok(p) => {
                                     // Only W's upper bound (now + skew) can close a day: keep
                                     // the raw bytes only where that could happen.
-                                    let maybe_late = close_of_day(p.day, grace) <= chunk.now + skew;
+                                    let maybe_late =
+                                        close_of_day(p.day, grace) <= chunk.now.max(now) + skew;
                                     events.push(Event {
                                         pos,
                                         user: p.user,
