@@ -177,6 +177,7 @@ fn core_once(a: CoreOnceArgs) -> Result<(), CliError> {
         max_epochs_ahead: 2,
         cluster: None,
         metrics: None,
+        archive: None,
     };
     let cpu0 = cpu_seconds();
     let report = job::run(
@@ -345,6 +346,7 @@ fn replay(a: ReplayArgs) -> Result<(), CliError> {
         max_epochs_ahead: 4,
         cluster: None,
         metrics: None,
+        archive: None,
     };
     let sink = LocalDirSink::create(&a.out, LocalOptions::default())?;
     let cpu0 = cpu_seconds();

@@ -18,7 +18,7 @@ use rankmysteps_sources::chunk::wall_clock;
 use rankmysteps_sources::file::FileInput;
 use rankmysteps_sources::generator::{Generator, GeneratorConfig};
 use rankmysteps_sources::kafka::{KafkaConfig, KafkaSource};
-use rankmysteps_sources::operator::{parse_source, Throttle};
+use rankmysteps_sources::operator::{parse_source, parse_source_archived, Throttle};
 use rankmysteps_sources::parse::{ParseConfig, Parser};
 use timely::dataflow::ProbeHandle;
 
@@ -85,6 +85,8 @@ pub struct JobSpec {
     pub cluster: Option<ClusterPlace>,
     /// Where to record epoch latencies, if anywhere.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Kafka input only: archive every consumed record here before its epoch completes.
+    pub archive: Option<rankmysteps_sinks::s3::S3Config>,
 }
 
 /// What a finished job measured.
@@ -156,6 +158,11 @@ pub fn run(
                         }
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                     };
+                    // An archive failure (or any other) recorded elsewhere: commit nothing more.
+                    if !failed && failure.lock().expect("failure lock").is_some() {
+                        stop.store(true, Ordering::SeqCst);
+                        failed = true;
+                    }
                     if failed {
                         continue;
                     }
@@ -173,6 +180,26 @@ pub fn run(
                 }
             })
             .map_err(|e| CliError::Worker(format!("cannot start the sink thread: {e}")))?
+    };
+    let uploader = match (&spec.archive, &spec.input) {
+        (
+            Some(s3),
+            Input::Kafka {
+                config, epoch_ms, ..
+            },
+        ) => Some(crate::archive::Uploader::start(
+            rankmysteps_sinks::s3::S3Archive::connect(s3)?,
+            config.topic.clone(),
+            epoch_ms.to_owned(),
+            stop.clone(),
+            failure.clone(),
+        )),
+        (Some(_), _) => {
+            return Err(CliError::Setting(
+                "the raw-event archive needs Kafka input".into(),
+            ))
+        }
+        (None, _) => None,
     };
     let (spec2, file2, report2, stop2) = (spec.clone(), file.clone(), report.clone(), stop.clone());
     let s3_2 = s3.clone();
@@ -274,13 +301,14 @@ pub fn run(
                         *epoch_ms,
                         stop2.clone(),
                     ) {
-                        Ok(source) => parse_source(
+                        Ok(source) => parse_source_archived(
                             scope,
                             "KafkaSource",
                             source,
                             parser,
                             settings.grace,
                             throttle,
+                            uploader.as_ref().map(|u| u.archiver()),
                         ),
                         Err(e) => panic!("worker {index}: cannot start the Kafka source: {e}"),
                     }

@@ -1,6 +1,7 @@
 //! The `rankmysteps` command: runs the job (embedded or file replay), reads results back, and
 //! benchmarks the core. The binary (`main.rs`) is a thin clap layer over this library.
 
+pub mod archive;
 pub mod bench;
 pub mod config;
 pub mod error;

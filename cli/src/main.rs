@@ -376,6 +376,7 @@ fn run(args: RunArgs) -> Result<()> {
         max_epochs_ahead: df.max_epochs_ahead,
         cluster: None,
         metrics: None,
+        archive: None,
     };
     let report = job::run(spec, Box::new(Fanout(sinks)), stop)?;
     let s = &report.stats;
@@ -447,6 +448,15 @@ fn worker(args: WorkerArgs) -> Result<()> {
                 .with_context(|| format!("connecting to Cassandra at {:?}", c.contact_points))?;
             sinks.push(Box::new(sink));
         }
+        if let Some(s3) = &config.s3 {
+            let archive = rankmysteps_sinks::s3::S3Archive::connect(s3)
+                .with_context(|| format!("connecting to the S3 archive (bucket {})", s3.bucket))?;
+            sinks.push(Box::new(rankmysteps::archive::RejectedArchive {
+                archive: Arc::new(archive),
+                topic: kafka.topic.clone(),
+                epoch_ms: df.epoch_ms.max(1),
+            }));
+        }
         if let Some(out) = &args.out {
             sinks.push(Box::new(LocalDirSink::create(
                 out,
@@ -479,6 +489,7 @@ fn worker(args: WorkerArgs) -> Result<()> {
         max_epochs_ahead: df.max_epochs_ahead,
         cluster,
         metrics: Some(metrics),
+        archive: config.s3.clone(),
     };
     eprintln!(
         "rankmysteps: worker process {} consuming {} ({} partitions) with {} threads",

@@ -107,6 +107,26 @@ impl Drop for Child {
 fn worker_matches_reference_on_real_kafka() {
     let topic = format!("rms-it-{}", std::process::id());
     let keyspace = format!("rms_it_{}", std::process::id());
+    let prefix = format!(
+        "it-kafka-{}-{}/",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "rankmysteps"),
+        ("AWS_SECRET_ACCESS_KEY", "rankmysteps-secret"),
+        ("AWS_REGION", "us-east-1"),
+    ] {
+        if std::env::var(k).is_err() {
+            // Set before any client or thread exists in this test process.
+            std::env::set_var(k, v);
+        }
+    }
+    let s3_endpoint =
+        std::env::var("RANKMYSTEPS_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into());
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", brokers());
     let admin: AdminClient<DefaultClientContext> = client.create().unwrap();
@@ -162,7 +182,7 @@ fn worker_matches_reference_on_real_kafka() {
     std::fs::write(
         &config,
         format!(
-            "[cluster]\nthreads = 3\n[kafka]\nbrokers = [\"{}\"]\ntopic = \"{topic}\"\n[cassandra]\ncontact_points = [\"{}\"]\nkeyspace = \"{keyspace}\"\nconsistency = \"ONE\"\n[dataflow]\nk = 10\nepoch_ms = 200\n",
+            "[cluster]\nthreads = 3\n[kafka]\nbrokers = [\"{}\"]\ntopic = \"{topic}\"\n[cassandra]\ncontact_points = [\"{}\"]\nkeyspace = \"{keyspace}\"\nconsistency = \"ONE\"\n[s3]\nendpoint = \"{s3_endpoint}\"\nregion = \"us-east-1\"\nbucket = \"rankmysteps-archive\"\nprefix = \"{prefix}\"\npath_style = true\nchecksums_when_required = true\n[dataflow]\nk = 10\nepoch_ms = 200\n",
             brokers(),
             cassandra()
         ),
@@ -319,6 +339,70 @@ fn worker_matches_reference_on_real_kafka() {
                 String::from_utf8_lossy(&a.stdout),
                 "standing of {u} on {d}"
             );
+        }
+    }
+    // The archive holds every consumed record exactly once, byte for byte, and the rejected ones
+    // under rejected/ with their reasons.
+    let s3 = rankmysteps_sinks::s3::S3Config {
+        endpoint: Some(s3_endpoint.clone()),
+        region: "us-east-1".into(),
+        bucket: "rankmysteps-archive".into(),
+        prefix: String::new(),
+        path_style: true,
+        checksums_when_required: true,
+    };
+    let archive = rankmysteps_sinks::s3::S3Archive::connect(&s3).unwrap();
+    let raw: Vec<rankmysteps_sinks::s3::ArchiveRecord> = archive
+        .read_all(&format!("{prefix}raw/"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(raw.len(), records.len(), "every record archived once");
+    let mut by_value: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    for r in &raw {
+        *by_value.entry(r.raw.clone()).or_insert(0) += 1;
+    }
+    let mut expected_values: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    for (_, text, _) in &records {
+        *expected_values
+            .entry(text.clone().into_bytes())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        by_value, expected_values,
+        "archived values are the produced ones"
+    );
+    let mut offsets: Vec<(u32, u64)> = raw.iter().map(|r| (r.partition, r.offset)).collect();
+    offsets.sort();
+    offsets.dedup();
+    assert_eq!(offsets.len(), records.len(), "no (partition, offset) twice");
+    let rejected_keys = archive.list(&format!("{prefix}rejected/")).unwrap();
+    let rejected: usize = rejected_keys
+        .iter()
+        .map(|k| archive.get_lines(k).unwrap().len())
+        .sum();
+    assert_eq!(rejected as u64, s.rejected_total());
+    // A replay of the archive rebuilds the same days.
+    let replay = dir.path().join("replay");
+    let status = Command::new(bin)
+        .args([
+            "run",
+            "--input",
+            &format!("s3://rankmysteps-archive/{prefix}raw/"),
+            "--out",
+        ])
+        .arg(&replay)
+        .args(["--k", "10", "--workers", "2"])
+        .env("RANKMYSTEPS_S3_ENDPOINT", &s3_endpoint)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for day in reference.days.keys() {
+        let d = format_day(*day);
+        for file in ["top.json", "totals.csv"] {
+            let a = std::fs::read_to_string(out.join("days").join(&d).join(file)).unwrap();
+            let b = std::fs::read_to_string(replay.join("days").join(&d).join(file)).unwrap();
+            assert_eq!(a, b, "{file} of {d} from the archive");
         }
     }
 }

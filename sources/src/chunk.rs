@@ -26,6 +26,8 @@ pub struct Chunk {
     /// record's Kafka timestamp, so `future` means what it meant when the record arrived);
     /// otherwise every record was ingested at `now`.
     pub record_now: Option<Vec<Micros>>,
+    /// Per-record Kafka timestamps (milliseconds), when the source has them (empty otherwise).
+    pub timestamps: Vec<i64>,
 }
 
 impl Chunk {
@@ -67,6 +69,21 @@ pub enum Pull {
     },
     /// The source is exhausted (or was stopped): no more records will follow.
     Done,
+}
+
+/// Makes every consumed record durable before its epoch can complete (design §6).
+///
+/// The source operator hands each chunk to its worker's archiver and, when it leaves an epoch,
+/// seals that epoch and holds a capability for it until the archiver says it is durable. No
+/// epoch can complete, and so no sink can see it or write its progress record, before the
+/// raw records of that epoch are archived.
+pub trait Archiver: 'static {
+    /// Takes a copy of the records of `chunk` (all of epoch `chunk.epoch`).
+    fn add(&mut self, chunk: &Chunk);
+    /// No more records of `epoch` will come from this worker: start persisting them.
+    fn seal(&mut self, epoch: Epoch);
+    /// Whether every sealed epoch up to and including `epoch` is durable.
+    fn durable(&mut self, epoch: Epoch) -> bool;
 }
 
 /// A per-worker handle on a source of raw records.

@@ -15,7 +15,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::{ProbeHandle, Scope};
 
-use crate::chunk::{ChunkSource, Pull};
+use crate::chunk::{Archiver, ChunkSource, Pull};
 use crate::parse::Parser;
 
 /// The three outputs of [`parse_source`].
@@ -43,10 +43,24 @@ pub struct Throttle {
 pub fn parse_source<'scope, S: ChunkSource>(
     scope: Scope<'scope, Epoch>,
     name: &str,
+    source: S,
+    parser: Parser,
+    grace: Micros,
+    throttle: Throttle,
+) -> Parsed<'scope> {
+    parse_source_archived(scope, name, source, parser, grace, throttle, None)
+}
+
+/// [`parse_source`], and every record also goes to `archiver`, each epoch held open until its
+/// records are durable there (see [`Archiver`]).
+pub fn parse_source_archived<'scope, S: ChunkSource>(
+    scope: Scope<'scope, Epoch>,
+    name: &str,
     mut source: S,
     mut parser: Parser,
     grace: Micros,
     throttle: Throttle,
+    mut archiver: Option<Box<dyn Archiver>>,
 ) -> Parsed<'scope> {
     let mut builder = OperatorBuilder::new(name.to_owned(), scope);
     let info = builder.operator_info();
@@ -61,7 +75,20 @@ pub fn parse_source<'scope, S: ChunkSource>(
 
     builder.build(move |capabilities| {
         let mut caps = Some(capabilities);
+        // Sealed epochs whose archive is not yet durable, each held open by a capability.
+        let mut holds: Holds = Default::default();
         move |_frontiers| {
+            if let Some(archiver) = archiver.as_mut() {
+                while let Some((&epoch, _)) = holds.first_key_value() {
+                    if !archiver.durable(epoch) {
+                        break;
+                    }
+                    holds.remove(&epoch);
+                }
+                if !holds.is_empty() {
+                    activator.activate_after(Duration::from_millis(5));
+                }
+            }
             let Some(held) = caps.as_mut() else { return };
             let current = *held[0].time();
             // Flow control: wait while too far ahead of what has been delivered.
@@ -76,19 +103,22 @@ pub fn parse_source<'scope, S: ChunkSource>(
             for _ in 0..4 {
                 match source.pull() {
                     Pull::Done => {
+                        leave(&mut archiver, &mut holds, &activator, held, None);
                         caps = None;
                         return;
                     }
                     Pull::Idle { epoch, retry } => {
-                        if epoch > current {
-                            held.iter_mut().for_each(|c| c.downgrade(&epoch));
-                        }
+                        leave(&mut archiver, &mut holds, &activator, held, Some(epoch));
                         activator.activate_after(retry);
                         return;
                     }
                     Pull::Chunk(mut chunk) => {
                         let epoch = chunk.epoch.max(*held[0].time());
-                        held.iter_mut().for_each(|c| c.downgrade(&epoch));
+                        leave(&mut archiver, &mut holds, &activator, held, Some(epoch));
+                        chunk.epoch = epoch;
+                        if let Some(archiver) = archiver.as_mut() {
+                            archiver.add(&chunk);
+                        }
                         let mut events = Vec::with_capacity(chunk.records.len());
                         let mut rejected = Vec::new();
                         for (i, (pos, raw)) in chunk.iter().enumerate() {
@@ -152,5 +182,31 @@ pub fn parse_source<'scope, S: ChunkSource>(
         events,
         rejected,
         positions,
+    }
+}
+
+/// Epochs held open until their archive is durable.
+type Holds = std::collections::BTreeMap<Epoch, timely::dataflow::operators::Capability<Epoch>>;
+
+/// Moves the source's capabilities from their epoch to `next` (`None`: the source is done),
+/// sealing the epoch left in the archive and holding it open until it is durable.
+fn leave(
+    archiver: &mut Option<Box<dyn Archiver>>,
+    holds: &mut Holds,
+    activator: &timely::scheduling::Activator,
+    held: &mut [timely::dataflow::operators::Capability<Epoch>],
+    next: Option<Epoch>,
+) {
+    let current = *held[0].time();
+    if next.is_some_and(|n| n <= current) {
+        return;
+    }
+    if let Some(archiver) = archiver.as_mut() {
+        archiver.seal(current);
+        holds.entry(current).or_insert_with(|| held[0].clone());
+        activator.activate_after(Duration::from_millis(5));
+    }
+    if let Some(next) = next {
+        held.iter_mut().for_each(|c| c.downgrade(&next));
     }
 }

@@ -119,6 +119,9 @@ impl ChunkSource for KafkaSource {
                             record_pos(partition, offset),
                             message.payload().unwrap_or(b""),
                         );
+                        chunk
+                            .timestamps
+                            .push(message.timestamp().to_millis().unwrap_or(-1));
                         self.next.insert(partition, offset + 1);
                     }
                     Some(Err(e)) => {

@@ -1,0 +1,184 @@
+//! The raw-event archive of a streaming worker (design §6): every consumed record, accepted or
+//! not, is written to S3 before its epoch can complete; rejected records also go to
+//! `rejected/` with their reason.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rankmysteps_dataflow::event::{Day, Epoch};
+use rankmysteps_dataflow::output::EpochOutput;
+use rankmysteps_sinks::s3::{ArchiveRecord, S3Archive};
+use rankmysteps_sinks::{Sink, SinkError};
+use rankmysteps_sources::chunk::{Archiver, Chunk};
+
+/// One sealed epoch of one worker: its records by partition.
+struct Job {
+    epoch: Epoch,
+    batches: BTreeMap<u32, Vec<ArchiveRecord>>,
+    in_flight: Arc<Mutex<BTreeSet<Epoch>>>,
+}
+
+/// Uploads sealed epochs on a thread of its own, shared by the workers of a process.
+///
+/// A failed upload is retried with backoff for as long as the job runs: the epoch stays open,
+/// so the pipeline waits rather than committing progress past unarchived records. When the job
+/// is stopped during failures, the error is recorded in `failure`, which the sink thread checks
+/// before every epoch: nothing after an archive failure is ever committed.
+pub struct Uploader {
+    sender: Mutex<Sender<Job>>,
+}
+
+impl Uploader {
+    /// Starts the upload thread.
+    pub fn start(
+        archive: S3Archive,
+        topic: String,
+        epoch_ms: u64,
+        stop: Arc<AtomicBool>,
+        failure: Arc<Mutex<Option<SinkError>>>,
+    ) -> Arc<Uploader> {
+        let (sender, receiver) = channel::<Job>();
+        std::thread::Builder::new()
+            .name("rankmysteps-archive".into())
+            .spawn(move || {
+                for job in receiver {
+                    let day = ingest_day(job.epoch, epoch_ms);
+                    for (partition, records) in &job.batches {
+                        let mut backoff = Duration::from_millis(200);
+                        loop {
+                            match archive.put_raw(&topic, day, *partition, records) {
+                                Ok(_) => break,
+                                Err(e) if stop.load(Ordering::SeqCst) => {
+                                    tracing::error!(error = %e, epoch = job.epoch, "archive failed while stopping");
+                                    failure.lock().expect("failure lock").get_or_insert(e);
+                                    break;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, epoch = job.epoch, ?backoff, "archive put failed; retrying");
+                                    std::thread::sleep(backoff);
+                                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                                }
+                            }
+                        }
+                    }
+                    job.in_flight.lock().expect("in-flight lock").remove(&job.epoch);
+                }
+            })
+            .expect("spawning the archive thread");
+        Arc::new(Uploader {
+            sender: Mutex::new(sender),
+        })
+    }
+
+    /// A worker's archiver.
+    pub fn archiver(self: &Arc<Self>) -> Box<dyn Archiver> {
+        Box::new(WorkerArchiver {
+            uploader: self.clone(),
+            open: BTreeMap::new(),
+            in_flight: Arc::new(Mutex::new(BTreeSet::new())),
+        })
+    }
+}
+
+/// The UTC day an epoch started: the `<ingest-date>` of its archive keys.
+fn ingest_day(epoch: Epoch, epoch_ms: u64) -> Day {
+    (epoch.saturating_mul(epoch_ms) / 86_400_000) as Day
+}
+
+/// One worker's side: buffers records per epoch and partition until the epoch is sealed.
+struct WorkerArchiver {
+    uploader: Arc<Uploader>,
+    open: BTreeMap<Epoch, BTreeMap<u32, Vec<ArchiveRecord>>>,
+    in_flight: Arc<Mutex<BTreeSet<Epoch>>>,
+}
+
+impl Archiver for WorkerArchiver {
+    fn add(&mut self, chunk: &Chunk) {
+        let batches = self.open.entry(chunk.epoch).or_default();
+        for (i, (pos, raw)) in chunk.iter().enumerate() {
+            let partition = (pos >> 48) as u32;
+            batches.entry(partition).or_default().push(ArchiveRecord {
+                partition,
+                offset: pos & ((1 << 48) - 1),
+                kafka_timestamp: chunk.timestamps.get(i).copied().filter(|t| *t >= 0),
+                raw: raw.to_vec(),
+            });
+        }
+    }
+
+    fn seal(&mut self, epoch: Epoch) {
+        let sealed: Vec<Epoch> = self.open.range(..=epoch).map(|(e, _)| *e).collect();
+        for e in sealed {
+            let batches = self.open.remove(&e).expect("present");
+            if batches.is_empty() {
+                continue;
+            }
+            self.in_flight.lock().expect("in-flight lock").insert(e);
+            let job = Job {
+                epoch: e,
+                batches,
+                in_flight: self.in_flight.clone(),
+            };
+            if self
+                .uploader
+                .sender
+                .lock()
+                .expect("sender lock")
+                .send(job)
+                .is_err()
+            {
+                // The upload thread is gone (it never exits while the job runs): keep the epoch
+                // in flight, so it is never committed.
+                tracing::error!(epoch = e, "archive thread gone");
+            }
+        }
+    }
+
+    fn durable(&mut self, epoch: Epoch) -> bool {
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .first()
+            .is_none_or(|first| *first > epoch)
+    }
+}
+
+/// A [`Sink`] writing each epoch's rejected records to `rejected/`, one object per partition.
+pub struct RejectedArchive {
+    /// The archive.
+    pub archive: Arc<S3Archive>,
+    /// The topic (a key component).
+    pub topic: String,
+    /// Epoch length, for the ingest day of the keys.
+    pub epoch_ms: u64,
+}
+
+impl Sink for RejectedArchive {
+    fn write_epoch(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
+        let mut by_partition: BTreeMap<u32, Vec<(ArchiveRecord, &str, &str)>> = BTreeMap::new();
+        for r in &output.rejected {
+            let partition = (r.pos >> 48) as u32;
+            by_partition.entry(partition).or_default().push((
+                ArchiveRecord {
+                    partition,
+                    offset: r.pos & ((1 << 48) - 1),
+                    kafka_timestamp: None,
+                    raw: r.raw.clone(),
+                },
+                r.reason.code(),
+                r.detail.as_str(),
+            ));
+        }
+        let day = ingest_day(output.epoch, self.epoch_ms);
+        for (partition, mut records) in by_partition {
+            records.sort_by_key(|(r, _, _)| r.offset);
+            let (first, last) = (records[0].0.offset, records[records.len() - 1].0.offset);
+            self.archive
+                .put_rejected(&self.topic, day, partition, first, last, &records)?;
+        }
+        Ok(())
+    }
+}
