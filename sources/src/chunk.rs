@@ -28,6 +28,8 @@ pub struct Chunk {
     pub record_now: Option<Vec<Micros>>,
     /// Per-record Kafka timestamps (milliseconds), when the source has them (empty otherwise).
     pub timestamps: Vec<i64>,
+    /// The chunk's sequence number in its source, for sources that track parsing progress.
+    pub seq: u64,
 }
 
 impl Chunk {
@@ -90,6 +92,17 @@ pub trait Archiver: 'static {
 pub trait ChunkSource: 'static {
     /// The next chunk, or why there is none. Successive chunks never go back in epochs.
     fn pull(&mut self) -> Pull;
+
+    /// An upper bound of the watermark W(e−1) that admission will use for `chunk`'s epoch e,
+    /// if the source knows one: `Some(None)` means no event precedes the epoch. Events whose
+    /// day closes after that bound cannot be late, so they need not keep their raw bytes.
+    /// `None` (the default): unknown.
+    fn watermark_bound(&self, _chunk: &Chunk) -> Option<Option<Micros>> {
+        None
+    }
+
+    /// Reports the largest time of the events parsed from `chunk` (`None`: no event).
+    fn parsed(&mut self, _chunk: &Chunk, _max_time: Option<Micros>) {}
 }
 
 /// The wall clock, UTC microseconds.

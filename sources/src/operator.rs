@@ -119,16 +119,20 @@ pub fn parse_source_archived<'scope, S: ChunkSource>(
                         if let Some(archiver) = archiver.as_mut() {
                             archiver.add(&chunk);
                         }
+                        let bound = source.watermark_bound(&chunk);
+                        let mut max_time: Option<Micros> = None;
                         let mut events = Vec::with_capacity(chunk.records.len());
                         let mut rejected = Vec::new();
                         for (i, (pos, raw)) in chunk.iter().enumerate() {
                             let now = chunk.record_now.as_ref().map_or(chunk.now, |n| n[i]);
                             match parser.parse(raw, now) {
                                 Ok(p) => {
-                                    // Only W's upper bound (now + skew) can close a day: keep
-                                    // the raw bytes only where that could happen.
-                                    let maybe_late =
-                                        close_of_day(p.day, grace) <= chunk.now.max(now) + skew;
+                                    // Keep the raw bytes only where the day could be closed: by
+                                    // W's upper bounds, now + skew and the source's own bound.
+                                    let close = close_of_day(p.day, grace);
+                                    let maybe_late = close <= chunk.now.max(now) + skew
+                                        && bound.is_none_or(|b| b.is_some_and(|w| close <= w));
+                                    max_time = max_time.max(Some(p.time));
                                     events.push(Event {
                                         pos,
                                         user: p.user,
@@ -147,6 +151,7 @@ pub fn parse_source_archived<'scope, S: ChunkSource>(
                                 }),
                             }
                         }
+                        source.parsed(&chunk, max_time);
                         if !events.is_empty() {
                             events_out
                                 .activate()

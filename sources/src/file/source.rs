@@ -1,7 +1,10 @@
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use rankmysteps_dataflow::event::{Epoch, Micros};
 
 use rankmysteps_dataflow::output::Position;
 
@@ -30,7 +33,24 @@ pub struct FileInput {
 /// Chunks are handed out in order, so a worker that pulled a chunk of epoch e knows that every
 /// chunk of an earlier epoch was handed out already: its capability may move to e.
 #[derive(Clone)]
-pub struct SharedFileInput(Arc<Mutex<FileInput>>);
+pub struct SharedFileInput(Arc<Mutex<FileInput>>, Arc<Mutex<Progress>>);
+
+/// Which chunks have been parsed, for a sound upper bound of the watermark.
+///
+/// Chunks are handed out in epoch order, so every event of an epoch before e is in a chunk
+/// numbered below the first chunk of e. Once all those chunks are parsed, the largest event
+/// time among the chunks parsed so far (a superset) bounds W(e−1) from above.
+#[derive(Default)]
+struct Progress {
+    handed_out: u64,
+    first_of_epoch: BTreeMap<Epoch, u64>,
+    /// Chunks parsed beyond the contiguous prefix, with their largest event time.
+    reported: BTreeMap<u64, Option<Micros>>,
+    /// All chunks below this were parsed...
+    prefix: u64,
+    /// ...and this is the largest event time among them.
+    prefix_max: Option<Micros>,
+}
 
 impl FileInput {
     /// Opens `path`: `-` for stdin, a file (gzip detected by its magic bytes), or a directory
@@ -76,7 +96,7 @@ impl FileInput {
 
     /// Shares this input among the workers of a process.
     pub fn shared(self) -> SharedFileInput {
-        SharedFileInput(Arc::new(Mutex::new(self)))
+        SharedFileInput(Arc::new(Mutex::new(self)), Arc::default())
     }
 
     fn open_reader(path: &Path) -> Result<Box<dyn BufRead + Send>, SourceError> {
@@ -187,9 +207,51 @@ impl SharedFileInput {
 
 impl ChunkSource for SharedFileInput {
     fn pull(&mut self) -> Pull {
-        match self.0.lock().expect("file input lock").next_chunk() {
-            Some(chunk) => Pull::Chunk(chunk),
+        let mut input = self.0.lock().expect("file input lock");
+        match input.next_chunk() {
+            Some(mut chunk) => {
+                // Numbered under the input's lock, so numbers follow the hand-out order.
+                let mut progress = self.1.lock().expect("progress lock");
+                chunk.seq = progress.handed_out;
+                progress.handed_out += 1;
+                progress
+                    .first_of_epoch
+                    .entry(chunk.epoch)
+                    .or_insert(chunk.seq);
+                Pull::Chunk(chunk)
+            }
             None => Pull::Done,
+        }
+    }
+
+    fn watermark_bound(&self, chunk: &Chunk) -> Option<Option<Micros>> {
+        let progress = self.1.lock().expect("progress lock");
+        let first = *progress.first_of_epoch.get(&chunk.epoch)?;
+        (progress.prefix >= first).then_some(progress.prefix_max)
+    }
+
+    fn parsed(&mut self, chunk: &Chunk, max_time: Option<Micros>) {
+        let mut progress = self.1.lock().expect("progress lock");
+        progress.reported.insert(chunk.seq, max_time);
+        loop {
+            let next = progress.prefix;
+            let Some(max) = progress.reported.remove(&next) else {
+                break;
+            };
+            progress.prefix_max = progress.prefix_max.max(max);
+            progress.prefix += 1;
+        }
+        // Epochs whose first chunk is below the prefix are settled; keep the map small.
+        let settled: Vec<Epoch> = progress
+            .first_of_epoch
+            .iter()
+            .rev()
+            .skip(1)
+            .filter(|(_, &first)| first < progress.prefix)
+            .map(|(&e, _)| e)
+            .collect();
+        for e in settled.into_iter().skip(2) {
+            progress.first_of_epoch.remove(&e);
         }
     }
 }

@@ -73,3 +73,31 @@ fn chunks_stay_within_an_epoch() {
     }
     assert_eq!(n, 10_000);
 }
+
+#[test]
+fn watermark_bound_waits_for_every_earlier_epoch() {
+    use crate::chunk::{ChunkSource, Pull};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.jsonl");
+    let text: String = (0..30).map(|i| format!("{i}\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    // Epochs of 10 lines, so chunks 0, 1, 2 are epochs 0, 1, 2.
+    let mut input = FileInput::open(&path, 10).unwrap().shared();
+    let mut chunks = Vec::new();
+    while let Pull::Chunk(c) = input.pull() {
+        chunks.push(c);
+    }
+    assert_eq!(
+        chunks.iter().map(|c| (c.seq, c.epoch)).collect::<Vec<_>>(),
+        vec![(0, 0), (1, 1), (2, 2)]
+    );
+    // Nothing precedes epoch 0.
+    assert_eq!(input.watermark_bound(&chunks[0]), Some(None));
+    // Epoch 2 needs chunks 0 and 1; chunk 1 reported first is not enough.
+    input.parsed(&chunks[1], Some(500));
+    assert_eq!(input.watermark_bound(&chunks[2]), None);
+    assert_eq!(input.watermark_bound(&chunks[1]), None);
+    input.parsed(&chunks[0], Some(100));
+    assert_eq!(input.watermark_bound(&chunks[1]), Some(Some(500)));
+    assert_eq!(input.watermark_bound(&chunks[2]), Some(Some(500)));
+}
