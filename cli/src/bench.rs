@@ -178,6 +178,7 @@ fn core_once(a: CoreOnceArgs) -> Result<(), CliError> {
         cluster: None,
         metrics: None,
         archive: None,
+        coalesce: false,
     };
     let cpu0 = cpu_seconds();
     let report = job::run(
@@ -347,6 +348,7 @@ fn replay(a: ReplayArgs) -> Result<(), CliError> {
         cluster: None,
         metrics: None,
         archive: None,
+        coalesce: false,
     };
     let sink = LocalDirSink::create(&a.out, LocalOptions::default())?;
     let cpu0 = cpu_seconds();

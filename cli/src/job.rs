@@ -87,6 +87,10 @@ pub struct JobSpec {
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Kafka input only: archive every consumed record here before its epoch completes.
     pub archive: Option<rankmysteps_sinks::s3::S3Config>,
+    /// When the sink falls behind, merge the epochs waiting for it into one write
+    /// ([`EpochOutput::merge`]): each changed record is then written once per write instead of
+    /// once per epoch. Rejected records then carry the epoch of the write.
+    pub coalesce: bool,
 }
 
 /// What a finished job measured.
@@ -130,7 +134,9 @@ pub fn run(
     // The sink runs on a thread of its own, fed through a small bounded channel: worker 0 only
     // hands over completed epochs (and waits when the sink is two epochs behind), so file and
     // network writes overlap with the dataflow instead of stalling it.
-    let (sender, receiver) = std::sync::mpsc::sync_channel::<EpochOutput>(2);
+    let (sender, receiver) =
+        std::sync::mpsc::sync_channel::<EpochOutput>(if spec.coalesce { 16 } else { 2 });
+    let coalesce = spec.coalesce;
     let sender = Arc::new(Mutex::new(Some(sender)));
     let report = Arc::new(Mutex::new(JobReport::default()));
     let failure: Arc<Mutex<Option<SinkError>>> = Arc::new(Mutex::new(None));
@@ -144,6 +150,17 @@ pub fn run(
                 let mut failed = false;
                 loop {
                     let out = match receiver.recv_timeout(Duration::from_millis(250)) {
+                        Ok(out) if coalesce => {
+                            let mut waiting = vec![out];
+                            waiting.extend(receiver.try_iter());
+                            if waiting.len() > 1 {
+                                tracing::debug!(
+                                    epochs = waiting.len(),
+                                    "sink behind: merging epochs"
+                                );
+                            }
+                            EpochOutput::merge(waiting)
+                        }
                         Ok(out) => out,
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                             if !failed {

@@ -377,6 +377,7 @@ fn run(args: RunArgs) -> Result<()> {
         cluster: None,
         metrics: None,
         archive: None,
+        coalesce: false,
     };
     let report = job::run(spec, Box::new(Fanout(sinks)), stop)?;
     let s = &report.stats;
@@ -490,6 +491,7 @@ fn worker(args: WorkerArgs) -> Result<()> {
         cluster,
         metrics: Some(metrics),
         archive: config.s3.clone(),
+        coalesce: true,
     };
     eprintln!(
         "rankmysteps: worker process {} consuming {} ({} partitions) with {} threads",

@@ -79,6 +79,52 @@ pub struct EpochOutput {
 }
 
 impl EpochOutput {
+    /// Merges consecutive epochs' outputs (in epoch order) into one output for the last of them:
+    /// the deltas are added up and consolidated (a record changed twice keeps only its first
+    /// retraction and its last insertion), closed days and rejections are concatenated, the
+    /// counters summed, positions and watermark taken from the last. Writing the merged output
+    /// leaves a sink exactly as writing each epoch in turn would, with fewer writes.
+    pub fn merge(outputs: Vec<EpochOutput>) -> EpochOutput {
+        let mut outputs = outputs.into_iter();
+        let Some(mut merged) = outputs.next() else {
+            return EpochOutput::default();
+        };
+        let mut any = false;
+        for out in outputs {
+            any = true;
+            merged.epoch = out.epoch;
+            merged.watermark = merged.watermark.max(out.watermark);
+            merged.totals.extend(out.totals);
+            merged.top.extend(out.top);
+            merged.histogram.extend(out.histogram);
+            merged.users.extend(out.users);
+            merged.closed.extend(out.closed);
+            merged.rejected.extend(out.rejected);
+            merged.stats.add(&out.stats);
+            if !out.positions.is_empty() {
+                let mut positions: std::collections::BTreeMap<u32, u64> = merged
+                    .positions
+                    .iter()
+                    .map(|p| (p.partition, p.next))
+                    .collect();
+                positions.extend(out.positions.iter().map(|p| (p.partition, p.next)));
+                merged.positions = positions
+                    .into_iter()
+                    .map(|(partition, next)| Position { partition, next })
+                    .collect();
+            }
+        }
+        if any {
+            differential_dataflow::consolidation::consolidate(&mut merged.totals);
+            // Consolidation sorts by (day, user, total): for one user the old (smaller) total's
+            // retraction now comes right before the new total's insertion, as sinks expect.
+            differential_dataflow::consolidation::consolidate(&mut merged.top);
+            differential_dataflow::consolidation::consolidate(&mut merged.histogram);
+            differential_dataflow::consolidation::consolidate(&mut merged.users);
+        }
+        merged
+    }
+
     /// Days with any change (or closing) in this epoch, sorted and distinct.
     pub fn changed_days(&self) -> Vec<Day> {
         let mut days: Vec<Day> = self
