@@ -292,13 +292,9 @@ fn generate_file(path: &PathBuf, events: u64, users: u64) -> Result<(), CliError
     let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(io)?);
     let start = jiff::civil::date(2026, 11, 1).at(0, 0, 0, 0);
     let span_secs = 3 * 86_400;
-    let mut rng = 0x5EED_u64;
+    let mut rng = rankmysteps_dataflow::random::SplitMix64(0x5EED);
     for i in 0..events {
-        rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
+        let z = rng.next_u64();
         let user = user_uuid(7, z % users);
         let steps = 1 + (z >> 40) % 10;
         let secs = (i * span_secs / events) as i64 - ((z >> 20) % 600) as i64;

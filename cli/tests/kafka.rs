@@ -26,16 +26,7 @@ fn brokers() -> String {
     std::env::var("RANKMYSTEPS_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
-}
+use rankmysteps_dataflow::random::SplitMix64 as Rng;
 
 /// Records with their meaning: recent days (none closes: the watermark stays below), several
 /// offsets, ties, duplicates by event_id, and bad records of every parse-time reason.

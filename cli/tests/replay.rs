@@ -15,19 +15,7 @@ use rankmysteps_dataflow::event::{
 use rankmysteps_dataflow::pipeline::Settings;
 use rankmysteps_dataflow::reference::{Record, Reference};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use rankmysteps_dataflow::random::SplitMix64 as Rng;
 
 /// Offsets in minutes: the extremes and the odd ones.
 const OFFSETS: [i64; 9] = [
@@ -185,7 +173,7 @@ fn random_file(seed: u64, lines: usize) -> (String, Vec<Option<Expected>>) {
             if i < 20 {
                 i as u128 + 1
             } else {
-                (u128::from(rng.next()) << 64) | u128::from(rng.next())
+                (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64())
             }
         })
         .collect();

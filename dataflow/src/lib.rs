@@ -9,5 +9,6 @@ pub mod deliver;
 pub mod event;
 pub mod output;
 pub mod pipeline;
+pub mod random;
 pub mod ranking;
 pub mod reference;

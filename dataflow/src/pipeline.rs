@@ -70,13 +70,10 @@ pub struct Outputs<'scope> {
     pub watermark: VecStream<'scope, Micros>,
 }
 
-/// A well-mixed 64-bit hash (SplitMix64 finaliser); exchange uses its low bits.
+/// A well-mixed 64-bit hash (SplitMix64's output function); exchange uses its low bits.
 #[inline]
 pub fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    crate::random::splitmix64(x)
 }
 
 /// The exchange route of a user: all of a user's events and totals live on one worker.

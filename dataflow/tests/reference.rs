@@ -14,20 +14,7 @@ use rankmysteps_dataflow::pipeline::{build, Settings};
 use rankmysteps_dataflow::reference::{DayResult, Record, Reference};
 use timely::dataflow::operators::Input;
 
-/// SplitMix64: a tiny seeded generator, stable across versions.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use rankmysteps_dataflow::random::SplitMix64 as Rng;
 
 /// Offsets (minutes) covering the extremes and the odd ones.
 const OFFSETS: [i64; 8] = [

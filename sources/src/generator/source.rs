@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rankmysteps_dataflow::event::{Epoch, Micros, User};
+use rankmysteps_dataflow::random::{splitmix64, SplitMix64};
 
 use crate::chunk::{wall_clock, Chunk, ChunkSource, Pull};
 
@@ -64,25 +65,18 @@ pub struct Generator {
     peers: u64,
     started: Instant,
     produced: u64,
-    rng: u64,
+    rng: SplitMix64,
     stop: Arc<AtomicBool>,
     line: Vec<u8>,
 }
 
 /// The UUID of generated user `i` (a random-looking version 4 UUID, fixed by the seed).
 pub fn user_uuid(seed: u64, i: u64) -> User {
-    let hi = splitmix(seed ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D));
-    let lo = splitmix(hi ^ i);
+    let hi = splitmix64(seed ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D));
+    let lo = splitmix64(hi ^ i);
     let v = (u128::from(hi) << 64) | u128::from(lo);
     // Version 4, variant RFC 4122.
     (v & !(0xF << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62)
-}
-
-fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -108,7 +102,9 @@ impl Generator {
         stop: Arc<AtomicBool>,
     ) -> Self {
         Generator {
-            rng: splitmix(config.seed ^ (index as u64).wrapping_mul(0xA24B_AED4_963E_E407)),
+            rng: SplitMix64(splitmix64(
+                config.seed ^ (index as u64).wrapping_mul(0xA24B_AED4_963E_E407),
+            )),
             config,
             index: index as u64,
             peers: peers as u64,
@@ -120,8 +116,7 @@ impl Generator {
     }
 
     fn next_random(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        splitmix(self.rng)
+        self.rng.next_u64()
     }
 
     fn epoch_at(&self, now: Micros) -> Epoch {
