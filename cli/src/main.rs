@@ -442,6 +442,10 @@ fn worker(args: WorkerArgs) -> Result<()> {
         })
         .context("installing the Ctrl-C handler")?;
     }
+    if args.process == 0 {
+        // Process 0 delivers the epochs, so it knows the positions the lag is measured from.
+        metrics.watch_lag(kafka.clone(), partitions, Duration::from_secs(2));
+    }
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if args.process == 0 {
         if let Some(c) = &config.cassandra {

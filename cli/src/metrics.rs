@@ -28,6 +28,8 @@ pub struct Metrics {
     sink_write_max_us: AtomicU64,
     /// Consumer lag by partition (records), set by whoever measures it.
     lag: Mutex<Vec<(u32, i64)>>,
+    /// Next offset by partition as of the last delivered epoch.
+    positions: Mutex<std::collections::BTreeMap<u32, u64>>,
 }
 
 impl Metrics {
@@ -46,6 +48,44 @@ impl Metrics {
         if let Some(w) = out.watermark {
             self.watermark_micros.store(w, Ordering::Relaxed);
         }
+        self.positions
+            .lock()
+            .expect("positions lock")
+            .extend(out.positions.iter().map(|p| (p.partition, p.next)));
+    }
+
+    /// Measures the consumer lag (partition end − next offset delivered) every `every`, from a
+    /// background thread with its own Kafka client.
+    pub fn watch_lag(
+        self: &Arc<Self>,
+        kafka: rankmysteps_sources::kafka::KafkaConfig,
+        partitions: u32,
+        every: Duration,
+    ) {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let metrics = self.clone();
+        let consumer: BaseConsumer = match kafka.client_config().create() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "no lag metric: cannot create a Kafka client");
+                return;
+            }
+        };
+        let _ = std::thread::Builder::new()
+            .name("rankmysteps-lag".into())
+            .spawn(move || loop {
+                let positions = metrics.positions.lock().expect("positions lock").clone();
+                let mut lag = Vec::new();
+                for p in 0..partitions {
+                    if let Ok((_, high)) =
+                        consumer.fetch_watermarks(&kafka.topic, p as i32, Duration::from_secs(5))
+                    {
+                        lag.push((p, high - positions.get(&p).copied().unwrap_or(0) as i64));
+                    }
+                }
+                metrics.set_lag(lag);
+                std::thread::sleep(every);
+            });
     }
 
     /// Records the latency of an epoch (end of its wall-clock interval → delivery).
