@@ -39,6 +39,8 @@ enum BenchCommand {
     CoreOnce(CoreOnceArgs),
     /// File replay into a local output directory (generates the file if missing).
     Replay(ReplayArgs),
+    /// End to end on the real services: Kafka → worker → Cassandra, throughput and freshness.
+    E2e(crate::bench_e2e::E2eArgs),
 }
 
 /// Arguments of `bench core`.
@@ -106,6 +108,7 @@ pub fn bench(args: BenchArgs) -> Result<(), CliError> {
         BenchCommand::Core(a) => core(a),
         BenchCommand::CoreOnce(a) => core_once(a),
         BenchCommand::Replay(a) => replay(a),
+        BenchCommand::E2e(a) => crate::bench_e2e::e2e(a),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod bench;
+pub mod bench_e2e;
 pub mod config;
 pub mod error;
 pub mod job;
