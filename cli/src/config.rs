@@ -181,6 +181,22 @@ impl Dataflow {
     }
 }
 
+/// An S3 configuration from the environment that `scripts/services env` prints
+/// (`RANKMYSTEPS_S3_ENDPOINT`, `AWS_REGION`, `RANKMYSTEPS_S3_BUCKET`), for S3-compatible stores
+/// (path-style, checksums when required). `None` without `RANKMYSTEPS_S3_ENDPOINT`.
+pub fn s3_from_env() -> Option<rankmysteps_sinks::s3::S3Config> {
+    let endpoint = std::env::var("RANKMYSTEPS_S3_ENDPOINT").ok()?;
+    Some(rankmysteps_sinks::s3::S3Config {
+        endpoint: Some(endpoint),
+        region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+        bucket: std::env::var("RANKMYSTEPS_S3_BUCKET")
+            .unwrap_or_else(|_| "rankmysteps-archive".into()),
+        prefix: String::new(),
+        path_style: true,
+        checksums_when_required: true,
+    })
+}
+
 /// Parses `90s`, `15m`, `24h`, `2d` or `500ms` (a non-negative integer and a unit) to microseconds.
 pub fn parse_duration(text: &str) -> Option<i64> {
     let text = text.trim();

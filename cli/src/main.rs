@@ -312,7 +312,7 @@ fn run(args: RunArgs) -> Result<()> {
                     path.display()
                 )
             })?;
-            let mut s3 = config.s3.clone().or_else(s3_from_env).with_context(|| "--input s3://…: give --config with an [s3] section, or RANKMYSTEPS_S3_ENDPOINT and AWS_REGION")?;
+            let mut s3 = config.s3.clone().or_else(rankmysteps::config::s3_from_env).with_context(|| "--input s3://…: give --config with an [s3] section, or RANKMYSTEPS_S3_ENDPOINT and AWS_REGION")?;
             s3.bucket = bucket;
             Input::S3 {
                 config: s3,
@@ -610,20 +610,6 @@ fn produce(args: ProduceArgs) -> Result<()> {
         bail!("{} records could not be delivered", report.failed);
     }
     Ok(())
-}
-
-/// An S3 configuration from the environment `scripts/services env` prints.
-fn s3_from_env() -> Option<rankmysteps_sinks::s3::S3Config> {
-    let endpoint = std::env::var("RANKMYSTEPS_S3_ENDPOINT").ok()?;
-    Some(rankmysteps_sinks::s3::S3Config {
-        endpoint: Some(endpoint),
-        region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
-        bucket: std::env::var("RANKMYSTEPS_S3_BUCKET")
-            .unwrap_or_else(|_| "rankmysteps-archive".into()),
-        prefix: String::new(),
-        path_style: true,
-        checksums_when_required: true,
-    })
 }
 
 fn day_arg(text: &str) -> Result<rankmysteps_dataflow::event::Day> {

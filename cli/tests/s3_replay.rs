@@ -8,18 +8,11 @@ use std::process::Command;
 use rankmysteps_sinks::s3::{ArchiveRecord, S3Archive, S3Config};
 
 fn config() -> S3Config {
-    S3Config {
-        endpoint: Some(
-            std::env::var("RANKMYSTEPS_S3_ENDPOINT")
-                .unwrap_or_else(|_| "http://127.0.0.1:9000".into()),
-        ),
-        region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
-        bucket: std::env::var("RANKMYSTEPS_S3_BUCKET")
-            .unwrap_or_else(|_| "rankmysteps-archive".into()),
-        prefix: String::new(),
-        path_style: true,
-        checksums_when_required: true,
+    // The local MinIO of scripts/services unless the environment says otherwise.
+    if std::env::var("RANKMYSTEPS_S3_ENDPOINT").is_err() {
+        std::env::set_var("RANKMYSTEPS_S3_ENDPOINT", "http://127.0.0.1:9000");
     }
+    rankmysteps::config::s3_from_env().expect("endpoint set above")
 }
 
 #[test]
