@@ -13,6 +13,7 @@ use rankmysteps_dataflow::output::EpochOutput;
 use rankmysteps_sinks::s3::{ArchiveRecord, S3Archive};
 use rankmysteps_sinks::{Sink, SinkError};
 use rankmysteps_sources::chunk::{Archiver, Chunk};
+use rankmysteps_sources::kafka::split_pos;
 
 /// One sealed epoch of one worker: its records by partition.
 struct Job {
@@ -99,10 +100,10 @@ impl Archiver for WorkerArchiver {
     fn add(&mut self, chunk: &Chunk) {
         let batches = self.open.entry(chunk.epoch).or_default();
         for (i, (pos, raw)) in chunk.iter().enumerate() {
-            let partition = (pos >> 48) as u32;
+            let (partition, offset) = split_pos(pos);
             batches.entry(partition).or_default().push(ArchiveRecord {
                 partition,
-                offset: pos & ((1 << 48) - 1),
+                offset,
                 kafka_timestamp: chunk.timestamps.get(i).copied().filter(|t| *t >= 0),
                 raw: raw.to_vec(),
             });
@@ -160,11 +161,11 @@ impl Sink for RejectedArchive {
     fn write_epoch(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
         let mut by_partition: BTreeMap<u32, Vec<(ArchiveRecord, &str, &str)>> = BTreeMap::new();
         for r in &output.rejected {
-            let partition = (r.pos >> 48) as u32;
+            let (partition, offset) = split_pos(r.pos);
             by_partition.entry(partition).or_default().push((
                 ArchiveRecord {
                     partition,
-                    offset: r.pos & ((1 << 48) - 1),
+                    offset,
                     kafka_timestamp: None,
                     raw: r.raw.clone(),
                 },

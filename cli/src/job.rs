@@ -148,6 +148,13 @@ pub fn run(
             .name("rankmysteps-sink".into())
             .spawn(move || {
                 let mut failed = false;
+                // Records the first failure and stops the job; nothing is written after it.
+                let fail = |e: SinkError, failed: &mut bool| {
+                    tracing::error!(error = %e, "sink failed; stopping");
+                    failure.lock().expect("failure lock").get_or_insert(e);
+                    stop.store(true, Ordering::SeqCst);
+                    *failed = true;
+                };
                 loop {
                     let out = match receiver.recv_timeout(Duration::from_millis(250)) {
                         Ok(out) if coalesce => {
@@ -165,10 +172,7 @@ pub fn run(
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                             if !failed {
                                 if let Err(e) = sink.tick() {
-                                    tracing::error!(error = %e, "sink failed; stopping");
-                                    failure.lock().expect("failure lock").get_or_insert(e);
-                                    stop.store(true, Ordering::SeqCst);
-                                    failed = true;
+                                    fail(e, &mut failed);
                                 }
                             }
                             continue;
@@ -184,10 +188,7 @@ pub fn run(
                         continue;
                     }
                     if let Err(e) = sink.write_epoch(&out) {
-                        tracing::error!(epoch = out.epoch, error = %e, "sink failed; stopping");
-                        failure.lock().expect("failure lock").get_or_insert(e);
-                        stop.store(true, Ordering::SeqCst);
-                        failed = true;
+                        fail(e, &mut failed);
                     }
                 }
                 if !failed {

@@ -340,16 +340,7 @@ fn run(args: RunArgs) -> Result<()> {
         }),
     };
     let streaming = matches!(input, Input::Generator(_));
-    {
-        // First Ctrl-C: stop the sources and write the last epochs; second: exit now.
-        let stop = stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    stop_on_signal(&stop)?;
     let local = LocalDirSink::create(
         &args.out,
         LocalOptions {
@@ -433,15 +424,7 @@ fn worker(args: WorkerArgs) -> Result<()> {
         metrics.serve(listener);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    stop_on_signal(&stop)?;
     if args.process == 0 {
         // Process 0 delivers the epochs, so it knows the positions the lag is measured from.
         metrics.watch_lag(kafka.clone(), partitions, Duration::from_secs(2));
@@ -567,11 +550,7 @@ fn produce(args: ProduceArgs) -> Result<()> {
         );
     }
     let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("installing the Ctrl-C handler")?;
-    }
+    stop_on_signal(&stop)?;
     let zone = jiff::tz::TimeZone::get(&args.time_zone)
         .with_context(|| format!("unknown time zone {:?}", args.time_zone))?;
     use std::io::IsTerminal;
@@ -610,6 +589,18 @@ fn produce(args: ProduceArgs) -> Result<()> {
         bail!("{} records could not be delivered", report.failed);
     }
     Ok(())
+}
+
+/// First Ctrl-C (or SIGTERM): set `stop`, so sources end and the last epochs are written;
+/// a second one exits at once.
+fn stop_on_signal(stop: &Arc<AtomicBool>) -> Result<()> {
+    let stop = stop.clone();
+    ctrlc::set_handler(move || {
+        if stop.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C handler")
 }
 
 fn day_arg(text: &str) -> Result<rankmysteps_dataflow::event::Day> {

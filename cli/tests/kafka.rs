@@ -334,14 +334,8 @@ fn worker_matches_reference_on_real_kafka() {
     }
     // The archive holds every consumed record exactly once, byte for byte, and the rejected ones
     // under rejected/ with their reasons.
-    let s3 = rankmysteps_sinks::s3::S3Config {
-        endpoint: Some(s3_endpoint.clone()),
-        region: "us-east-1".into(),
-        bucket: "rankmysteps-archive".into(),
-        prefix: String::new(),
-        path_style: true,
-        checksums_when_required: true,
-    };
+    std::env::set_var("RANKMYSTEPS_S3_ENDPOINT", &s3_endpoint);
+    let s3 = rankmysteps::config::s3_from_env().expect("endpoint set above");
     let archive = rankmysteps_sinks::s3::S3Archive::connect(&s3).unwrap();
     let raw: Vec<rankmysteps_sinks::s3::ArchiveRecord> = archive
         .read_all(&format!("{prefix}raw/"))

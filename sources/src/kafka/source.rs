@@ -21,6 +21,11 @@ pub fn record_pos(partition: u32, offset: u64) -> u64 {
     (u64::from(partition) << 48) | (offset & ((1 << 48) - 1))
 }
 
+/// The `(partition, offset)` of a position made by [`record_pos`].
+pub fn split_pos(pos: u64) -> (u32, u64) {
+    ((pos >> 48) as u32, pos & ((1 << 48) - 1))
+}
+
 /// The number of partitions of the topic.
 pub fn partition_count(config: &KafkaConfig, timeout: Duration) -> Result<u32, SourceError> {
     let consumer: BaseConsumer = config.client_config().create().map_err(kafka_error)?;
