@@ -98,6 +98,10 @@ struct WorkerArchiver {
 
 impl Archiver for WorkerArchiver {
     fn add(&mut self, chunk: &Chunk) {
+        if chunk.archived {
+            // A restart's replay of the archive itself: those objects exist already.
+            return;
+        }
         let batches = self.open.entry(chunk.epoch).or_default();
         for (i, (pos, raw)) in chunk.iter().enumerate() {
             let (partition, offset) = split_pos(pos);
@@ -105,6 +109,8 @@ impl Archiver for WorkerArchiver {
                 partition,
                 offset,
                 kafka_timestamp: chunk.timestamps.get(i).copied().filter(|t| *t >= 0),
+                epoch: Some(chunk.epoch),
+                ingested: Some(chunk.record_now.as_ref().map_or(chunk.now, |n| n[i])),
                 raw: raw.to_vec(),
             });
         }
@@ -167,6 +173,8 @@ impl Sink for RejectedArchive {
                     partition,
                     offset,
                     kafka_timestamp: None,
+                    epoch: None,
+                    ingested: None,
                     raw: r.raw.clone(),
                 },
                 r.reason.code(),

@@ -182,6 +182,7 @@ fn core_once(a: CoreOnceArgs) -> Result<(), CliError> {
         metrics: None,
         archive: None,
         coalesce: false,
+        recovery: None,
     };
     let cpu0 = cpu_seconds();
     let report = job::run(
@@ -348,6 +349,7 @@ fn replay(a: ReplayArgs) -> Result<(), CliError> {
         metrics: None,
         archive: None,
         coalesce: false,
+        recovery: None,
     };
     let sink = LocalDirSink::create(&a.out, LocalOptions::default())?;
     let cpu0 = cpu_seconds();

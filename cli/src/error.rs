@@ -30,6 +30,9 @@ pub enum CliError {
     /// A sink failed.
     #[error(transparent)]
     Sink(#[from] rankmysteps_sinks::SinkError),
+    /// A restart cannot rebuild its state.
+    #[error("cannot restart from the progress record: {0}")]
+    Recovery(String),
     /// A worker thread failed.
     #[error("worker failed: {0}")]
     Worker(String),

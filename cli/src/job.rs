@@ -91,6 +91,10 @@ pub struct JobSpec {
     /// ([`EpochOutput::merge`]): each changed record is then written once per write instead of
     /// once per epoch. Rejected records then carry the epoch of the write.
     pub coalesce: bool,
+    /// Kafka input only: a restart from a progress record ([`crate::recovery`]): the archive
+    /// objects to replay first (read from `archive`), and the epochs that only rebuild state.
+    /// Kafka's start offsets and the initial watermark are in `input` and `settings`.
+    pub recovery: Option<crate::recovery::Recovery>,
 }
 
 /// What a finished job measured.
@@ -107,6 +111,10 @@ pub struct JobReport {
     pub epoch_latencies: Vec<Duration>,
     /// Lines read (file input).
     pub lines: u64,
+    /// Archived records replayed by a restart.
+    pub replayed: u64,
+    /// Epochs a restart replayed only to rebuild its state (not in `epochs` nor `stats`).
+    pub restored: u64,
 }
 
 /// Runs `spec` to completion (the end of the input, or `stop`), delivering every completed
@@ -137,9 +145,28 @@ pub fn run(
     let (sender, receiver) =
         std::sync::mpsc::sync_channel::<EpochOutput>(if spec.coalesce { 16 } else { 2 });
     let coalesce = spec.coalesce;
+    let recovery = spec.recovery.clone().unwrap_or_default();
+    // Epochs up to here were written before a restart: they only rebuild the sinks' state.
+    let restore_through = recovery.restore_through;
     let sender = Arc::new(Mutex::new(Some(sender)));
     let report = Arc::new(Mutex::new(JobReport::default()));
     let failure: Arc<Mutex<Option<SinkError>>> = Arc::new(Mutex::new(None));
+    let replay = match (&spec.input, &spec.archive) {
+        (Input::Kafka { .. }, Some(s3)) if !recovery.replay.is_empty() => {
+            Some(crate::recovery::SharedReplay::new(
+                Arc::new(rankmysteps_sinks::s3::S3Archive::connect(s3)?),
+                recovery.replay.clone(),
+                stop.clone(),
+                failure.clone(),
+            ))
+        }
+        (_, None) if !recovery.replay.is_empty() => {
+            return Err(CliError::Setting(
+                "a restart's replay needs the archive ([s3])".into(),
+            ))
+        }
+        _ => None,
+    };
     let started = Instant::now();
     let sink_thread = {
         let (failure, stop) = (failure.clone(), stop.clone());
@@ -155,10 +182,20 @@ pub fn run(
                     stop.store(true, Ordering::SeqCst);
                     *failed = true;
                 };
+                let restored = |out: &EpochOutput| restore_through.is_some_and(|p| out.epoch <= p);
                 loop {
                     let out = match receiver.recv_timeout(Duration::from_millis(250)) {
+                        Ok(out) if restored(&out) => {
+                            if !failed {
+                                if let Err(e) = sink.restore(&out) {
+                                    fail(e, &mut failed);
+                                }
+                            }
+                            continue;
+                        }
                         Ok(out) if coalesce => {
                             let mut waiting = vec![out];
+                            // Restored epochs all come before written ones: none is here.
                             waiting.extend(receiver.try_iter());
                             if waiting.len() > 1 {
                                 tracing::debug!(
@@ -221,6 +258,9 @@ pub fn run(
     };
     let (spec2, file2, report2, stop2) = (spec.clone(), file.clone(), report.clone(), stop.clone());
     let s3_2 = s3.clone();
+    let replay2 = replay.clone();
+    let replay_through = recovery.replay_through;
+    let restore_through = recovery.restore_through;
 
     let config = match &spec.cluster {
         None => timely::Config::process(spec.workers),
@@ -255,9 +295,16 @@ pub fn run(
         };
         let on_epoch = move |out: EpochOutput| {
             let mut report = report.lock().expect("report lock");
-            report.epochs += 1;
-            report.stats.add(&out.stats);
-            if let Some(ms) = epoch_ms {
+            // A restart's restored epochs were counted before it.
+            if restore_through.is_some_and(|p| out.epoch <= p) {
+                report.restored += 1;
+            } else {
+                report.epochs += 1;
+                report.stats.add(&out.stats);
+            }
+            // A restart's replayed epochs ended long ago: their latency means nothing.
+            let replayed = replay_through.is_some_and(|q| out.epoch <= q);
+            if let Some(ms) = epoch_ms.filter(|_| !replayed) {
                 let end: Micros = (out.epoch as Micros + 1) * ms as Micros * 1000;
                 let latency = Duration::from_micros((wall_clock() - end).max(0) as u64);
                 // Bounded: a long-running worker keeps the first 100 000 (metrics see them all).
@@ -322,7 +369,10 @@ pub fn run(
                         Ok(source) => parse_source_archived(
                             scope,
                             "KafkaSource",
-                            source,
+                            crate::recovery::Resumed {
+                                replay: replay2.clone(),
+                                kafka: source,
+                            },
                             parser,
                             settings.grace,
                             throttle,
@@ -369,6 +419,9 @@ pub fn run(
     if let Some(e) = s3.as_ref().and_then(SharedS3Input::take_error) {
         return Err(e.into());
     }
+    report.lock().expect("report lock").replayed = replay
+        .as_ref()
+        .map_or(0, crate::recovery::SharedReplay::records);
     let mut report = report.lock().expect("report lock").clone();
     report.elapsed = started.elapsed();
     report.lines = file.as_ref().map_or(0, |f| f.lines_read())

@@ -9,6 +9,7 @@ pub mod error;
 pub mod job;
 pub mod metrics;
 pub mod produce;
+pub mod recovery;
 pub mod view;
 
 pub use error::CliError;

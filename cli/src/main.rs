@@ -357,7 +357,11 @@ fn run(args: RunArgs) -> Result<()> {
     }
     let spec = JobSpec {
         workers,
-        settings: Settings { k, grace },
+        settings: Settings {
+            k,
+            grace,
+            initial_watermark: None,
+        },
         parse: ParseConfig {
             max_steps: args.max_steps.unwrap_or(df.max_steps_per_event),
             max_clock_skew: skew,
@@ -369,6 +373,7 @@ fn run(args: RunArgs) -> Result<()> {
         metrics: None,
         archive: None,
         coalesce: false,
+        recovery: None,
     };
     let report = job::run(spec, Box::new(Fanout(sinks)), stop)?;
     let s = &report.stats;
@@ -388,6 +393,9 @@ fn run(args: RunArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// The job name of the worker's progress record in Cassandra.
+const JOB: &str = "rankmysteps";
 
 fn worker(args: WorkerArgs) -> Result<()> {
     let config = ClusterConfig::load(&args.config)?;
@@ -429,13 +437,60 @@ fn worker(args: WorkerArgs) -> Result<()> {
         // Process 0 delivers the epochs, so it knows the positions the lag is measured from.
         metrics.watch_lag(kafka.clone(), partitions, Duration::from_secs(2));
     }
+    let grace = df.grace_micros()?;
+    let skew = df.skew_micros()?;
+    // A restart: where the last run's progress record says to resume, and what to replay.
+    let recovery = match &config.cassandra {
+        Some(c) => {
+            let reader = rankmysteps_sinks::cassandra::CassandraReader::connect(c)
+                .with_context(|| format!("connecting to Cassandra at {:?}", c.contact_points))?;
+            let archive = match &config.s3 {
+                Some(s3) => Some(rankmysteps_sinks::s3::S3Archive::connect(s3).with_context(
+                    || format!("connecting to the S3 archive (bucket {})", s3.bucket),
+                )?),
+                None => None,
+            };
+            let share = rankmysteps::recovery::Share {
+                process: args.process,
+                threads: workers,
+                processes: hosts.len().max(1),
+            };
+            let recovery = rankmysteps::recovery::plan(
+                &reader,
+                JOB,
+                archive.as_ref(),
+                &kafka.topic,
+                share,
+                grace,
+                skew,
+                df.epoch_ms.max(1),
+            )?;
+            if let Some(p) = &recovery.progress {
+                eprintln!(
+                    "rankmysteps: resuming after epoch {} (watermark {}): replaying {} archive objects (through epoch {}), {} uncommitted objects deleted",
+                    p.epoch,
+                    p.watermark.as_deref().unwrap_or("none"),
+                    recovery.replay.len(),
+                    recovery.replay_through.unwrap_or(p.epoch),
+                    recovery.deleted
+                );
+            } else if recovery.replay_through.is_some() {
+                eprintln!(
+                    "rankmysteps: the first epoch was being written when the last run stopped: replaying {} archive objects",
+                    recovery.replay.len()
+                );
+            }
+            Some(recovery)
+        }
+        None => {
+            tracing::warn!("no [cassandra]: no progress record, consuming from the beginning");
+            None
+        }
+    };
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if args.process == 0 {
-        if let Some(c) = &config.cassandra {
-            let sink = rankmysteps_sinks::cassandra::CassandraSink::connect(c, "rankmysteps")
-                .with_context(|| format!("connecting to Cassandra at {:?}", c.contact_points))?;
-            sinks.push(Box::new(sink));
-        }
+        // The dead letters first: an epoch's rejected records are durable before the progress
+        // record that covers them.
         if let Some(s3) = &config.s3 {
             let archive = rankmysteps_sinks::s3::S3Archive::connect(s3)
                 .with_context(|| format!("connecting to the S3 archive (bucket {})", s3.bucket))?;
@@ -444,6 +499,14 @@ fn worker(args: WorkerArgs) -> Result<()> {
                 topic: kafka.topic.clone(),
                 epoch_ms: df.epoch_ms.max(1),
             }));
+        }
+        if let Some(c) = &config.cassandra {
+            let mut sink = rankmysteps_sinks::cassandra::CassandraSink::connect(c, JOB)
+                .with_context(|| format!("connecting to Cassandra at {:?}", c.contact_points))?;
+            if let Some(p) = recovery.as_ref().and_then(|r| r.progress.as_ref()) {
+                sink.resume(p);
+            }
+            sinks.push(Box::new(sink));
         }
         if let Some(out) = &args.out {
             sinks.push(Box::new(LocalDirSink::create(
@@ -460,25 +523,29 @@ fn worker(args: WorkerArgs) -> Result<()> {
         workers,
         settings: Settings {
             k: df.k,
-            grace: df.grace_micros()?,
+            grace,
+            initial_watermark: recovery.as_ref().and_then(|r| r.initial_watermark),
         },
         parse: ParseConfig {
             max_steps: df.max_steps_per_event,
-            max_clock_skew: df.skew_micros()?,
+            max_clock_skew: skew,
             time_zone: df.zone()?,
         },
         input: Input::Kafka {
             config: kafka.clone(),
             partitions,
             epoch_ms: df.epoch_ms.max(1),
-            // Recovery from a progress record is not implemented yet: start at the beginning.
-            start: Default::default(),
+            start: recovery
+                .as_ref()
+                .map(|r| r.start.clone())
+                .unwrap_or_default(),
         },
         max_epochs_ahead: df.max_epochs_ahead,
         cluster,
         metrics: Some(metrics),
         archive: config.s3.clone(),
         coalesce: true,
+        recovery,
     };
     eprintln!(
         "rankmysteps: worker process {} consuming {} ({} partitions) with {} threads",
@@ -486,8 +553,9 @@ fn worker(args: WorkerArgs) -> Result<()> {
     );
     let report = job::run(spec, Box::new(sink), stop)?;
     eprintln!(
-        "rankmysteps: stopped after {} epochs: accepted {}, duplicate {}, rejected {}",
+        "rankmysteps: stopped after {} epochs ({} more replayed to restore the state): accepted {}, duplicate {}, rejected {}",
         report.epochs,
+        report.restored,
         report.stats.accepted,
         report.stats.duplicate,
         report.stats.rejected_total()

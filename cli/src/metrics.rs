@@ -233,6 +233,10 @@ impl Sink for Measured {
         result
     }
 
+    fn restore(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
+        self.inner.restore(output)
+    }
+
     fn tick(&mut self) -> Result<(), SinkError> {
         self.inner.tick()
     }

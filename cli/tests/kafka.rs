@@ -4,27 +4,20 @@
 //! skips) when the broker is not there.
 #![cfg(feature = "integration")]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{brokers, Child};
 use rankmysteps_dataflow::event::{
     format_day, format_user, parse_day, Event, Reason, User, MICROS_PER_SEC,
 };
 use rankmysteps_dataflow::pipeline::Settings;
 use rankmysteps_dataflow::reference::{Record, Reference};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
-
-fn cassandra() -> String {
-    std::env::var("RANKMYSTEPS_CASSANDRA").unwrap_or_else(|_| "127.0.0.1:9042".into())
-}
-
-fn brokers() -> String {
-    std::env::var("RANKMYSTEPS_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
 
 use rankmysteps_dataflow::random::SplitMix64 as Rng;
 
@@ -84,49 +77,16 @@ fn records(
     out
 }
 
-/// Kills the worker if the test fails before stopping it.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn worker_matches_reference_on_real_kafka() {
-    let topic = format!("rms-it-{}", std::process::id());
-    let keyspace = format!("rms_it_{}", std::process::id());
-    let prefix = format!(
-        "it-kafka-{}-{}/",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "rankmysteps"),
-        ("AWS_SECRET_ACCESS_KEY", "rankmysteps-secret"),
-        ("AWS_REGION", "us-east-1"),
-    ] {
-        if std::env::var(k).is_err() {
-            // Set before any client or thread exists in this test process.
-            std::env::set_var(k, v);
-        }
-    }
-    let s3_endpoint =
-        std::env::var("RANKMYSTEPS_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into());
+    common::s3_credentials();
+    let topic = common::unique("rms-it-");
+    let keyspace = common::unique("rms_it_").replace('-', "_");
+    let prefix = format!("{}/", common::unique("it-kafka-"));
+    let s3_endpoint = common::s3_endpoint();
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", brokers());
-    let admin: AdminClient<DefaultClientContext> = client.create().unwrap();
-    let created = futures_executor::block_on(admin.create_topics(
-        [&NewTopic::new(&topic, 4, TopicReplication::Fixed(1))],
-        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-    ))
-    .expect("Kafka must be running: scripts/services start kafka");
-    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    common::create_topic(&topic, 4);
 
     let records = records(3000);
     let producer: ThreadedProducer<DefaultProducerContext> = client
@@ -172,11 +132,7 @@ fn worker_matches_reference_on_real_kafka() {
     let config = dir.path().join("cluster.toml");
     std::fs::write(
         &config,
-        format!(
-            "[cluster]\nthreads = 3\n[kafka]\nbrokers = [\"{}\"]\ntopic = \"{topic}\"\n[cassandra]\ncontact_points = [\"{}\"]\nkeyspace = \"{keyspace}\"\nconsistency = \"ONE\"\n[s3]\nendpoint = \"{s3_endpoint}\"\nregion = \"us-east-1\"\nbucket = \"rankmysteps-archive\"\nprefix = \"{prefix}\"\npath_style = true\nchecksums_when_required = true\n[dataflow]\nk = 10\nepoch_ms = 200\n",
-            brokers(),
-            cassandra()
-        ),
+        common::cluster_toml(&topic, &keyspace, &prefix, 3, 10),
     )
     .unwrap();
     let bin = env!("CARGO_BIN_EXE_rankmysteps");

@@ -321,6 +321,7 @@ fn replay_matches_reference_for_1_and_4_workers() {
     let settings = Settings {
         k,
         grace: 2 * 3600 * MICROS_PER_SEC,
+        initial_watermark: None,
     };
     for (seed, epoch_events) in [(1u64, 50usize), (2, 333), (3, 1)] {
         let lines_n = if epoch_events == 1 { 600 } else { 4000 };

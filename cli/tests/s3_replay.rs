@@ -69,6 +69,8 @@ fn archive_replay_equals_file_replay() {
                 partition: 0,
                 offset: i as u64,
                 kafka_timestamp: Some(now_ms),
+                epoch: None,
+                ingested: None,
                 raw: lines[i].clone().into_bytes(),
             })
             .collect();

@@ -48,7 +48,7 @@ pub fn deliver<'scope, F>(
     F: FnMut(EpochOutput) + 'static,
 {
     let scope = positions.scope();
-    let grace = settings.grace;
+    let (grace, initial_watermark) = (settings.grace, settings.initial_watermark);
     let worker = scope.index();
     let items: Vec<VecStream<'scope, Item>> = vec![
         outputs.totals.inner.map(|(r, _, d)| Item::Total(r, d)),
@@ -71,7 +71,8 @@ pub fn deliver<'scope, F>(
     builder.build(move |_capabilities| {
         let mut pending: BTreeMap<Epoch, EpochOutput> = BTreeMap::new();
         let mut watermarks: BTreeMap<Epoch, Micros> = BTreeMap::new();
-        let mut watermark: Option<Micros> = None;
+        // Starts from the job's initial watermark (a restart's), like every operator upstream.
+        let mut watermark: Option<Micros> = initial_watermark;
         let mut open_days: BTreeSet<Day> = BTreeSet::new();
         let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
         move |frontiers| {

@@ -41,6 +41,11 @@ pub struct Settings {
     pub k: usize,
     /// How long after the end of a day (in UTC−12) the day stays open, in microseconds.
     pub grace: Micros,
+    /// The watermark before the first epoch, W(−1) (`None`: no event yet). A restarted job
+    /// replays only the recent part of its input and starts from its progress record's
+    /// watermark, so that days closed before the restart stay closed (their events are `late`)
+    /// exactly as they were; every watermark the dataflow uses is then at least this value.
+    pub initial_watermark: Option<Micros>,
 }
 
 impl Default for Settings {
@@ -48,6 +53,7 @@ impl Default for Settings {
         Settings {
             k: 100,
             grace: 24 * 3600 * crate::event::MICROS_PER_SEC,
+            initial_watermark: None,
         }
     }
 }
@@ -94,7 +100,7 @@ pub fn build<'scope>(events: VecStream<'scope, Event>, settings: &Settings) -> O
     // W(e-1) must reach admission at epoch e: a feedback edge delays the watermark by one epoch.
     let (feedback, delayed_watermark) = scope.feedback::<Vec<Micros>>(1);
     let admitted = admit(events, delayed_watermark, settings);
-    let watermark = watermark(admitted.local_max);
+    let watermark = watermark(admitted.local_max, settings.initial_watermark);
     watermark.clone().connect_loop(feedback);
     let totals = totals(admitted.accepted, watermark.clone(), settings);
     let top = top_k(totals.candidates, watermark.clone(), settings);
@@ -170,9 +176,9 @@ struct WatermarkView {
 }
 
 impl WatermarkView {
-    fn new() -> Self {
+    fn new(initial: Option<Micros>) -> Self {
         WatermarkView {
-            current: None,
+            current: initial,
             pending: BTreeMap::new(),
         }
     }
@@ -221,7 +227,7 @@ fn admit<'scope>(
     watermark: VecStream<'scope, Micros>,
     settings: &Settings,
 ) -> Admitted<'scope> {
-    let grace = settings.grace;
+    let (grace, initial_watermark) = (settings.grace, settings.initial_watermark);
     let mut builder = OperatorBuilder::new("Admit".to_owned(), events.scope());
     let mut input = builder.new_input(events, Exchange::new(|e: &Event| route_user(e.user)));
     let mut wm_input = builder.new_input(watermark, Pipeline);
@@ -236,7 +242,7 @@ fn admit<'scope>(
 
     builder.build(move |_capabilities| {
         let mut stash: Stash<Event> = Stash::new();
-        let mut wm = WatermarkView::new();
+        let mut wm = WatermarkView::new(initial_watermark);
         // (day) -> set of (user, event_id) admitted so far.
         let mut seen: FxHashMap<Day, FxHashSet<(User, Box<str>)>> = FxHashMap::default();
         let mut sums: FxHashMap<(Day, User), i64> = FxHashMap::default();
@@ -344,10 +350,14 @@ fn late_rejection(event: Event, watermark: Option<Micros>, grace: Micros) -> Rej
 }
 
 /// The global watermark W(e) = max over epochs ≤ e of the workers' local maxima, emitted on every
-/// worker at epoch e when it changed. Output: one value per change, not consolidated across
-/// epochs (a later value supersedes an earlier one).
-fn watermark<'scope>(local_max: VecStream<'scope, Micros>) -> VecStream<'scope, Micros> {
-    let mut current: Option<Micros> = None;
+/// worker at epoch e when it changed (values not above `initial` are not news: every consumer
+/// starts from it). Output: one value per change, not consolidated across epochs (a later value
+/// supersedes an earlier one).
+fn watermark<'scope>(
+    local_max: VecStream<'scope, Micros>,
+    initial: Option<Micros>,
+) -> VecStream<'scope, Micros> {
+    let mut current: Option<Micros> = initial;
     let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Micros)> = BTreeMap::new();
     local_max
         .broadcast()
@@ -403,7 +413,7 @@ fn totals<'scope>(
     watermark: VecStream<'scope, Micros>,
     settings: &Settings,
 ) -> Totals<'scope> {
-    let (k, grace) = (settings.k, settings.grace);
+    let (k, grace, initial_watermark) = (settings.k, settings.grace, settings.initial_watermark);
     let mut builder = OperatorBuilder::new("Totals".to_owned(), accepted.inner.scope());
     let mut input = builder.new_input(accepted.inner, Pipeline);
     let mut wm_input = builder.new_input(watermark, Pipeline);
@@ -417,7 +427,7 @@ fn totals<'scope>(
 
     builder.build(move |_capabilities| {
         let mut stash: Stash<((Day, User), Epoch, i64)> = Stash::new();
-        let mut wm = WatermarkView::new();
+        let mut wm = WatermarkView::new(initial_watermark);
         let mut days: FxHashMap<Day, DayTotals> = FxHashMap::default();
         let mut contrib: FxHashMap<(Day, u64), isize> = FxHashMap::default();
         let mut cand: FxHashMap<(Day, (Reverse<u64>, User)), isize> = FxHashMap::default();
@@ -513,7 +523,7 @@ fn top_k<'scope>(
     watermark: VecStream<'scope, Micros>,
     settings: &Settings,
 ) -> Coll<'scope, (Day, TopRow)> {
-    let (k, grace) = (settings.k, settings.grace);
+    let (k, grace, initial_watermark) = (settings.k, settings.grace, settings.initial_watermark);
     candidates
         .inner
         .binary_frontier(
@@ -525,7 +535,7 @@ fn top_k<'scope>(
             "TopK",
             move |_cap, _info| {
                 let mut stash: Stash<((Day, (Reverse<u64>, User)), Epoch, isize)> = Stash::new();
-                let mut wm = WatermarkView::new();
+                let mut wm = WatermarkView::new(initial_watermark);
                 // Per day: the candidate set, and the rows last emitted.
                 let mut days: FxHashMap<Day, (BTreeSet<(Reverse<u64>, User)>, Vec<TopRow>)> =
                     FxHashMap::default();
@@ -581,7 +591,7 @@ fn histogram<'scope>(
     watermark: VecStream<'scope, Micros>,
     settings: &Settings,
 ) -> (Coll<'scope, (Day, u64, u64)>, Coll<'scope, (Day, u64)>) {
-    let grace = settings.grace;
+    let (grace, initial_watermark) = (settings.grace, settings.initial_watermark);
     let mut builder = OperatorBuilder::new("Histogram".to_owned(), contributions.inner.scope());
     let mut input = builder.new_input(
         contributions.inner,
@@ -594,7 +604,7 @@ fn histogram<'scope>(
     let mut users_out = OutputBuilder::from(users_out);
     builder.build(move |_capabilities| {
         let mut stash: Stash<((Day, u64), Epoch, isize)> = Stash::new();
-        let mut wm = WatermarkView::new();
+        let mut wm = WatermarkView::new(initial_watermark);
         let mut days: FxHashMap<Day, (BTreeMap<u64, u64>, u64)> = FxHashMap::default();
         move |frontiers| {
             input.for_each(|cap, data| stash.absorb(&cap, 2, data));

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use rankmysteps_dataflow::deliver::deliver;
 use rankmysteps_dataflow::event::{
-    Day, Epoch, Event, Reason, Rejection, User, MICROS_PER_DAY, MICROS_PER_SEC,
+    is_closed, Day, Epoch, Event, Reason, Rejection, User, MICROS_PER_DAY, MICROS_PER_SEC,
 };
 use rankmysteps_dataflow::output::{EpochOutput, Position, Stats};
 use rankmysteps_dataflow::pipeline::{build, Settings};
@@ -253,6 +253,7 @@ fn compare(seed: u64, workers: usize, k: usize) {
     let settings = Settings {
         k,
         grace: 6 * 3600 * MICROS_PER_SEC,
+        initial_watermark: None,
     };
     let input = random_input(seed, 40, 120, 40);
     let input_again = input.clone();
@@ -321,4 +322,109 @@ fn several_workers_match_reference() {
 fn large_k_and_k_one() {
     compare(20, 4, 1);
     compare(21, 3, 1000);
+}
+
+/// `out` with its vectors sorted, for comparing outputs whose order does not matter.
+fn normalized(mut out: EpochOutput) -> EpochOutput {
+    out.totals.sort();
+    out.rejected.sort_by_key(|r| r.pos);
+    out
+}
+
+/// A restart (design §4): a job that replays only the epochs from the first one holding an event
+/// of a day still open at epoch P, starting from W(P), must produce after P exactly what the
+/// uninterrupted job produced, and hold the same state of the open days at P.
+fn restart_matches_uninterrupted(seed: u64, workers: usize, p: usize) {
+    let settings = Settings {
+        k: 5,
+        grace: 6 * 3600 * MICROS_PER_SEC,
+        initial_watermark: None,
+    };
+    let input = random_input(seed, 40, 120, 40);
+    let full = run_dataflow(workers, input.clone(), settings.clone());
+    let mut reference = Reference::new(settings.clone());
+    for (epoch, records) in input.iter().take(p + 1).enumerate() {
+        reference.epoch(epoch as Epoch, records.clone());
+    }
+    let w_p = reference.watermark;
+    let open = |day: Day| !is_closed(day, w_p, settings.grace);
+    let start = input
+        .iter()
+        .position(|records| {
+            records
+                .iter()
+                .any(|r| matches!(r, Record::Event(e) if open(e.day)))
+        })
+        .expect("some open day");
+    // The replay must skip part of the input, and what it replays must hold events that only
+    // the initial watermark turns away (else the test could not tell it is needed).
+    assert!(start > 0, "seed {seed}: nothing skipped");
+    let replayed_late = input[start..=p]
+        .iter()
+        .flatten()
+        .any(|r| matches!(r, Record::Event(e) if !open(e.day)));
+    assert!(replayed_late, "seed {seed}: no closed-day event replayed");
+    let mut tail = input.clone();
+    tail[..start].iter_mut().for_each(Vec::clear);
+    let restarted = run_dataflow(
+        workers,
+        tail,
+        Settings {
+            initial_watermark: w_p,
+            ..settings.clone()
+        },
+    );
+    // The state of the open days at P.
+    let (mut before, mut after) = (Materialized::default(), Materialized::default());
+    full.iter()
+        .filter(|o| o.epoch <= p as Epoch)
+        .for_each(|o| before.apply(o));
+    restarted
+        .iter()
+        .filter(|o| o.epoch <= p as Epoch)
+        .for_each(|o| after.apply(o));
+    let open_days: Vec<Day> = before.totals.keys().copied().filter(|d| open(*d)).collect();
+    assert!(!open_days.is_empty());
+    // Starting from W(P), the replay never revives a day closed before the restart.
+    assert_eq!(
+        after.totals.keys().copied().collect::<Vec<_>>(),
+        open_days,
+        "seed {seed}: the replay touched closed days"
+    );
+    for day in &open_days {
+        assert_eq!(
+            before.totals[day], after.totals[day],
+            "totals of {day} at P"
+        );
+        assert_eq!(before.top.get(day), after.top.get(day), "top of {day} at P");
+        assert_eq!(before.histogram.get(day), after.histogram.get(day));
+    }
+    // Everything after P.
+    let tail_of = |outs: &[EpochOutput]| -> Vec<EpochOutput> {
+        outs.iter()
+            .filter(|o| o.epoch > p as Epoch)
+            .cloned()
+            .map(normalized)
+            .collect()
+    };
+    let (expected, got) = (tail_of(&full), tail_of(&restarted));
+    assert_eq!(expected.len(), got.len());
+    for (e, g) in expected.iter().zip(&got) {
+        assert_eq!(
+            e, g,
+            "seed {seed}, {workers} workers: epoch {} differs",
+            e.epoch
+        );
+    }
+    assert!(
+        expected.iter().any(|o| !o.closed.is_empty()),
+        "no day closes after P"
+    );
+}
+
+#[test]
+fn restart_from_a_progress_record_changes_nothing() {
+    for (seed, workers, p) in [(30, 1, 25), (31, 2, 20), (32, 3, 30), (33, 4, 25)] {
+        restart_matches_uninterrupted(seed, workers, p);
+    }
 }

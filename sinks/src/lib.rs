@@ -41,6 +41,15 @@ pub trait Sink: Send {
     /// Applies the changes of one completed epoch.
     fn write_epoch(&mut self, output: &EpochOutput) -> Result<(), SinkError>;
 
+    /// Takes in an epoch that a restart replays only to rebuild the dataflow's state: its
+    /// results were written before the restart (it is at or before the progress record), so
+    /// nothing may be written for it. A sink that keeps state in memory (the local directory)
+    /// applies it; the default ignores it. Restored epochs come in increasing order, before
+    /// every epoch given to [`write_epoch`](Sink::write_epoch).
+    fn restore(&mut self, _output: &EpochOutput) -> Result<(), SinkError> {
+        Ok(())
+    }
+
     /// Called regularly (a few times a second) while no epoch arrives, so that a sink that
     /// coalesces writes still writes what is due when the input goes quiet.
     fn tick(&mut self) -> Result<(), SinkError> {
@@ -56,6 +65,10 @@ pub trait Sink: Send {
 impl<S: Sink + ?Sized> Sink for Box<S> {
     fn write_epoch(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
         (**self).write_epoch(output)
+    }
+
+    fn restore(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
+        (**self).restore(output)
     }
 
     fn tick(&mut self) -> Result<(), SinkError> {
@@ -78,6 +91,13 @@ impl Sink for Fanout {
     fn write_epoch(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
         for sink in &mut self.0 {
             sink.write_epoch(output)?;
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
+        for sink in &mut self.0 {
+            sink.restore(output)?;
         }
         Ok(())
     }

@@ -84,6 +84,8 @@ fn records(partition: u32, offsets: impl IntoIterator<Item = u64>) -> Vec<Archiv
             partition,
             offset,
             kafka_timestamp: (offset % 3 != 0).then_some(1_764_268_847_000 + offset as i64),
+            epoch: (offset % 2 == 0).then_some(offset / 10),
+            ingested: (offset % 2 == 0).then_some(1_764_268_847_000_000 + offset as i64),
             raw: event(partition, offset),
         })
         .collect()

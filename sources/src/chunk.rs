@@ -30,6 +30,9 @@ pub struct Chunk {
     pub timestamps: Vec<i64>,
     /// The chunk's sequence number in its source, for sources that track parsing progress.
     pub seq: u64,
+    /// The records come from the raw-event archive (a restart's replay): an [`Archiver`] must
+    /// not archive them again.
+    pub archived: bool,
 }
 
 impl Chunk {

@@ -24,4 +24,4 @@ pub use codec::{
 };
 pub use config::{parse_consistency, CassandraConfig};
 pub use read::{stats_from_map, CassandraReader};
-pub use sink::{stats_map, CassandraSink};
+pub use sink::{intent_key, stats_map, CassandraSink};

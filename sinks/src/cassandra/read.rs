@@ -209,6 +209,31 @@ impl CassandraReader {
         decode_listing(rows)
     }
 
+    /// Every row of `day`'s `users_by_total` (listing order: `(user, total)`) and
+    /// `histogram_by_day` (total descending: `(total, users)`). Whole-partition reads, for
+    /// checks and exports, not a serving query: `limit` bounds the listing.
+    pub fn day_rows(
+        &self,
+        day: Day,
+        limit: usize,
+    ) -> Result<(Vec<(User, u64)>, Vec<(u64, u64)>), SinkError> {
+        self.runtime.block_on(async {
+            let listing = self.listing_first(day, limit).await?;
+            let rows: Vec<(i64, Option<i64>)> = self
+                .rows(
+                    "reading the histogram",
+                    &self.prepared.histogram_range,
+                    (day_to_cql(day), -1i64, i64::MAX),
+                )
+                .await?;
+            let histogram = rows
+                .into_iter()
+                .map(|(t, c)| Ok((from_bigint(t)?, from_bigint(c.unwrap_or(0))?)))
+                .collect::<Result<_, SinkError>>()?;
+            Ok((listing, histogram))
+        })
+    }
+
     /// `user`'s total on `day`, if any.
     pub fn total(&self, day: Day, user: User) -> Result<Option<u64>, SinkError> {
         self.runtime.block_on(self.total_async(day, user))

@@ -115,10 +115,20 @@ pub fn stats_map(stats: &Stats) -> Result<BTreeMap<String, i64>, SinkError> {
     Ok(map)
 }
 
+/// The `progress` row of the intent record of `job`: the same fields as the progress record,
+/// for the epoch whose writes are under way. Written before an epoch's first data write, so a
+/// restart that finds an intent newer than the progress record knows that this epoch may be
+/// half written, and up to which offsets it must replay to write it whole again.
+pub fn intent_key(job: &str) -> String {
+    format!("{job}/intent")
+}
+
 /// Writes every completed epoch to the tables of `schema.cql`, then the job's progress record.
 ///
 /// Per epoch ([`Sink::write_epoch`] returns once all of it is durable at the configured
 /// consistency):
+/// 0. the intent record ([`intent_key`]): what the progress record will say once the epoch is
+///    written;
 /// 1. every data write (`totals_by_user`, `users_by_total`, `top_by_day`, `histogram_by_day`,
 ///    `days.users`) as prepared statements, at most `max_in_flight` at once, each retried with
 ///    exponential backoff on timeouts and unavailability;
@@ -151,6 +161,11 @@ pub struct CassandraSink {
     positions: BTreeMap<u32, u64>,
     /// Counters over the run.
     stats: Stats,
+    /// Epoch writes begun.
+    writes: u64,
+    /// Tests only: abort the process during this write (after its data, before its progress
+    /// record), from `RANKMYSTEPS_CRASH_AFTER_WRITES`.
+    crash_after_writes: Option<u64>,
 }
 
 impl CassandraSink {
@@ -177,6 +192,10 @@ impl CassandraSink {
             watermark: None,
             positions: BTreeMap::new(),
             stats: Stats::default(),
+            writes: 0,
+            crash_after_writes: std::env::var("RANKMYSTEPS_CRASH_AFTER_WRITES")
+                .ok()
+                .and_then(|v| v.parse().ok()),
         })
     }
 
@@ -364,9 +383,10 @@ impl CassandraSink {
             .await
     }
 
-    /// Writes the progress record (with retries).
+    /// Writes the progress record, or with `intent` the intent record (with retries).
     async fn write_progress(
         &self,
+        intent: bool,
         epoch: i64,
         ts: i64,
         watermark: Option<Micros>,
@@ -383,8 +403,18 @@ impl CassandraSink {
             })
             .collect::<Result<BTreeMap<i32, i64>, SinkError>>()?;
         let stats = stats_map(stats)?;
-        let values = (&self.job, epoch, watermark, &positions, &stats, ts);
-        with_retries(self.retries, "writing the progress record", || async {
+        let job = if intent {
+            intent_key(&self.job)
+        } else {
+            self.job.clone()
+        };
+        let values = (&job, epoch, watermark, &positions, &stats, ts);
+        let what = if intent {
+            "writing the intent record"
+        } else {
+            "writing the progress record"
+        };
+        with_retries(self.retries, what, || async {
             self.session
                 .execute_unpaged(&self.prepared.progress_upsert, &values)
                 .await
@@ -431,8 +461,14 @@ impl Sink for CassandraSink {
         let mut positions = self.positions.clone();
         positions.extend(output.positions.iter().map(|p| (p.partition, p.next)));
 
+        self.writes += 1;
+        let crash = self.crash_after_writes == Some(self.writes);
         let this = &*self;
         self.runtime.block_on(async {
+            // First: the intent record says which epoch the writes below belong to, so that a
+            // restart knows which epoch may be half written (see [`intent_key`]).
+            this.write_progress(true, epoch, ts, watermark, &positions, &stats)
+                .await?;
             let units = units(&mut plan.data);
             this.run_all(units, |unit| async move {
                 match unit {
@@ -441,12 +477,23 @@ impl Sink for CassandraSink {
                 }
             })
             .await?;
+            if crash {
+                // Fault injection for the restart tests: die with the epoch half written,
+                // after a pause as long as a slow write's, in which the job goes on consuming
+                // and archiving later epochs.
+                tracing::error!(
+                    epoch,
+                    "RANKMYSTEPS_CRASH_AFTER_WRITES reached: aborting in 1 s"
+                );
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                std::process::abort();
+            }
             this.run_all(plan.marks.iter().copied(), |m| {
                 this.write_mark(m, epoch, ts)
             })
             .await?;
             // Last: the progress record vouches for everything above.
-            this.write_progress(epoch, ts, watermark, &positions, &stats)
+            this.write_progress(false, epoch, ts, watermark, &positions, &stats)
                 .await
         })?;
         self.stats = stats;

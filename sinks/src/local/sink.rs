@@ -367,6 +367,25 @@ impl Sink for LocalDirSink {
         Ok(())
     }
 
+    /// Rebuilds the state of the days a restart replays (written at the next write); the
+    /// rejections and counters of a restored epoch were reported before the restart.
+    fn restore(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
+        if let Some(last) = self.epoch.filter(|&last| output.epoch <= last) {
+            return Err(SinkError::OutOfOrder {
+                epoch: output.epoch,
+                last,
+            });
+        }
+        self.apply(output);
+        self.close_days(&output.closed)?;
+        self.watermark = self.watermark.max(output.watermark);
+        self.positions
+            .extend(output.positions.iter().map(|p| (p.partition, p.next)));
+        self.epoch = Some(output.epoch);
+        self.progress_dirty = true;
+        Ok(())
+    }
+
     fn write_epoch(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
         if let Some(last) = self.epoch.filter(|&last| output.epoch <= last) {
             return Err(SinkError::OutOfOrder {

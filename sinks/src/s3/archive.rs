@@ -294,6 +294,16 @@ impl S3Archive {
     /// taken as is (not joined with the configured prefix; see [`prefix`](S3Archive::prefix)),
     /// e.g. `"raw/steps/2026-11-27/"`. All pages of the listing are read.
     pub fn list(&self, prefix: &str) -> Result<Vec<String>, SinkError> {
+        self.list_after(prefix, None)
+    }
+
+    /// [`list`](S3Archive::list), only the keys after `start_after` (in S3's byte order) when
+    /// given: e.g. the objects of a topic from some ingest day on.
+    pub fn list_after(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<String>, SinkError> {
         let start = Instant::now();
         let mut keys = Vec::new();
         self.runtime.block_on(async {
@@ -302,6 +312,7 @@ impl S3Archive {
                 .list_objects_v2()
                 .bucket(&self.bucket)
                 .prefix(prefix)
+                .set_start_after(start_after.map(str::to_owned))
                 .into_paginator()
                 .send();
             while let Some(page) = pages.next().await {
@@ -327,6 +338,23 @@ impl S3Archive {
             "s3: listed"
         );
         Ok(keys)
+    }
+
+    /// Deletes the object `key` (deleting a missing object is not an error).
+    pub fn delete(&self, key: &str) -> Result<(), SinkError> {
+        self.runtime
+            .block_on(
+                self.client
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .send(),
+            )
+            .map_err(|e| {
+                SinkError::s3(format!("deleting s3://{}/{key}", self.bucket), sdk_error(e))
+            })?;
+        tracing::debug!(key, "s3: deleted object");
+        Ok(())
     }
 
     /// Downloads the object `key` (whole).

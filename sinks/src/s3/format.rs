@@ -19,6 +19,13 @@ pub struct ArchiveRecord {
     pub offset: u64,
     /// Kafka timestamp in milliseconds since 1970-01-01 UTC, if the record had one.
     pub kafka_timestamp: Option<i64>,
+    /// The dataflow epoch the worker consumed it in (raw objects of a streaming worker). A
+    /// restart replays the archive at these epochs, so that every decision that depends on
+    /// epochs (`late`, which duplicate is first) comes out as it did the first time.
+    pub epoch: Option<u64>,
+    /// The wall clock when the worker consumed it, UTC microseconds (raw objects of a streaming
+    /// worker): the `now` of its `future` check, reused by a restart's replay.
+    pub ingested: Option<i64>,
     /// The record's value, exactly as consumed (not necessarily UTF-8, not necessarily valid).
     pub raw: Vec<u8>,
 }
@@ -77,6 +84,51 @@ pub fn object_key(
     )
 }
 
+/// What an archive object's key says, read back by [`parse_object_key`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectKey {
+    /// `raw/` or `rejected/`.
+    pub kind: ObjectKind,
+    /// The topic.
+    pub topic: String,
+    /// The ingest day.
+    pub ingest_day: Day,
+    /// The partition.
+    pub partition: u32,
+    /// The first offset held.
+    pub first: u64,
+    /// The last offset held.
+    pub last: u64,
+}
+
+/// Reads back a key made by [`object_key`] with the same `prefix`; `None` for any other key.
+pub fn parse_object_key(prefix: &str, key: &str) -> Option<ObjectKey> {
+    let rest = key.strip_prefix(prefix)?;
+    let (dir, rest) = rest.split_once('/')?;
+    let kind = match dir {
+        "raw" => ObjectKind::Raw,
+        "rejected" => ObjectKind::Rejected,
+        _ => return None,
+    };
+    let (topic, rest) = rest.split_once('/')?;
+    let (day, name) = rest.split_once('/')?;
+    let ingest_day = rankmysteps_dataflow::event::parse_day(day)?;
+    let name = name.strip_prefix('p')?.strip_suffix(".jsonl.gz")?;
+    let mut parts = name.split('-');
+    let (partition, first, last) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || first.len() != OFFSET_DIGITS || last.len() != OFFSET_DIGITS {
+        return None;
+    }
+    Some(ObjectKey {
+        kind,
+        topic: topic.to_owned(),
+        ingest_day,
+        partition: partition.parse().ok()?,
+        first: first.parse().ok()?,
+        last: last.parse().ok()?,
+    })
+}
+
 /// Checks that `topic` can be a key component: a Kafka topic name (1 to 249 of
 /// `[A-Za-z0-9._-]`, not `.` or `..`).
 pub fn check_topic(topic: &str) -> Result<(), SinkError> {
@@ -119,6 +171,10 @@ struct LineOut<'a> {
     offset: u64,
     kafka_timestamp: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ingested: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
@@ -134,6 +190,10 @@ struct LineIn {
     offset: u64,
     #[serde(default)]
     kafka_timestamp: Option<i64>,
+    #[serde(default)]
+    epoch: Option<u64>,
+    #[serde(default)]
+    ingested: Option<i64>,
     #[serde(default)]
     reason: Option<String>,
     #[serde(default)]
@@ -161,6 +221,8 @@ pub fn encode_line(
         partition: record.partition,
         offset: record.offset,
         kafka_timestamp: record.kafka_timestamp,
+        epoch: record.epoch,
+        ingested: record.ingested,
         reason: rejection.map(|(reason, _)| reason),
         detail: rejection.map(|(_, detail)| detail),
     };
@@ -227,6 +289,8 @@ pub fn decode_object(what: &str, gz: &[u8]) -> Result<Vec<RejectedRecord>, SinkE
                 partition: line.partition,
                 offset: line.offset,
                 kafka_timestamp: line.kafka_timestamp,
+                epoch: line.epoch,
+                ingested: line.ingested,
                 raw,
             },
             reason: line.reason.unwrap_or_default(),
@@ -270,6 +334,8 @@ mod tests {
             partition: 3,
             offset,
             kafka_timestamp: Some(1_764_268_847_123),
+            epoch: None,
+            ingested: None,
             raw: raw.to_vec(),
         }
     }
@@ -301,6 +367,28 @@ mod tests {
             })
             .collect();
         assert_eq!(order, [(1, 99), (1, 1000), (1, 100_000), (10, 5)]);
+    }
+
+    #[test]
+    fn keys_read_back() {
+        let key = object_key("a/b/", ObjectKind::Rejected, "steps.v1", 20_000, 3, 7, 120);
+        assert_eq!(
+            parse_object_key("a/b/", &key),
+            Some(ObjectKey {
+                kind: ObjectKind::Rejected,
+                topic: "steps.v1".into(),
+                ingest_day: 20_000,
+                partition: 3,
+                first: 7,
+                last: 120,
+            })
+        );
+        assert_eq!(parse_object_key("", &key), None);
+        assert_eq!(
+            parse_object_key("a/b/", "a/b/raw/t/2026-01-01/p1-2-3.jsonl.gz"),
+            None
+        );
+        assert_eq!(parse_object_key("a/b/", "a/b/other/t/2026-01-01/x"), None);
     }
 
     #[test]

@@ -24,4 +24,7 @@ pub mod format;
 
 pub use archive::{ArchiveObjects, ArchiveRecords, S3Archive};
 pub use config::S3Config;
-pub use format::{object_key, parse_s3_url, ArchiveRecord, ObjectKind, RejectedRecord};
+pub use format::{
+    object_key, parse_object_key, parse_s3_url, ArchiveRecord, ObjectKey, ObjectKind,
+    RejectedRecord,
+};

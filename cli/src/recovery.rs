@@ -1,0 +1,448 @@
+//! Restarting a streaming worker from its progress record (design §4).
+//!
+//! What a restart must rebuild is the dataflow's state at the progress record's epoch P: the
+//! totals and the duplicate sets of the days still open, and the watermark. Cassandra holds
+//! the totals but not which `event_id`s were seen, and it may hold a half-written epoch after
+//! P, so the state is rebuilt from the raw-event archive instead, which holds every consumed
+//! record with the epoch it was consumed in and its ingestion time (see
+//! [`ArchiveRecord`]):
+//!
+//! 1. Read the progress record (epoch P, next offsets, W(P)) and the intent record (the epoch
+//!    Q whose writes were under way, see [`intent_key`]). If Q > P, epoch Q may be half
+//!    written: the replay goes on to Q's offsets, and the epochs P+1..=Q are written again
+//!    (the same values: every decision is replayed as it was made).
+//! 2. Delete the archive objects beyond those offsets (epochs that never completed: they are
+//!    consumed again from Kafka and archived again, under keys that may differ), and the
+//!    `rejected/` objects beyond P's offsets (written again with P+1..=Q).
+//! 3. Replay, at their original epochs and ingestion times, the archived records from the
+//!    first that can belong to a day open at P, starting from W(P): days closed before the
+//!    restart stay closed, and every event of an open day is replayed (an event is consumed
+//!    at most `max_clock_skew` before its time, and its day starts at most 14 hours before
+//!    its UTC date). Epochs up to P only rebuild state ([`Sink::restore`]); later ones are
+//!    written.
+//! 4. Then consume Kafka from Q's offsets.
+//!
+//! [`Sink::restore`]: rankmysteps_sinks::Sink::restore
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rankmysteps_dataflow::event::{
+    close_of_day, format_day, Day, Epoch, Micros, MICROS_PER_DAY, MICROS_PER_SEC,
+};
+use rankmysteps_dataflow::output::Position;
+use rankmysteps_sinks::cassandra::{intent_key, CassandraReader};
+use rankmysteps_sinks::local::Progress;
+use rankmysteps_sinks::s3::{parse_object_key, ArchiveRecord, ObjectKind, S3Archive};
+use rankmysteps_sinks::SinkError;
+use rankmysteps_sources::chunk::{wall_clock, Chunk, ChunkSource, Pull};
+use rankmysteps_sources::kafka::record_pos;
+
+use crate::error::CliError;
+
+/// Where a restarted worker process starts.
+#[derive(Clone, Debug, Default)]
+pub struct Recovery {
+    /// The progress record found (`None`: no epoch was ever committed).
+    pub progress: Option<Progress>,
+    /// The last epoch that only rebuilds state (P); `None` when there is no progress record.
+    pub restore_through: Option<Epoch>,
+    /// The last epoch the replay reaches (Q ≥ P): epochs after P up to it are written again.
+    pub replay_through: Option<Epoch>,
+    /// Where Kafka resumes: the next offset of every partition after Q.
+    pub start: BTreeMap<u32, u64>,
+    /// W(P), the dataflow's initial watermark.
+    pub initial_watermark: Option<Micros>,
+    /// The archive objects to replay, this process's partitions only.
+    pub replay: Vec<ReplayObject>,
+    /// Archive objects deleted (beyond the recorded offsets).
+    pub deleted: usize,
+}
+
+/// An archive object to replay: its key, partition, and the offsets to keep (below `until`).
+#[derive(Clone, Debug)]
+pub struct ReplayObject {
+    /// The object's key.
+    pub key: String,
+    /// Its partition.
+    pub partition: u32,
+    /// Its first offset.
+    pub first: u64,
+    /// Records at this offset and beyond are not replayed.
+    pub until: u64,
+}
+
+/// How a process's share of the topic is decided (partition p goes to worker p mod workers).
+#[derive(Clone, Copy, Debug)]
+pub struct Share {
+    /// This process's index.
+    pub process: usize,
+    /// Worker threads per process.
+    pub threads: usize,
+    /// Processes in the cluster.
+    pub processes: usize,
+}
+
+impl Share {
+    /// Whether partition `p` is consumed by a worker of this process.
+    pub fn owns(&self, p: u32) -> bool {
+        let workers = (self.threads * self.processes).max(1);
+        (p as usize % workers) / self.threads.max(1) == self.process
+    }
+}
+
+/// The UTC day from which on archive objects can hold events of days open at watermark `w`.
+///
+/// The first open day D is the least with close(D) > w. An event of day D happens at or after
+/// the start of D in UTC+14 (D − 14 h in UTC), is consumed no earlier than `skew` before its
+/// time, in an epoch that started at most `epoch_ms` before that; one more day of margin.
+pub fn first_ingest_day(w: Micros, grace: Micros, skew: Micros, epoch_ms: u64) -> Day {
+    let mut day = (w - grace).div_euclid(MICROS_PER_DAY) as Day - 2;
+    while close_of_day(day, grace) <= w {
+        day += 1;
+    }
+    let earliest = day as Micros * MICROS_PER_DAY
+        - 14 * 3600 * MICROS_PER_SEC
+        - skew
+        - epoch_ms as Micros * 1000;
+    earliest.div_euclid(MICROS_PER_DAY) as Day - 1
+}
+
+/// Reads the progress and intent records, deletes the archive objects of uncommitted epochs
+/// (this process's partitions; `rejected/` ones on process 0) and lists what to replay. See
+/// the module docs.
+#[allow(clippy::too_many_arguments)]
+pub fn plan(
+    reader: &CassandraReader,
+    job: &str,
+    archive: Option<&S3Archive>,
+    topic: &str,
+    share: Share,
+    grace: Micros,
+    skew: Micros,
+    epoch_ms: u64,
+) -> Result<Recovery, CliError> {
+    let progress = reader.progress(job)?;
+    let intent = reader.progress(&intent_key(job))?;
+    let positions = |p: &Progress| -> BTreeMap<u32, u64> {
+        p.positions.iter().map(|x| (x.partition, x.next)).collect()
+    };
+    let committed = progress.as_ref().map(positions).unwrap_or_default();
+    // The epoch the replay must reach: Q if its writes may have begun after P.
+    let ahead = intent
+        .as_ref()
+        .filter(|i| progress.as_ref().is_none_or(|p| i.epoch > p.epoch));
+    let (replay_through, start) = match (ahead, &progress) {
+        (Some(i), _) => (Some(i.epoch), positions(i)),
+        (None, Some(p)) => (Some(p.epoch), committed.clone()),
+        (None, None) => (None, BTreeMap::new()),
+    };
+    let initial_watermark = progress.as_ref().and_then(|p| p.watermark_micros);
+    let mut recovery = Recovery {
+        restore_through: progress.as_ref().map(|p| p.epoch),
+        progress,
+        replay_through,
+        start,
+        initial_watermark,
+        ..Recovery::default()
+    };
+    let Some(archive) = archive else {
+        if recovery.replay_through.is_some() {
+            return Err(CliError::Recovery(
+                "Cassandra holds a progress record, but without the archive ([s3]) the state of \
+                 the open days cannot be rebuilt; configure the [s3] section the job ran with"
+                    .into(),
+            ));
+        }
+        return Ok(recovery);
+    };
+    let from = initial_watermark.map(|w| first_ingest_day(w, grace, skew, epoch_ms));
+    let raw = objects(archive, ObjectKind::Raw, topic, from)?;
+    if recovery.replay_through.is_none() {
+        if let Some((key, _)) = raw.first() {
+            return Err(CliError::Recovery(format!(
+                "the archive holds objects of topic {topic} (e.g. s3://{}/{key}) but Cassandra \
+                 has no progress record for them: either a previous run stopped before its first \
+                 epoch was written (delete {}raw/{topic}/ and {}rejected/{topic}/ to start over) \
+                 or [cassandra] does not point at the keyspace that run wrote",
+                archive.bucket(),
+                archive.prefix(),
+                archive.prefix()
+            )));
+        }
+        return Ok(recovery);
+    }
+    for (key, k) in raw {
+        if !share.owns(k.partition) {
+            continue;
+        }
+        let until = recovery.start.get(&k.partition).copied().unwrap_or(0);
+        if k.first >= until {
+            archive.delete(&key)?;
+            recovery.deleted += 1;
+        } else {
+            recovery.replay.push(ReplayObject {
+                key,
+                partition: k.partition,
+                first: k.first,
+                until,
+            });
+        }
+    }
+    if share.process == 0 {
+        for (key, k) in objects(archive, ObjectKind::Rejected, topic, from)? {
+            if k.first >= committed.get(&k.partition).copied().unwrap_or(0) {
+                archive.delete(&key)?;
+                recovery.deleted += 1;
+            }
+        }
+    }
+    recovery.replay.sort_by_key(|o| (o.partition, o.first));
+    Ok(recovery)
+}
+
+/// The `kind` objects of `topic` from ingest day `from` on (all without it), parsed keys.
+fn objects(
+    archive: &S3Archive,
+    kind: ObjectKind,
+    topic: &str,
+    from: Option<Day>,
+) -> Result<Vec<(String, rankmysteps_sinks::s3::ObjectKey)>, CliError> {
+    let prefix = format!("{}{}/{topic}/", archive.prefix(), kind.dir());
+    // Keys of day D start with `<prefix>D/`; every key of D and later sorts after `<prefix>D`.
+    let after = from.map(|d| format!("{prefix}{}", format_day(d)));
+    let mut out = Vec::new();
+    for key in archive.list_after(&prefix, after.as_deref())? {
+        match parse_object_key(archive.prefix(), &key) {
+            Some(k) if k.kind == kind && k.topic == topic => out.push((key, k)),
+            _ => tracing::warn!(key, "recovery: not an archive object key; ignored"),
+        }
+    }
+    Ok(out)
+}
+
+/// Most records in one chunk of a replay.
+const CHUNK_RECORDS: usize = 4096;
+
+/// The replay of [`Recovery::replay`], shared by the workers of a process: chunks in epoch
+/// order, each of one epoch, with the records' original ingestion times.
+///
+/// The objects of one partition hold increasing offsets and therefore increasing epochs (one
+/// object per epoch and partition), so a merge over partitions by the epoch of each one's next
+/// object yields epoch order while holding one object per partition in memory.
+#[derive(Clone)]
+pub struct SharedReplay(Arc<Mutex<Replay>>);
+
+struct Replay {
+    archive: Arc<S3Archive>,
+    /// Per partition: objects not yet read.
+    objects: BTreeMap<u32, VecDeque<ReplayObject>>,
+    /// Per partition: the records of its current object not yet handed out.
+    heads: BTreeMap<u32, VecDeque<ArchiveRecord>>,
+    failed: bool,
+    stop: Arc<AtomicBool>,
+    failure: Arc<Mutex<Option<SinkError>>>,
+    records: u64,
+}
+
+impl SharedReplay {
+    /// A replay of `objects`. A failure to read one is recorded in `failure` and stops the job
+    /// (`stop`) before any epoch it leaves incomplete can be written: the sink thread commits
+    /// nothing once `failure` is set.
+    pub fn new(
+        archive: Arc<S3Archive>,
+        objects: Vec<ReplayObject>,
+        stop: Arc<AtomicBool>,
+        failure: Arc<Mutex<Option<SinkError>>>,
+    ) -> SharedReplay {
+        let mut by_partition: BTreeMap<u32, VecDeque<ReplayObject>> = BTreeMap::new();
+        for o in objects {
+            by_partition.entry(o.partition).or_default().push_back(o);
+        }
+        SharedReplay(Arc::new(Mutex::new(Replay {
+            archive,
+            objects: by_partition,
+            heads: BTreeMap::new(),
+            failed: false,
+            stop,
+            failure,
+            records: 0,
+        })))
+    }
+
+    /// Records handed out so far.
+    pub fn records(&self) -> u64 {
+        self.0.lock().expect("replay lock").records
+    }
+}
+
+impl Replay {
+    /// Makes sure every partition with objects left has a non-empty head.
+    fn fill(&mut self) -> Result<(), SinkError> {
+        let partitions: Vec<u32> = self.objects.keys().copied().collect();
+        for p in partitions {
+            while self.heads.get(&p).is_none_or(VecDeque::is_empty) {
+                let Some(object) = self.objects.get_mut(&p).and_then(VecDeque::pop_front) else {
+                    break;
+                };
+                let records: VecDeque<ArchiveRecord> = self
+                    .archive
+                    .get_lines(&object.key)?
+                    .into_iter()
+                    .filter(|r| r.offset < object.until)
+                    .collect();
+                if let Some(r) = records
+                    .iter()
+                    .find(|r| r.epoch.is_none() || r.partition != p)
+                {
+                    return Err(SinkError::s3(
+                        format!("replaying s3://{}/{}", self.archive.bucket(), object.key),
+                        format!(
+                            "offset {} {}",
+                            r.offset,
+                            if r.partition != p {
+                                "is of another partition"
+                            } else {
+                                "has no epoch (written before epochs were archived)"
+                            }
+                        ),
+                    ));
+                }
+                self.heads.insert(p, records);
+            }
+        }
+        Ok(())
+    }
+
+    fn next_chunk(&mut self) -> Result<Option<Chunk>, SinkError> {
+        self.fill()?;
+        // The partition whose next record has the least epoch.
+        let Some((&p, epoch)) = self
+            .heads
+            .iter()
+            .filter_map(|(p, h)| h.front().map(|r| (p, r.epoch.unwrap_or(0))))
+            .min_by_key(|&(p, e)| (e, *p))
+        else {
+            return Ok(None);
+        };
+        let head = self.heads.get_mut(&p).expect("present");
+        let mut chunk = Chunk::new(epoch, wall_clock());
+        chunk.archived = true;
+        let mut nows = Vec::new();
+        let mut next = None;
+        while chunk.records.len() < CHUNK_RECORDS {
+            if head.front().is_none_or(|r| r.epoch != Some(epoch)) {
+                break;
+            }
+            let r = head.pop_front().expect("checked");
+            chunk.push(record_pos(p, r.offset), &r.raw);
+            chunk.timestamps.push(r.kafka_timestamp.unwrap_or(-1));
+            nows.push(r.ingested.unwrap_or(chunk.now));
+            next = Some(r.offset + 1);
+        }
+        chunk.record_now = Some(nows);
+        if let Some(next) = next {
+            chunk.positions.push(Position { partition: p, next });
+        }
+        self.records += chunk.records.len() as u64;
+        Ok(Some(chunk))
+    }
+}
+
+impl ChunkSource for SharedReplay {
+    fn pull(&mut self) -> Pull {
+        let mut replay = self.0.lock().expect("replay lock");
+        if replay.failed {
+            return Pull::Done;
+        }
+        match replay.next_chunk() {
+            Ok(Some(chunk)) => Pull::Chunk(chunk),
+            Ok(None) => Pull::Done,
+            Err(e) => {
+                tracing::error!(error = %e, "recovery replay failed; stopping");
+                replay.failed = true;
+                // Failure first: no epoch completes before this worker's next pull returns.
+                replay
+                    .failure
+                    .lock()
+                    .expect("failure lock")
+                    .get_or_insert(e);
+                replay.stop.store(true, Ordering::SeqCst);
+                Pull::Done
+            }
+        }
+    }
+}
+
+/// A worker's source after a restart: its share of the replay, then Kafka.
+pub struct Resumed<K> {
+    /// The replay (shared by the process's workers); `None` once it is over for this worker.
+    pub replay: Option<SharedReplay>,
+    /// Kafka, positioned at [`Recovery::start`].
+    pub kafka: K,
+}
+
+impl<K: ChunkSource> ChunkSource for Resumed<K> {
+    fn pull(&mut self) -> Pull {
+        if let Some(replay) = self.replay.as_mut() {
+            match replay.pull() {
+                Pull::Done => self.replay = None,
+                other => return other,
+            }
+        }
+        self.kafka.pull()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rankmysteps_dataflow::event::is_closed;
+
+    #[test]
+    fn shares_follow_the_worker_assignment() {
+        // 2 processes of 3 threads: workers 0-2 on process 0, 3-5 on process 1.
+        let (a, b) = (
+            Share {
+                process: 0,
+                threads: 3,
+                processes: 2,
+            },
+            Share {
+                process: 1,
+                threads: 3,
+                processes: 2,
+            },
+        );
+        let owned: Vec<bool> = (0..12).map(|p| a.owns(p)).collect();
+        assert_eq!(
+            owned,
+            [true, true, true, false, false, false, true, true, true, false, false, false]
+        );
+        assert!((0..12).all(|p| a.owns(p) != b.owns(p)));
+    }
+
+    #[test]
+    fn the_first_ingest_day_precedes_every_open_day() {
+        let hour = 3600 * MICROS_PER_SEC;
+        for (w, grace, skew) in [
+            (20_000 * MICROS_PER_DAY + 5 * hour, 24 * hour, hour),
+            (20_000 * MICROS_PER_DAY + 13 * hour, 0, 0),
+            (20_000 * MICROS_PER_DAY, 72 * hour, 10 * hour),
+        ] {
+            let from = first_ingest_day(w, grace, skew, 1000);
+            // The least open day.
+            let open = (19_990..20_010)
+                .find(|d| !is_closed(*d, Some(w), grace))
+                .unwrap();
+            assert!(is_closed(open - 1, Some(w), grace));
+            // Its earliest event (UTC+14 midnight), consumed `skew` early, in an epoch that
+            // started a second before: on or after `from`.
+            let earliest = open as Micros * MICROS_PER_DAY - 14 * hour - skew - MICROS_PER_SEC;
+            assert!(earliest.div_euclid(MICROS_PER_DAY) as Day >= from);
+            // And not absurdly early.
+            assert!(open - from <= 3 + (skew / MICROS_PER_DAY) as Day);
+        }
+    }
+}
