@@ -45,27 +45,40 @@ impl Uploader {
         std::thread::Builder::new()
             .name("rankmysteps-archive".into())
             .spawn(move || {
-                for job in receiver {
-                    let day = ingest_day(job.epoch, epoch_ms);
-                    for (partition, records) in &job.batches {
-                        let mut backoff = Duration::from_millis(200);
-                        loop {
-                            match archive.put_raw(&topic, day, *partition, records) {
-                                Ok(_) => break,
-                                Err(e) if stop.load(Ordering::SeqCst) => {
-                                    tracing::error!(error = %e, epoch = job.epoch, "archive failed while stopping");
-                                    failure.lock().expect("failure lock").get_or_insert(e);
-                                    break;
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, epoch = job.epoch, ?backoff, "archive put failed; retrying");
-                                    std::thread::sleep(backoff);
-                                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                                }
+                // Every job waiting (one per worker and sealed epoch) is uploaded at once, one
+                // thread per object: encoding and compressing run in parallel and the requests
+                // overlap, so an epoch is held open for about one object's upload, not the sum.
+                while let Ok(first) = receiver.recv() {
+                    let started = std::time::Instant::now();
+                    let mut jobs = vec![first];
+                    jobs.extend(receiver.try_iter());
+                    std::thread::scope(|scope| {
+                        for job in &jobs {
+                            let day = ingest_day(job.epoch, epoch_ms);
+                            for (partition, records) in &job.batches {
+                                let (archive, topic, stop, failure) =
+                                    (&archive, &topic, &stop, &failure);
+                                scope.spawn(move || {
+                                    put_with_retries(
+                                        archive, topic, day, *partition, records, job.epoch, stop,
+                                        failure,
+                                    )
+                                });
                             }
                         }
+                    });
+                    for job in &jobs {
+                        job.in_flight
+                            .lock()
+                            .expect("in-flight lock")
+                            .remove(&job.epoch);
                     }
-                    job.in_flight.lock().expect("in-flight lock").remove(&job.epoch);
+                    tracing::debug!(
+                        jobs = jobs.len(),
+                        objects = jobs.iter().map(|j| j.batches.len()).sum::<usize>(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "epochs archived"
+                    );
                 }
             })
             .expect("spawning the archive thread");
@@ -81,6 +94,36 @@ impl Uploader {
             open: BTreeMap::new(),
             in_flight: Arc::new(Mutex::new(BTreeSet::new())),
         })
+    }
+}
+
+/// Writes one object, retrying with backoff for as long as the job runs (see [`Uploader`]).
+#[allow(clippy::too_many_arguments)]
+fn put_with_retries(
+    archive: &S3Archive,
+    topic: &str,
+    day: Day,
+    partition: u32,
+    records: &[ArchiveRecord],
+    epoch: Epoch,
+    stop: &AtomicBool,
+    failure: &Mutex<Option<SinkError>>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match archive.put_raw(topic, day, partition, records) {
+            Ok(_) => return,
+            Err(e) if stop.load(Ordering::SeqCst) => {
+                tracing::error!(error = %e, epoch, "archive failed while stopping");
+                failure.lock().expect("failure lock").get_or_insert(e);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, epoch, ?backoff, "archive put failed; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
     }
 }
 

@@ -314,6 +314,11 @@ pub fn run(
                 if let Some(m) = &metrics {
                     m.epoch_latency(latency);
                 }
+                tracing::debug!(
+                    epoch = out.epoch,
+                    latency_ms = latency.as_millis() as u64,
+                    "epoch delivered"
+                );
             }
             drop(report);
             if let Some(sender) = &sender {

@@ -141,6 +141,10 @@ struct WorkerArgs {
     /// This process's index in [cluster] hosts (ignored when hosts lists at most one).
     #[arg(long, value_name = "N", default_value_t = 0)]
     process: usize,
+    /// Run this process alone, as if [cluster] hosts listed only it: it consumes every
+    /// partition (local runs and tests with a configuration written for several hosts).
+    #[arg(long, conflicts_with = "process")]
+    standalone: bool,
     /// Worker threads of this process [default: [cluster] threads].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -394,9 +398,6 @@ fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// The job name of the worker's progress record in Cassandra.
-const JOB: &str = "rankmysteps";
-
 fn worker(args: WorkerArgs) -> Result<()> {
     let config = ClusterConfig::load(&args.config)?;
     let df = &config.dataflow;
@@ -409,10 +410,14 @@ fn worker(args: WorkerArgs) -> Result<()> {
     let partitions =
         rankmysteps_sources::kafka::partition_count(&kafka, Duration::from_secs(15))
             .with_context(|| format!("reading the partitions of topic {:?}", kafka.topic))?;
-    let hosts = &config.cluster.hosts;
+    let hosts = if args.standalone {
+        &config.cluster.hosts[..config.cluster.hosts.len().min(1)]
+    } else {
+        &config.cluster.hosts[..]
+    };
     let cluster = (hosts.len() > 1).then(|| job::ClusterPlace {
         process: args.process,
-        addresses: hosts.clone(),
+        addresses: hosts.to_vec(),
     });
     if cluster
         .as_ref()
@@ -457,7 +462,7 @@ fn worker(args: WorkerArgs) -> Result<()> {
             };
             let recovery = rankmysteps::recovery::plan(
                 &reader,
-                JOB,
+                &rankmysteps::recovery::progress_job(&kafka.topic),
                 archive.as_ref(),
                 &kafka.topic,
                 share,
@@ -501,8 +506,11 @@ fn worker(args: WorkerArgs) -> Result<()> {
             }));
         }
         if let Some(c) = &config.cassandra {
-            let mut sink = rankmysteps_sinks::cassandra::CassandraSink::connect(c, JOB)
-                .with_context(|| format!("connecting to Cassandra at {:?}", c.contact_points))?;
+            let mut sink = rankmysteps_sinks::cassandra::CassandraSink::connect(
+                c,
+                &rankmysteps::recovery::progress_job(&kafka.topic),
+            )
+            .with_context(|| format!("connecting to Cassandra at {:?}", c.contact_points))?;
             if let Some(p) = recovery.as_ref().and_then(|r| r.progress.as_ref()) {
                 sink.resume(p);
             }

@@ -41,6 +41,12 @@ use rankmysteps_sources::kafka::record_pos;
 
 use crate::error::CliError;
 
+/// The `job` of the progress record of a worker consuming `topic`: the topic itself, so that
+/// a worker pointed at another topic never resumes at offsets recorded for a different one.
+pub fn progress_job(topic: &str) -> String {
+    topic.to_owned()
+}
+
 /// Where a restarted worker process starts.
 #[derive(Clone, Debug, Default)]
 pub struct Recovery {

@@ -148,17 +148,19 @@ fn worker(config: &Path, crash_after_writes: Option<u64>) -> Child {
 }
 
 /// The progress record's epoch and number of records counted, if there is one.
-fn progress(reader: &CassandraReader) -> Option<(u64, u64)> {
-    let p = reader.progress("rankmysteps").unwrap()?;
+fn progress(reader: &CassandraReader, topic: &str) -> Option<(u64, u64)> {
+    let p = reader
+        .progress(&rankmysteps::recovery::progress_job(topic))
+        .unwrap()?;
     let s = Stats::from(&p.stats);
     Some((p.epoch, s.accepted + s.duplicate + s.rejected_total()))
 }
 
 /// Waits until the progress record counts `n` records (the worker must keep running).
-fn wait_for(reader: &CassandraReader, child: &mut Child, n: u64) -> u64 {
+fn wait_for(reader: &CassandraReader, topic: &str, child: &mut Child, n: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let p = progress(reader);
+        let p = progress(reader, topic);
         if let Some((epoch, counted)) = p {
             assert!(counted <= n, "counted {counted} records of {n}: doubled");
             if counted == n {
@@ -276,23 +278,26 @@ fn restarts_change_nothing_and_double_nothing() {
         status.is_some_and(|s| !s.success()) && after_crash > 1,
         "run A should have aborted during phase 1: {status:?}"
     );
-    let after_a = progress(&reader);
+    let after_a = progress(&reader, &topic);
     eprintln!("after the crash of run A: progress {after_a:?}");
 
     // Run B restarts from there and is killed (SIGKILL) in the middle of phase 2.
     let mut b = worker(&config, None);
-    wait_for(&reader, &mut b, p1.len() as u64);
+    wait_for(&reader, &topic, &mut b, p1.len() as u64);
     send(&producer, &topic, &p2, 6, Duration::from_millis(120), |i| {
         if i == 2 {
             b.0.kill().unwrap();
             b.0.wait().unwrap();
         }
     });
-    eprintln!("after killing run B: progress {:?}", progress(&reader));
+    eprintln!(
+        "after killing run B: progress {:?}",
+        progress(&reader, &topic)
+    );
 
     // Run C restarts, reads phases 2 and 3, and stops cleanly.
     let mut c = worker(&config, None);
-    wait_for(&reader, &mut c, (p1.len() + p2.len()) as u64);
+    wait_for(&reader, &topic, &mut c, (p1.len() + p2.len()) as u64);
     send(
         &producer,
         &topic,
@@ -301,7 +306,12 @@ fn restarts_change_nothing_and_double_nothing() {
         Duration::from_millis(100),
         |_| {},
     );
-    let epoch_c = wait_for(&reader, &mut c, (p1.len() + p2.len() + p3.len()) as u64);
+    let epoch_c = wait_for(
+        &reader,
+        &topic,
+        &mut c,
+        (p1.len() + p2.len() + p3.len()) as u64,
+    );
     interrupt(&mut c);
 
     // Run D restarts after that clean stop, reads phase 4, and stops cleanly.
@@ -314,12 +324,15 @@ fn restarts_change_nothing_and_double_nothing() {
         Duration::from_millis(100),
         |_| {},
     );
-    let epoch_d = wait_for(&reader, &mut d, total);
+    let epoch_d = wait_for(&reader, &topic, &mut d, total);
     assert!(epoch_d > epoch_c);
     interrupt(&mut d);
 
     // The counters, cumulative over the four runs, are those of one run.
-    let p = reader.progress("rankmysteps").unwrap().unwrap();
+    let p = reader
+        .progress(&rankmysteps::recovery::progress_job(&topic))
+        .unwrap()
+        .unwrap();
     assert_eq!(Stats::from(&p.stats), reference.stats, "counters");
     assert_eq!(
         p.positions.iter().map(|p| p.next).sum::<u64>(),

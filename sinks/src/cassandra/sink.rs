@@ -1,6 +1,8 @@
 //! [`CassandraSink`]: writes every completed epoch to Cassandra (design §4, §5).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -25,16 +27,21 @@ use crate::{Sink, SinkError};
 /// Cassandra's default `batch_size_warn_threshold` (5 KiB; a row is about 40 bytes).
 const BATCH_ROWS: usize = 64;
 
-/// A unit of concurrent work: one write, or a batch of writes of one kind to one day's
-/// partition (`users_by_total` or `histogram_by_day`).
+/// Users' totals per batch of `totals_by_user` writes (many partitions; see
+/// `Writer::write_batch`): a row is about 80 bytes, so 48 stay under the same 5 KiB.
+const TOTAL_BATCH_ROWS: usize = 10;
+
+/// A unit of concurrent work: one write, or a batch of writes of one kind: to one day's
+/// partition (`users_by_total` or `histogram_by_day`), or users' totals (`totals_by_user`).
 #[derive(Debug, PartialEq, Eq)]
 enum Unit<'a> {
     One(&'a Write),
     Batch(&'a [Write]),
 }
 
-/// Splits `writes` into units: per-user writes alone, and per-day ones (sorted by kind and day
-/// so that each batch holds one statement and one partition) in batches of [`BATCH_ROWS`].
+/// Splits `writes` into units: top-k rows and day rows alone; per-day ones (sorted by kind and
+/// day so that each batch holds one statement and one partition) in batches of [`BATCH_ROWS`];
+/// users' totals (one statement, many partitions) in batches of [`TOTAL_BATCH_ROWS`].
 fn units(writes: &mut [Write]) -> Vec<Unit<'_>> {
     fn batch_key(w: &Write) -> Option<(u8, rankmysteps_dataflow::event::Day)> {
         match *w {
@@ -42,6 +49,9 @@ fn units(writes: &mut [Write]) -> Vec<Unit<'_>> {
             Write::ListingDelete { day, .. } => Some((1, day)),
             Write::HistogramUpsert { day, .. } => Some((2, day)),
             Write::HistogramDelete { day, .. } => Some((3, day)),
+            // Users' totals: many partitions per batch (see `write_batch`).
+            Write::TotalUpsert { .. } => Some((4, 0)),
+            Write::TotalDelete { .. } => Some((5, 0)),
             _ => None,
         }
     }
@@ -52,7 +62,11 @@ fn units(writes: &mut [Write]) -> Vec<Unit<'_>> {
     let (single, batched) = writes.split_at(split);
     let mut units: Vec<Unit<'_>> = single.iter().map(Unit::One).collect();
     for group in batched.chunk_by(|a, b| batch_key(a) == batch_key(b)) {
-        units.extend(group.chunks(BATCH_ROWS).map(Unit::Batch));
+        let rows = match group[0] {
+            Write::TotalUpsert { .. } | Write::TotalDelete { .. } => TOTAL_BATCH_ROWS,
+            _ => BATCH_ROWS,
+        };
+        units.extend(group.chunks(rows).map(Unit::Batch));
     }
     units
 }
@@ -125,46 +139,92 @@ pub fn intent_key(job: &str) -> String {
 
 /// Writes every completed epoch to the tables of `schema.cql`, then the job's progress record.
 ///
-/// Per epoch ([`Sink::write_epoch`] returns once all of it is durable at the configured
-/// consistency):
-/// 0. the intent record ([`intent_key`]): what the progress record will say once the epoch is
-///    written;
-/// 1. every data write (`totals_by_user`, `users_by_total`, `top_by_day`, `histogram_by_day`,
-///    `days.users`) as prepared statements, at most `max_in_flight` at once, each retried with
-///    exponential backoff on timeouts and unavailability;
-/// 2. then `days.epoch` and `days.final` of every day changed or closed (final once closed);
-/// 3. then the progress record: epoch, watermark, next position of every partition seen so far,
-///    and the counters cumulative over the run (see [`CassandraSink::resume`]).
+/// Two lanes, so that the top-k, what most readers look at, stays fresh however far behind the
+/// bulk of the tables is:
+/// - [`Sink::write_epoch`] (the calling thread) writes the epoch's intent record
+///   ([`intent_key`]: what the progress record will say once the epoch is written), then the
+///   changed `top_by_day` rows, and returns once they are durable at the configured consistency;
+/// - a thread of its own then writes everything else: every data write (`totals_by_user`,
+///   `users_by_total`, `histogram_by_day`, `days.users`) as prepared statements and unlogged
+///   batches, at most `max_in_flight` at once, each retried with exponential backoff on
+///   timeouts and unavailability; then `days.epoch` and `days.final` of every day changed or
+///   closed (final once closed); then the progress record: epoch, watermark, next position of
+///   every partition seen so far, and the counters cumulative over the run (see
+///   [`CassandraSink::resume`]). While it writes, the epochs handed to it are merged into one
+///   ([`EpochOutput::merge`]): each changed record is written once per write, at the values of
+///   the last merged epoch.
 ///
-/// All writes are idempotent upserts and deletes of absolute values. Every write of an epoch
-/// carries the same client timestamp (`USING TIMESTAMP`), strictly greater than the previous
-/// epoch's: a request of an older epoch that reaches a replica late (after a client-side
-/// timeout and retry) therefore loses against newer values instead of resurrecting an old
-/// one, and an epoch's deletes and inserts never race each other (they touch distinct keys).
+/// So the progress record vouches for every write of its epoch and the epochs before, and the
+/// intent record is never behind anything written: a restart that finds the intent ahead of the
+/// progress record writes the epochs in between again (see the `recovery` of the CLI).
+/// [`Sink::finish`] waits for the bulk lane to finish; an error of the bulk lane is returned by
+/// the next call.
+///
+/// All writes are idempotent upserts and deletes of absolute values. Every write carries a
+/// client timestamp (`USING TIMESTAMP`) strictly greater than those of earlier epochs' writes of
+/// the same lane (the two lanes write disjoint rows): a request of an older epoch that reaches a
+/// replica late (after a client-side timeout and retry) therefore loses against newer values
+/// instead of resurrecting an old one, and an epoch's deletes and inserts never race each other
+/// (they touch distinct keys).
 ///
 /// Readers may observe an epoch half applied (e.g. a user's old listing row deleted before the
-/// new one is inserted): Cassandra has no multi-partition transactions. The progress record
-/// says which epoch is complete.
+/// new one is inserted, or a top-k ahead of the standings): Cassandra has no multi-partition
+/// transactions. The progress record says which epoch is complete.
 pub struct CassandraSink {
+    writer: Arc<Writer>,
+    bulk: Arc<BulkLane>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The last epoch handed over.
+    epoch: Option<Epoch>,
+    watermark: Option<Micros>,
+    /// Next position by partition: merged, so a partition missing from an epoch keeps its last.
+    positions: BTreeMap<u32, u64>,
+    /// Counters over the run.
+    stats: Stats,
+}
+
+/// What the progress record of a bulk write says (cumulative over the run).
+#[derive(Clone, Debug)]
+struct Committed {
+    epoch: i64,
+    watermark: Option<Micros>,
+    positions: BTreeMap<u32, u64>,
+    stats: Stats,
+}
+
+/// The bulk lane's mailbox.
+#[derive(Default)]
+struct BulkState {
+    /// Epochs waiting for the bulk lane, merged, and the progress record they lead to.
+    pending: Option<(EpochOutput, Committed)>,
+    /// A bulk write is under way.
+    busy: bool,
+    /// No more epochs will come: the lane ends once idle.
+    closing: bool,
+    /// The first failure; nothing is written after it.
+    error: Option<SinkError>,
+}
+
+#[derive(Default)]
+struct BulkLane {
+    state: Mutex<BulkState>,
+    changed: Condvar,
+}
+
+/// The connection, the statements and the write helpers, shared by both lanes.
+struct Writer {
     runtime: Runtime,
     session: Session,
     prepared: Prepared,
     job: String,
     max_in_flight: usize,
     retries: u32,
-    /// The last epoch written.
-    epoch: Option<Epoch>,
-    /// The client timestamp of the last epoch's writes (microseconds).
-    last_timestamp: i64,
-    watermark: Option<Micros>,
-    /// Next position by partition: merged, so a partition missing from an epoch keeps its last.
-    positions: BTreeMap<u32, u64>,
-    /// Counters over the run.
-    stats: Stats,
-    /// Epoch writes begun.
-    writes: u64,
-    /// Tests only: abort the process during this write (after its data, before its progress
-    /// record), from `RANKMYSTEPS_CRASH_AFTER_WRITES`.
+    /// The last client timestamp handed out (microseconds).
+    last_timestamp: AtomicI64,
+    /// Bulk writes begun.
+    writes: AtomicU64,
+    /// Tests only: abort the process during this bulk write (after its data, before its
+    /// progress record), from `RANKMYSTEPS_CRASH_AFTER_WRITES`.
     crash_after_writes: Option<u64>,
 }
 
@@ -180,22 +240,35 @@ impl CassandraSink {
             Ok::<_, SinkError>((session, prepared))
         })?;
         info!(keyspace = %config.keyspace, job, "cassandra sink connected");
-        Ok(CassandraSink {
+        let writer = Arc::new(Writer {
             runtime,
             session,
             prepared,
             job: job.to_owned(),
             max_in_flight: config.max_in_flight,
             retries: config.retries,
-            epoch: None,
-            last_timestamp: 0,
-            watermark: None,
-            positions: BTreeMap::new(),
-            stats: Stats::default(),
-            writes: 0,
+            last_timestamp: AtomicI64::new(0),
+            writes: AtomicU64::new(0),
             crash_after_writes: std::env::var("RANKMYSTEPS_CRASH_AFTER_WRITES")
                 .ok()
                 .and_then(|v| v.parse().ok()),
+        });
+        let bulk = Arc::new(BulkLane::default());
+        let thread = {
+            let (writer, bulk) = (writer.clone(), bulk.clone());
+            std::thread::Builder::new()
+                .name("cassandra-bulk".into())
+                .spawn(move || bulk_lane(&writer, &bulk))
+                .map_err(|e| SinkError::cassandra("starting the bulk writer", e.to_string()))?
+        };
+        Ok(CassandraSink {
+            writer,
+            bulk,
+            thread: Some(thread),
+            epoch: None,
+            watermark: None,
+            positions: BTreeMap::new(),
+            stats: Stats::default(),
         })
     }
 
@@ -211,16 +284,140 @@ impl CassandraSink {
         self.stats = Stats::from(&progress.stats);
     }
 
-    /// A client timestamp for the next epoch: wall clock in microseconds, but always after the
-    /// previous epoch's (a clock step back must not let an old value win).
-    fn next_timestamp(&mut self) -> i64 {
+    /// The bulk lane's failure, if it failed (reported once; the lane writes nothing more).
+    fn bulk_error(&self) -> Result<(), SinkError> {
+        match self.bulk.state.lock().expect("bulk lock").error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until everything handed over so far is written (or the bulk lane failed).
+    pub fn flush(&self) -> Result<(), SinkError> {
+        let mut state = self.bulk.state.lock().expect("bulk lock");
+        while state.error.is_none() && (state.busy || state.pending.is_some()) {
+            state = self.bulk.changed.wait(state).expect("bulk lock");
+        }
+        drop(state);
+        self.bulk_error()
+    }
+
+    /// Closes the bulk lane and waits for it to write what it has.
+    fn close(&mut self) -> Result<(), SinkError> {
+        {
+            let mut state = self.bulk.state.lock().expect("bulk lock");
+            state.closing = true;
+            self.bulk.changed.notify_all();
+        }
+        if let Some(thread) = self.thread.take() {
+            thread
+                .join()
+                .map_err(|_| SinkError::cassandra("bulk writer", "panicked"))?;
+        }
+        self.bulk_error()
+    }
+}
+
+/// The bulk lane (see [`CassandraSink`]): writes the waiting epochs, merged, until closed.
+fn bulk_lane(writer: &Writer, lane: &BulkLane) {
+    loop {
+        let (output, committed) = {
+            let mut state = lane.state.lock().expect("bulk lock");
+            loop {
+                if state.error.is_none() {
+                    if let Some(job) = state.pending.take() {
+                        state.busy = true;
+                        break job;
+                    }
+                }
+                if state.closing {
+                    return;
+                }
+                state = lane.changed.wait(state).expect("bulk lock");
+            }
+        };
+        let result = writer.write_bulk(&output, &committed);
+        let mut state = lane.state.lock().expect("bulk lock");
+        state.busy = false;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cassandra bulk write failed");
+            state.error.get_or_insert(e);
+            state.pending = None;
+        }
+        lane.changed.notify_all();
+    }
+}
+
+impl Writer {
+    /// A client timestamp: wall clock in microseconds, but always after every one handed out
+    /// before (a clock step back must not let an old value win).
+    fn next_timestamp(&self) -> i64 {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-        self.last_timestamp = now.max(self.last_timestamp + 1);
-        self.last_timestamp
+        let previous = self
+            .last_timestamp
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now.max(last + 1))
+            })
+            .expect("always Some");
+        now.max(previous + 1)
     }
 
+    /// The bulk lane's write of `output` (epochs merged, top-k rows excluded): data, marks,
+    /// then the progress record `committed`.
+    fn write_bulk(&self, output: &EpochOutput, committed: &Committed) -> Result<(), SinkError> {
+        let started = Instant::now();
+        let mut plan = plan(output)?;
+        let ts = self.next_timestamp();
+        let crash = self.crash_after_writes == Some(self.writes.fetch_add(1, Ordering::SeqCst) + 1);
+        self.runtime.block_on(async {
+            let units = units(&mut plan.data);
+            self.run_all(units, |unit| async move {
+                match unit {
+                    Unit::One(w) => self.write_one(w, ts).await,
+                    Unit::Batch(ws) => self.write_batch(ws, ts).await,
+                }
+            })
+            .await?;
+            if crash {
+                // Fault injection for the restart tests: die with the epoch half written,
+                // after a pause as long as a slow write's, in which the job goes on consuming
+                // and archiving later epochs.
+                tracing::error!(
+                    epoch = committed.epoch,
+                    "RANKMYSTEPS_CRASH_AFTER_WRITES reached: aborting in 1 s"
+                );
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                std::process::abort();
+            }
+            self.run_all(plan.marks.iter().copied(), |m| {
+                self.write_mark(m, committed.epoch, ts)
+            })
+            .await?;
+            // Last: the progress record vouches for everything above and before.
+            self.write_progress(
+                false,
+                committed.epoch,
+                ts,
+                committed.watermark,
+                &committed.positions,
+                &committed.stats,
+            )
+            .await
+        })?;
+        debug!(
+            epoch = committed.epoch,
+            writes = plan.data.len(),
+            days = plan.marks.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cassandra bulk write"
+        );
+        for day in &output.closed {
+            info!(day = %rankmysteps_dataflow::event::format_day(*day), "day final in cassandra");
+        }
+        Ok(())
+    }
     /// Executes `write` (with retries).
     async fn write_one(&self, write: &Write, ts: i64) -> Result<(), SinkError> {
         let s = &self.session;
@@ -292,13 +489,23 @@ impl CassandraSink {
         .await
     }
 
-    /// Executes a batch of writes of one kind to one partition (with retries).
+    /// Executes a batch of writes of one kind (with retries): to one day's partition, or
+    /// users' totals (`totals_by_user`, one partition per user).
+    ///
+    /// A batch of totals spans many partitions. It is unlogged (not atomic, and needs not be:
+    /// every write is an idempotent absolute value), so its cost is that of its mutations plus
+    /// one request, where single statements cost one request each: most of Cassandra's CPU per
+    /// changed user went to those requests. On a cluster of several nodes the coordinator
+    /// forwards each mutation to its replicas, a hop that token-aware single statements avoid;
+    /// for the cluster sizes this job targets that is far cheaper than the requests saved.
     async fn write_batch(&self, writes: &[Write], ts: i64) -> Result<(), SinkError> {
         let p = &self.prepared;
         let statement = match writes[0] {
             Write::ListingInsert { .. } => &p.listing_insert,
             Write::ListingDelete { .. } => &p.listing_delete,
             Write::HistogramUpsert { .. } => &p.histogram_upsert,
+            Write::TotalUpsert { .. } => &p.total_upsert,
+            Write::TotalDelete { .. } => &p.total_delete,
             _ => &p.histogram_delete,
         };
         let mut batch = Batch::new(BatchType::Unlogged);
@@ -339,6 +546,22 @@ impl CassandraSink {
                 .filter_map(|w| match *w {
                     Write::HistogramUpsert { day, steps, users } =>
                         Some((day_to_cql(day), steps, users, ts)),
+                    _ => None,
+                })
+                .collect()),
+            Write::TotalUpsert { .. } => run!(writes
+                .iter()
+                .filter_map(|w| match *w {
+                    Write::TotalUpsert { user, day, steps } =>
+                        Some((user_to_uuid(user), day_to_cql(day), steps, ts)),
+                    _ => None,
+                })
+                .collect()),
+            Write::TotalDelete { .. } => run!(writes
+                .iter()
+                .filter_map(|w| match *w {
+                    Write::TotalDelete { user, day } =>
+                        Some((ts, user_to_uuid(user), day_to_cql(day))),
                     _ => None,
                 })
                 .collect()),
@@ -439,7 +662,6 @@ fn write_name(write: &Write) -> &'static str {
         Write::DayUsersDelete { .. } => "clearing a day's users",
     }
 }
-
 impl Sink for CassandraSink {
     fn write_epoch(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
         if let Some(last) = self.epoch.filter(|&last| output.epoch <= last) {
@@ -448,75 +670,90 @@ impl Sink for CassandraSink {
                 last,
             });
         }
-        let started = Instant::now();
-        let mut plan = plan(output)?;
+        self.bulk_error()?;
         let epoch = i64::try_from(output.epoch)
             .map_err(|_| SinkError::cassandra("encoding the epoch", output.epoch.to_string()))?;
-        let ts = self.next_timestamp();
-        // The counters and positions the progress record will claim; committed to `self` only
-        // once every write of the epoch succeeded.
+        // What the progress record will claim once the bulk lane has written this epoch.
         let mut stats = self.stats;
         stats.add(&output.stats);
         let watermark = self.watermark.max(output.watermark);
         let mut positions = self.positions.clone();
         positions.extend(output.positions.iter().map(|p| (p.partition, p.next)));
-
-        self.writes += 1;
-        let crash = self.crash_after_writes == Some(self.writes);
-        let this = &*self;
-        self.runtime.block_on(async {
-            // First: the intent record says which epoch the writes below belong to, so that a
-            // restart knows which epoch may be half written (see [`intent_key`]).
-            this.write_progress(true, epoch, ts, watermark, &positions, &stats)
-                .await?;
-            let units = units(&mut plan.data);
-            this.run_all(units, |unit| async move {
+        let committed = Committed {
+            epoch,
+            watermark,
+            positions,
+            stats,
+        };
+        // The fast lane: the intent record first (it must cover every write that follows),
+        // then the top-k rows.
+        let top_only = EpochOutput {
+            epoch: output.epoch,
+            top: output.top.clone(),
+            ..EpochOutput::default()
+        };
+        let mut top = plan(&top_only)?;
+        let ts = self.writer.next_timestamp();
+        let w = &*self.writer;
+        w.runtime.block_on(async {
+            w.write_progress(
+                true,
+                epoch,
+                ts,
+                committed.watermark,
+                &committed.positions,
+                &committed.stats,
+            )
+            .await?;
+            let units = units(&mut top.data);
+            w.run_all(units, |unit| async move {
                 match unit {
-                    Unit::One(w) => this.write_one(w, ts).await,
-                    Unit::Batch(ws) => this.write_batch(ws, ts).await,
+                    Unit::One(x) => w.write_one(x, ts).await,
+                    Unit::Batch(xs) => w.write_batch(xs, ts).await,
                 }
             })
-            .await?;
-            if crash {
-                // Fault injection for the restart tests: die with the epoch half written,
-                // after a pause as long as a slow write's, in which the job goes on consuming
-                // and archiving later epochs.
-                tracing::error!(
-                    epoch,
-                    "RANKMYSTEPS_CRASH_AFTER_WRITES reached: aborting in 1 s"
-                );
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                std::process::abort();
-            }
-            this.run_all(plan.marks.iter().copied(), |m| {
-                this.write_mark(m, epoch, ts)
-            })
-            .await?;
-            // Last: the progress record vouches for everything above.
-            this.write_progress(false, epoch, ts, watermark, &positions, &stats)
-                .await
+            .await
         })?;
-        self.stats = stats;
-        self.watermark = watermark;
-        self.positions = positions;
+        // The rest to the bulk lane, merged with what waits there.
+        let rest = EpochOutput {
+            top: Vec::new(),
+            rejected: Vec::new(),
+            ..output.clone()
+        };
+        {
+            let mut state = self.bulk.state.lock().expect("bulk lock");
+            let merged = match state.pending.take() {
+                Some((waiting, _)) => EpochOutput::merge(vec![waiting, rest]),
+                None => rest,
+            };
+            state.pending = Some((merged, committed.clone()));
+            self.bulk.changed.notify_all();
+        }
+        self.stats = committed.stats;
+        self.watermark = committed.watermark;
+        self.positions = committed.positions;
         self.epoch = Some(output.epoch);
         debug!(
             epoch = output.epoch,
-            writes = plan.data.len(),
-            days = plan.marks.len(),
-            closed = output.closed.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "cassandra sink epoch"
+            top_writes = top.data.len(),
+            "cassandra top-k written"
         );
-        for day in &output.closed {
-            info!(day = %rankmysteps_dataflow::event::format_day(*day), "day final in cassandra");
-        }
         Ok(())
     }
 
+    fn tick(&mut self) -> Result<(), SinkError> {
+        self.bulk_error()
+    }
+
     fn finish(&mut self) -> Result<(), SinkError> {
-        // Every epoch is durable when `write_epoch` returns: nothing is pending.
-        Ok(())
+        // Everything handed to the bulk lane is durable when it has closed.
+        self.close()
+    }
+}
+
+impl Drop for CassandraSink {
+    fn drop(&mut self) {
+        let _ = self.close();
     }
 }
 
@@ -566,12 +803,12 @@ mod tests {
         assert_eq!(
             shape,
             vec![
-                (1, Some("upserting a total")),
                 (1, None), // listing inserts of day 1
                 (1, None), // listing inserts of day 2
                 (1, None), // listing deletes of day 2
                 (BATCH_ROWS, None),
                 (1, None),
+                (1, None), // users' totals, whatever their day
             ]
         );
     }

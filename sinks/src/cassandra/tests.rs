@@ -289,7 +289,7 @@ fn config_parsing() {
             config.request_timeout_ms,
             config.retries
         ),
-        (256, 5000, 5)
+        (32, 5000, 5)
     );
     assert_eq!(
         config.replication_cql(),
