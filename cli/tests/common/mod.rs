@@ -88,3 +88,5 @@ impl Drop for Child {
         let _ = self.0.wait();
     }
 }
+
+pub mod stream;
