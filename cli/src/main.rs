@@ -47,8 +47,12 @@ enum Command {
     Standing(StandingArgs),
     /// Run a streaming worker process: Kafka → dataflow → sinks, as described by cluster.toml.
     ///
-    /// Partitions are assigned statically (partition p to worker p mod workers). Serves
-    /// Prometheus metrics on --metrics.
+    /// Partitions are assigned statically (partition p to worker p mod workers). Results go to
+    /// Cassandra ([cassandra]), every consumed record to the S3 archive ([s3]). A worker resumes
+    /// from its topic's progress record in Cassandra: it rebuilds the open days from the
+    /// archive, writes again an epoch that was half written, and continues Kafka where that
+    /// epoch ended. Start every process of [cluster] hosts (--process N), or one with
+    /// --standalone. Ctrl-C/SIGTERM stop cleanly. Serves Prometheus metrics on --metrics.
     Worker(WorkerArgs),
     /// Create (or check) the Cassandra keyspace and tables of cluster.toml's [cassandra].
     Schema(SchemaArgs),
@@ -148,7 +152,9 @@ struct WorkerArgs {
     /// Worker threads of this process [default: [cluster] threads].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
-    /// Also write the local output directory (process 0 only).
+    /// Also write the local output directory (process 0 only). It is rewritten at every start:
+    /// after a restart it holds the days the restart rebuilt (those still open) and what
+    /// follows.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Serve Prometheus metrics on this address ("off" to disable).
@@ -487,6 +493,11 @@ fn worker(args: WorkerArgs) -> Result<()> {
             }
             Some(recovery)
         }
+        None if config.s3.is_some() => bail!(
+            "{}: [s3] without [cassandra]: the archive stays free of duplicates across restarts \
+             only with the progress record, which lives in Cassandra",
+            args.config.display()
+        ),
         None => {
             tracing::warn!("no [cassandra]: no progress record, consuming from the beginning");
             None
