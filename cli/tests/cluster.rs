@@ -17,7 +17,6 @@ use rankmysteps_dataflow::event::parse_day;
 use rankmysteps_dataflow::pipeline::Settings;
 use rankmysteps_dataflow::random::SplitMix64 as Rng;
 use rankmysteps_dataflow::reference::Reference;
-use rankmysteps_sinks::cassandra::CassandraReader;
 use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
 
@@ -32,32 +31,16 @@ fn free_port() -> u16 {
 
 #[test]
 fn two_processes_match_the_reference_across_a_crash() {
-    common::s3_credentials();
-    let topic = common::unique("rms-cluster-");
-    let keyspace = common::unique("rms_cluster_").replace('-', "_");
-    let prefix = format!("{}/", common::unique("it-cluster-"));
-    common::create_topic(&topic, 6);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cluster.toml");
     let k = 5;
     let hosts = format!(
-        "hosts = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n",
+        "hosts = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]",
         free_port(),
         free_port()
     );
-    let text = common::cluster_toml(&topic, &keyspace, &prefix, 2, k)
-        .replace("[cluster]\n", &format!("[cluster]\n{hosts}"));
-    std::fs::write(&config, text).unwrap();
-    let bin = env!("CARGO_BIN_EXE_rankmysteps");
-    let schema = Command::new(bin)
-        .args(["schema", "apply", "--config"])
-        .arg(&config)
-        .status()
-        .unwrap();
-    assert!(schema.success(), "schema apply (is Cassandra running?)");
-    let cluster = rankmysteps::config::ClusterConfig::load(&config).unwrap();
+    let dep = common::Deployment::new("cluster", 6, 2, k, Some(&hosts));
+    let (topic, prefix, config, reader) = (&dep.topic, &dep.prefix, &dep.config, &dep.reader);
+    let cluster = rankmysteps::config::ClusterConfig::load(config).unwrap();
     assert_eq!(cluster.cluster.hosts.len(), 2);
-    let reader = CassandraReader::connect(cluster.cassandra.as_ref().unwrap()).unwrap();
 
     // As in the restart test: phase 1 closes no day, phase 2 closes the 10th and the 11th,
     // phase 3 brings late events; every decision is independent of the epochs.
@@ -94,15 +77,15 @@ fn two_processes_match_the_reference_across_a_crash() {
 
     let start = || {
         (
-            worker(&config, &["--process", "0"], None),
-            worker(&config, &["--process", "1"], None),
+            worker(config, &["--process", "0"], None),
+            worker(config, &["--process", "1"], None),
         )
     };
-    send(&producer, &topic, &p1, 1, Duration::ZERO, |_| {});
+    send(&producer, topic, &p1, 1, Duration::ZERO, |_| {});
     let (mut a0, mut a1) = start();
-    wait_for(&reader, &topic, &mut a0, p1.len() as u64);
+    wait_for(reader, topic, &mut a0, p1.len() as u64);
     // Process 1 dies in the middle of phase 2; process 0 must stop too.
-    send(&producer, &topic, &p2, 4, Duration::from_millis(150), |i| {
+    send(&producer, topic, &p2, 4, Duration::from_millis(150), |i| {
         if i == 1 {
             a1.0.kill().unwrap();
             a1.0.wait().unwrap();
@@ -118,17 +101,10 @@ fn two_processes_match_the_reference_across_a_crash() {
     }
 
     let (mut b0, mut b1) = start();
-    wait_for(&reader, &topic, &mut b0, (p1.len() + p2.len()) as u64);
-    send(
-        &producer,
-        &topic,
-        &p3,
-        2,
-        Duration::from_millis(100),
-        |_| {},
-    );
+    wait_for(reader, topic, &mut b0, (p1.len() + p2.len()) as u64);
+    send(&producer, topic, &p3, 2, Duration::from_millis(100), |_| {});
     let all: Vec<&Sent> = p1.iter().chain(&p2).chain(&p3).collect();
-    wait_for(&reader, &topic, &mut b0, all.len() as u64);
+    wait_for(reader, topic, &mut b0, all.len() as u64);
     assert!(b1.0.try_wait().unwrap().is_none(), "process 1 exited early");
     // A clean stop of a cluster: every process is told (as a launcher does).
     Command::new("kill")
@@ -139,5 +115,5 @@ fn two_processes_match_the_reference_across_a_crash() {
     let status = b1.0.wait().unwrap();
     assert!(status.success(), "process 1: {status:?}");
 
-    verify(&reader, &topic, &prefix, &reference, &all, k);
+    verify(reader, topic, prefix, &reference, &all, k);
 }

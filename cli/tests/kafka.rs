@@ -10,146 +10,44 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{brokers, Child};
-use rankmysteps_dataflow::event::{
-    format_day, format_user, parse_day, Event, Reason, User, MICROS_PER_SEC,
-};
+use common::stream::{interrupt, phase, reference_epoch, send};
+use common::Child;
+use rankmysteps_dataflow::event::{format_day, format_user, Reason};
 use rankmysteps_dataflow::pipeline::Settings;
-use rankmysteps_dataflow::reference::{Record, Reference};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::ClientConfig;
-
 use rankmysteps_dataflow::random::SplitMix64 as Rng;
-
-/// Records with their meaning: recent days (none closes: the watermark stays below), several
-/// offsets, ties, duplicates by event_id, and bad records of every parse-time reason.
-fn records(
-    n: usize,
-) -> Vec<(
-    User,
-    String,
-    Result<(User, i32, i64, u32, Option<String>), Reason>,
-)> {
-    let mut rng = Rng(42);
-    let users: Vec<User> = (1..=30u128).map(|i| i * 0x1_0000_0001).collect();
-    let day = parse_day("2026-01-10").unwrap();
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let user = users[rng.below(users.len() as u64) as usize];
-        let u = format_user(user);
-        let bad = rng.below(20);
-        let (text, meaning) = match bad {
-            0 => ("{not json".to_owned(), Err(Reason::Malformed)),
-            1 => (
-                format!("{{\"uuid\":\"{u}0\",\"timestamp\":\"2026-01-10T10:00:00Z\",\"steps\":1}}"),
-                Err(Reason::InvalidUuid),
-            ),
-            2 => (
-                format!("{{\"uuid\":\"{u}\",\"timestamp\":\"2026-01-32T10:00:00Z\",\"steps\":1}}"),
-                Err(Reason::InvalidTimestamp),
-            ),
-            3 => (
-                format!(
-                    "{{\"uuid\":\"{u}\",\"timestamp\":\"2026-01-10T10:00:00Z\",\"steps\":\"7\"}}"
-                ),
-                Err(Reason::InvalidSteps),
-            ),
-            4 => (
-                format!("{{\"uuid\":\"{u}\",\"timestamp\":\"2999-01-10T10:00:00Z\",\"steps\":1}}"),
-                Err(Reason::Future),
-            ),
-            _ => {
-                let hour = rng.below(10) as i64;
-                let steps = rng.below(3) as u32 * 5;
-                let id = (rng.below(3) == 0).then(|| format!("e{}", rng.below(4)));
-                let id_json = id
-                    .as_ref()
-                    .map(|i| format!(",\"event_id\":\"{i}\""))
-                    .unwrap_or_default();
-                let text = format!("{{\"uuid\":\"{u}\",\"timestamp\":\"2026-01-10T{:02}:00:00+05:45\",\"steps\":{steps}{id_json}}}", hour + 6);
-                let time = (day as i64 * 86_400 + (hour + 6) * 3600 - (5 * 3600 + 45 * 60))
-                    * MICROS_PER_SEC;
-                (text, Ok((user, day, time, steps, id)))
-            }
-        };
-        out.push((user, text, meaning));
-    }
-    out
-}
+use rankmysteps_dataflow::reference::Reference;
+use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
+use rdkafka::ClientConfig;
 
 #[test]
 fn worker_matches_reference_on_real_kafka() {
-    common::s3_credentials();
-    let topic = common::unique("rms-it-");
-    let keyspace = common::unique("rms_it_").replace('-', "_");
-    let prefix = format!("{}/", common::unique("it-kafka-"));
+    let dep = common::Deployment::new("kafka", 4, 3, 10, None);
+    let (topic, prefix, config, dir) = (&dep.topic, &dep.prefix, &dep.config, &dep.dir);
     let s3_endpoint = common::s3_endpoint();
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", brokers());
-    common::create_topic(&topic, 4);
-
-    let records = records(3000);
-    let producer: ThreadedProducer<DefaultProducerContext> = client
-        .clone()
+    // One day (none closes: epochs do not matter), three offsets, ties, duplicates, bad records
+    // of every parse-time reason.
+    let records = phase(&mut Rng(42), 3000, &["2026-01-10"]);
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
         .set("enable.idempotence", "true")
         .create()
         .unwrap();
     // Keyed by user: one user's records share a partition, in send order.
-    for (user, text, _) in &records {
-        let key = format_user(*user);
-        producer
-            .send(BaseRecord::to(&topic).key(&key).payload(text))
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    send(&producer, topic, &records, 1, Duration::ZERO, |_| {});
 
     // Reference: one user's records share a partition, so "first in (epoch, partition, offset)"
-    // is "first sent" among that user's records; no day closes, so epochs do not matter.
-    let settings = Settings {
+    // is "first sent" among that user's records.
+    let mut reference = Reference::new(Settings {
         k: 10,
         ..Settings::default()
-    };
-    let mut reference = Reference::new(settings.clone());
-    let batch: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, (_, _, meaning))| match meaning {
-            Err(reason) => Record::Rejected(i as u64, *reason),
-            Ok((user, day, time, steps, id)) => Record::Event(Event {
-                pos: i as u64,
-                user: *user,
-                day: *day,
-                time: *time,
-                steps: *steps,
-                event_id: id.clone().map(Into::into),
-                raw: None,
-            }),
-        })
-        .collect();
-    reference.epoch(0, batch);
-
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cluster.toml");
-    std::fs::write(
-        &config,
-        common::cluster_toml(&topic, &keyspace, &prefix, 3, 10),
-    )
-    .unwrap();
+    });
+    reference.epoch(0, reference_epoch(&records, 0));
     let bin = env!("CARGO_BIN_EXE_rankmysteps");
-    let schema = Command::new(bin)
-        .args(["schema", "apply", "--config"])
-        .arg(&config)
-        .status()
-        .unwrap();
-    assert!(
-        schema.success(),
-        "schema apply (Cassandra must be running: scripts/services start cassandra)"
-    );
     let out = dir.path().join("out");
     let mut child = Child(
         Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
             .args(["worker", "--config"])
-            .arg(&config)
+            .arg(config)
             .arg("--out")
             .arg(&out)
             .args(["--metrics", "off"])
@@ -184,12 +82,7 @@ fn worker_matches_reference_on_real_kafka() {
         std::thread::sleep(Duration::from_millis(200));
     };
     // Graceful stop (Ctrl-C): the worker writes its last epoch and exits 0.
-    Command::new("kill")
-        .args(["-INT", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.0.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    interrupt(&mut child);
 
     let next: u64 = consumed["positions"]
         .as_array()
@@ -247,7 +140,7 @@ fn worker_matches_reference_on_real_kafka() {
             .unwrap();
         let from_cassandra = Command::new(bin)
             .args(["top", "--config"])
-            .arg(&config)
+            .arg(config)
             .args(["--day", &d, "--json"])
             .output()
             .unwrap();
@@ -276,7 +169,7 @@ fn worker_matches_reference_on_real_kafka() {
                 .unwrap();
             let b = Command::new(bin)
                 .args(["standing", "--config"])
-                .arg(&config)
+                .arg(config)
                 .args(args)
                 .output()
                 .unwrap();
@@ -290,23 +183,16 @@ fn worker_matches_reference_on_real_kafka() {
     }
     // The archive holds every consumed record exactly once, byte for byte, and the rejected ones
     // under rejected/ with their reasons.
-    std::env::set_var("RANKMYSTEPS_S3_ENDPOINT", &s3_endpoint);
-    let s3 = rankmysteps::config::s3_from_env().expect("endpoint set above");
-    let archive = rankmysteps_sinks::s3::S3Archive::connect(&s3).unwrap();
-    let raw: Vec<rankmysteps_sinks::s3::ArchiveRecord> = archive
-        .read_all(&format!("{prefix}raw/"))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let (archive, raw) = common::archived(prefix);
     assert_eq!(raw.len(), records.len(), "every record archived once");
     let mut by_value: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
     for r in &raw {
         *by_value.entry(r.raw.clone()).or_insert(0) += 1;
     }
     let mut expected_values: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
-    for (_, text, _) in &records {
+    for sent in &records {
         *expected_values
-            .entry(text.clone().into_bytes())
+            .entry(sent.text.clone().into_bytes())
             .or_insert(0) += 1;
     }
     assert_eq!(

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::stream::{
@@ -19,35 +18,14 @@ use rankmysteps_dataflow::event::{parse_day, Reason};
 use rankmysteps_dataflow::pipeline::Settings;
 use rankmysteps_dataflow::random::SplitMix64 as Rng;
 use rankmysteps_dataflow::reference::Reference;
-use rankmysteps_sinks::cassandra::CassandraReader;
 use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
 
 #[test]
 fn restarts_change_nothing_and_double_nothing() {
-    common::s3_credentials();
-    let topic = common::unique("rms-restart-");
-    let keyspace = common::unique("rms_restart_").replace('-', "_");
-    let prefix = format!("{}/", common::unique("it-restart-"));
-    common::create_topic(&topic, 4);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cluster.toml");
     let k = 5;
-    std::fs::write(
-        &config,
-        common::cluster_toml(&topic, &keyspace, &prefix, 3, k),
-    )
-    .unwrap();
-    let bin = env!("CARGO_BIN_EXE_rankmysteps");
-    let schema = Command::new(bin)
-        .args(["schema", "apply", "--config"])
-        .arg(&config)
-        .status()
-        .unwrap();
-    assert!(schema.success(), "schema apply (is Cassandra running?)");
-    let cluster = rankmysteps::config::ClusterConfig::load(&config).unwrap();
-    let reader = CassandraReader::connect(cluster.cassandra.as_ref().unwrap()).unwrap();
-
+    let dep = common::Deployment::new("restart", 4, 3, k, None);
+    let (topic, prefix, config, reader) = (&dep.topic, &dep.prefix, &dep.config, &dep.reader);
     // Phase 1: 10 and 11 January (no day closes). Phase 2: 13 January only, which closes the
     // 10th and the 11th. Phases 3 and 4: late events of the 10th and 11th, more of the 13th. So
     // every decision is the same whatever epochs the records fall in, as the reference's one
@@ -95,8 +73,8 @@ fn restarts_change_nothing_and_double_nothing() {
     // Run A dies in its third write, after the data and before the progress record: the intent
     // record is ahead, and archive objects of later epochs may exist.
     let (first, rest) = p1.split_at(600);
-    send(&producer, &topic, first, 1, Duration::ZERO, |_| {});
-    let mut a = worker(&config, &[], Some(3));
+    send(&producer, topic, first, 1, Duration::ZERO, |_| {});
+    let mut a = worker(config, &[], Some(3));
     // In forty bursts over four seconds, so that the crash comes before the end of phase 1:
     // the totals the half-written epoch wrote are not the last ones (stale rows would show),
     // and records produced after the crash make the next run read, in its first epoch, a
@@ -104,7 +82,7 @@ fn restarts_change_nothing_and_double_nothing() {
     let mut after_crash = 0;
     send(
         &producer,
-        &topic,
+        topic,
         rest,
         40,
         Duration::from_millis(100),
@@ -119,13 +97,13 @@ fn restarts_change_nothing_and_double_nothing() {
         status.is_some_and(|s| !s.success()) && after_crash > 1,
         "run A should have aborted during phase 1: {status:?}"
     );
-    let after_a = progress(&reader, &topic);
+    let after_a = progress(reader, topic);
     eprintln!("after the crash of run A: progress {after_a:?}");
 
     // Run B restarts from there and is killed (SIGKILL) in the middle of phase 2.
-    let mut b = worker(&config, &[], None);
-    wait_for(&reader, &topic, &mut b, p1.len() as u64);
-    send(&producer, &topic, &p2, 6, Duration::from_millis(120), |i| {
+    let mut b = worker(config, &[], None);
+    wait_for(reader, topic, &mut b, p1.len() as u64);
+    send(&producer, topic, &p2, 6, Duration::from_millis(120), |i| {
         if i == 2 {
             b.0.kill().unwrap();
             b.0.wait().unwrap();
@@ -133,44 +111,30 @@ fn restarts_change_nothing_and_double_nothing() {
     });
     eprintln!(
         "after killing run B: progress {:?}",
-        progress(&reader, &topic)
+        progress(reader, topic)
     );
 
     // Run C restarts, reads phases 2 and 3, and stops cleanly.
-    let mut c = worker(&config, &[], None);
-    wait_for(&reader, &topic, &mut c, (p1.len() + p2.len()) as u64);
-    send(
-        &producer,
-        &topic,
-        &p3,
-        3,
-        Duration::from_millis(100),
-        |_| {},
-    );
+    let mut c = worker(config, &[], None);
+    wait_for(reader, topic, &mut c, (p1.len() + p2.len()) as u64);
+    send(&producer, topic, &p3, 3, Duration::from_millis(100), |_| {});
     let epoch_c = wait_for(
-        &reader,
-        &topic,
+        reader,
+        topic,
         &mut c,
         (p1.len() + p2.len() + p3.len()) as u64,
     );
     interrupt(&mut c);
 
     // Run D restarts after that clean stop, reads phase 4, and stops cleanly.
-    let mut d = worker(&config, &[], None);
-    send(
-        &producer,
-        &topic,
-        &p4,
-        2,
-        Duration::from_millis(100),
-        |_| {},
-    );
-    let epoch_d = wait_for(&reader, &topic, &mut d, total);
+    let mut d = worker(config, &[], None);
+    send(&producer, topic, &p4, 2, Duration::from_millis(100), |_| {});
+    let epoch_d = wait_for(reader, topic, &mut d, total);
     assert!(epoch_d > epoch_c);
     interrupt(&mut d);
 
     // The counters, cumulative over the four runs, are those of one run; every table, whole
     // partitions; the archive and the dead letters.
     let all: Vec<&Sent> = p1.iter().chain(&p2).chain(&p3).chain(&p4).collect();
-    verify(&reader, &topic, &prefix, &reference, &all, k);
+    verify(reader, topic, prefix, &reference, &all, k);
 }

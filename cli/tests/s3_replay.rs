@@ -3,6 +3,8 @@
 //! the `integration` feature; fails (never skips) when the store is not there.
 #![cfg(feature = "integration")]
 
+mod common;
+
 use std::process::Command;
 
 use rankmysteps_sinks::s3::{ArchiveRecord, S3Archive, S3Config};
@@ -18,15 +20,7 @@ fn config() -> S3Config {
 #[test]
 fn archive_replay_equals_file_replay() {
     // Credentials as scripts/services sets them, unless the environment has others.
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "rankmysteps"),
-        ("AWS_SECRET_ACCESS_KEY", "rankmysteps-secret"),
-    ] {
-        if std::env::var(k).is_err() {
-            // Set before any client or thread exists in this test process.
-            std::env::set_var(k, v);
-        }
-    }
+    common::s3_credentials();
     let users = [
         "0b6f3c1e-9c2d-4f7a-8e1b-2a3c4d5e6f70",
         "00000000-0000-0000-0000-000000000007",
@@ -47,14 +41,7 @@ fn archive_replay_equals_file_replay() {
             ),
         });
     }
-    let prefix = format!(
-        "it-replay-{}-{}/raw/steps/",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
+    let prefix = format!("{}/raw/steps/", common::unique("it-replay-"));
     let mut cfg = config();
     cfg.prefix = prefix.clone();
     let archive = S3Archive::connect(&cfg).expect("S3 must be running: scripts/services start s3");

@@ -1,7 +1,11 @@
 //! Helpers shared by the integration tests that run on the real services.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
+
+use rankmysteps_sinks::cassandra::CassandraReader;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -87,6 +91,87 @@ impl Drop for Child {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A fresh deployment on the services: a topic, a keyspace with the schema applied (by
+/// `rankmysteps schema apply`), an archive prefix, and their `cluster.toml`.
+pub struct Deployment {
+    /// The topic.
+    pub topic: String,
+    /// The keyspace.
+    pub keyspace: String,
+    /// The archive's key prefix (ends with `/`).
+    pub prefix: String,
+    /// The `cluster.toml`.
+    pub config: PathBuf,
+    /// A reader of the keyspace.
+    pub reader: CassandraReader,
+    /// Holds `config`.
+    pub dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    /// Names from `stem` (`rms-<stem>-…` topic of `partitions`, `rms_<stem>_…` keyspace,
+    /// `it-<stem>-…/` prefix); `threads` and `k` as in [`cluster_toml`]; `hosts` (a TOML
+    /// `hosts = [...]` line) for a cluster of several processes.
+    pub fn new(
+        stem: &str,
+        partitions: i32,
+        threads: usize,
+        k: usize,
+        hosts: Option<&str>,
+    ) -> Deployment {
+        s3_credentials();
+        let topic = unique(&format!("rms-{stem}-"));
+        let keyspace = unique(&format!("rms_{stem}_")).replace('-', "_");
+        let prefix = format!("{}/", unique(&format!("it-{stem}-")));
+        create_topic(&topic, partitions);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("cluster.toml");
+        let mut text = cluster_toml(&topic, &keyspace, &prefix, threads, k);
+        if let Some(hosts) = hosts {
+            text = text.replace("[cluster]\n", &format!("[cluster]\n{hosts}\n"));
+        }
+        std::fs::write(&config, text).unwrap();
+        let schema = Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
+            .args(["schema", "apply", "--config"])
+            .arg(&config)
+            .status()
+            .unwrap();
+        assert!(
+            schema.success(),
+            "schema apply (Cassandra must be running: scripts/services start cassandra)"
+        );
+        let cluster = rankmysteps::config::ClusterConfig::load(&config).unwrap();
+        let reader = CassandraReader::connect(cluster.cassandra.as_ref().unwrap()).unwrap();
+        Deployment {
+            topic,
+            keyspace,
+            prefix,
+            config,
+            reader,
+            dir,
+        }
+    }
+}
+
+/// The archive of the services' MinIO, and every record of its `raw/` objects under `prefix`
+/// (in key order).
+pub fn archived(
+    prefix: &str,
+) -> (
+    rankmysteps_sinks::s3::S3Archive,
+    Vec<rankmysteps_sinks::s3::ArchiveRecord>,
+) {
+    std::env::set_var("RANKMYSTEPS_S3_ENDPOINT", s3_endpoint());
+    let s3 = rankmysteps::config::s3_from_env().expect("endpoint set above");
+    let archive = rankmysteps_sinks::s3::S3Archive::connect(&s3).unwrap();
+    let raw = archive
+        .read_all(&format!("{prefix}raw/"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    (archive, raw)
 }
 
 pub mod stream;

@@ -251,14 +251,7 @@ pub fn verify(
     }
 
     // The archive: every record exactly once; the dead letters: every rejected record once.
-    std::env::set_var("RANKMYSTEPS_S3_ENDPOINT", super::s3_endpoint());
-    let s3 = rankmysteps::config::s3_from_env().unwrap();
-    let archive = rankmysteps_sinks::s3::S3Archive::connect(&s3).unwrap();
-    let raw: Vec<rankmysteps_sinks::s3::ArchiveRecord> = archive
-        .read_all(&format!("{prefix}raw/"))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let (archive, raw) = super::archived(prefix);
     let mut offsets: Vec<(u32, u64)> = raw.iter().map(|r| (r.partition, r.offset)).collect();
     offsets.sort();
     offsets.dedup();
