@@ -255,8 +255,12 @@ fn epochs_read_back_like_the_reference() {
     assert!(reader.top(d + 10, Some(3)).is_err());
 
     // Epochs handed over faster than the bulk lane writes are merged there: the tables end up
-    // the same (a fresh keyspace, all three epochs at once).
-    let config = self::config();
+    // the same (a fresh keyspace, all three epochs at once, the bulk lane writing at most every
+    // 10 s: `finish` writes what waits at once).
+    let config = CassandraConfig {
+        bulk_interval_ms: 10_000,
+        ..self::config()
+    };
     schema::apply(&config).unwrap();
     let mut sink = CassandraSink::connect(&config, "job-b").unwrap();
     for output in &outputs {

@@ -41,6 +41,12 @@ pub struct CassandraConfig {
     /// top-k's tail latency).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Least time between the starts of two writes of the bulk lane (everything but the
+    /// top-k), in milliseconds (default 0: back to back). Epochs arriving meanwhile are merged,
+    /// so a longer interval costs the standings freshness and saves Cassandra the rewrites of
+    /// users who changed again: room for the top-k when Cassandra shares its cores.
+    #[serde(default)]
+    pub bulk_interval_ms: u64,
     /// Client-side timeout of one request attempt, in milliseconds (default 5000).
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
@@ -88,6 +94,7 @@ impl Default for CassandraConfig {
             username_env: None,
             password_env: None,
             max_in_flight: default_max_in_flight(),
+            bulk_interval_ms: 0,
             request_timeout_ms: default_request_timeout_ms(),
             retries: default_retries(),
         }

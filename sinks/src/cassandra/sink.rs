@@ -254,11 +254,12 @@ impl CassandraSink {
                 .and_then(|v| v.parse().ok()),
         });
         let bulk = Arc::new(BulkLane::default());
+        let interval = std::time::Duration::from_millis(config.bulk_interval_ms);
         let thread = {
             let (writer, bulk) = (writer.clone(), bulk.clone());
             std::thread::Builder::new()
                 .name("cassandra-bulk".into())
-                .spawn(move || bulk_lane(&writer, &bulk))
+                .spawn(move || bulk_lane(&writer, &bulk, interval))
                 .map_err(|e| SinkError::cassandra("starting the bulk writer", e.to_string()))?
         };
         Ok(CassandraSink {
@@ -319,10 +320,16 @@ impl CassandraSink {
 }
 
 /// The bulk lane (see [`CassandraSink`]): writes the waiting epochs, merged, until closed.
-fn bulk_lane(writer: &Writer, lane: &BulkLane) {
+fn bulk_lane(writer: &Writer, lane: &BulkLane, interval: std::time::Duration) {
+    let mut next_start = Instant::now();
     loop {
         let (output, committed) = {
             let mut state = lane.state.lock().expect("bulk lock");
+            // Not before `next_start`, unless closing (then everything goes now).
+            while !state.closing && Instant::now() < next_start {
+                let wait = next_start.saturating_duration_since(Instant::now());
+                state = lane.changed.wait_timeout(state, wait).expect("bulk lock").0;
+            }
             loop {
                 if state.error.is_none() {
                     if let Some(job) = state.pending.take() {
@@ -336,6 +343,7 @@ fn bulk_lane(writer: &Writer, lane: &BulkLane) {
                 state = lane.changed.wait(state).expect("bulk lock");
             }
         };
+        next_start = Instant::now() + interval;
         let result = writer.write_bulk(&output, &committed);
         let mut state = lane.state.lock().expect("bulk lock");
         state.busy = false;

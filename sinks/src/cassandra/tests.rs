@@ -306,6 +306,7 @@ fn config_parsing() {
         username_env = "CASS_USER"
         password_env = "CASS_PASSWORD"
         max_in_flight = 64
+        bulk_interval_ms = 1500
         request_timeout_ms = 2000
         retries = 2
         "#,
@@ -313,6 +314,7 @@ fn config_parsing() {
     .unwrap();
     config.validate().unwrap();
     assert_eq!(config.consistency().unwrap(), Consistency::Quorum);
+    assert_eq!((config.max_in_flight, config.bulk_interval_ms), (64, 1500));
     assert_eq!(
         config.replication_cql(),
         "{'class': 'NetworkTopologyStrategy', 'dc1': '3'}"
