@@ -522,8 +522,8 @@ fn worker(args: WorkerArgs) -> Result<()> {
                 &rankmysteps::recovery::progress_job(&kafka.topic),
             )
             .with_context(|| format!("connecting to Cassandra at {:?}", c.contact_points))?;
-            if let Some(p) = recovery.as_ref().and_then(|r| r.progress.as_ref()) {
-                sink.resume(p);
+            if let Some(r) = &recovery {
+                sink.resume(r.progress.as_ref(), r.replay_through);
             }
             sinks.push(Box::new(sink));
         }

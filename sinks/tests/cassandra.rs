@@ -235,7 +235,7 @@ fn epochs_read_back_like_the_reference() {
     // Idempotence: a restarted sink rewrites epoch 3 (twice): nothing changes.
     for _ in 0..2 {
         let mut again = CassandraSink::connect(&config, "job-a").unwrap();
-        again.resume(&progress);
+        again.resume(Some(&progress), Some(3));
         again.write_epoch(&outputs[2]).unwrap();
         again.finish().unwrap();
         check(&reader, &e3, &days, k, &[d - 1]);

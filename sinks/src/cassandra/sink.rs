@@ -181,6 +181,8 @@ pub struct CassandraSink {
     positions: BTreeMap<u32, u64>,
     /// Counters over the run.
     stats: Stats,
+    /// The intent record found by a restart: not rewritten for epochs up to it.
+    intent_floor: Option<Epoch>,
 }
 
 /// What the progress record of a bulk write says (cumulative over the run).
@@ -270,12 +272,17 @@ impl CassandraSink {
             watermark: None,
             positions: BTreeMap::new(),
             stats: Stats::default(),
+            intent_floor: None,
         })
     }
 
-    /// Continues from a progress record read back after a restart: the watermark, positions and
-    /// counters start from it, so the next progress record stays cumulative.
-    pub fn resume(&mut self, progress: &Progress) {
+    /// Continues after a restart from the progress record found (if any): the watermark,
+    /// positions and counters start from it, so the next progress record stays cumulative.
+    /// `intent` is the epoch of the intent record found with it: the epochs up to it, written
+    /// again by the restart, leave that record as it is.
+    pub fn resume(&mut self, progress: Option<&Progress>, intent: Option<Epoch>) {
+        self.intent_floor = intent;
+        let Some(progress) = progress else { return };
         self.watermark = progress.watermark_micros;
         self.positions = progress
             .positions
@@ -703,16 +710,21 @@ impl Sink for CassandraSink {
         let mut top = plan(&top_only)?;
         let ts = self.writer.next_timestamp();
         let w = &*self.writer;
+        // The intent never goes back: while a restart writes again the epochs up to the intent
+        // it found, that intent stands (should it stop again, they are written again).
+        let intent = self.intent_floor.is_none_or(|floor| output.epoch > floor);
         w.runtime.block_on(async {
-            w.write_progress(
-                true,
-                epoch,
-                ts,
-                committed.watermark,
-                &committed.positions,
-                &committed.stats,
-            )
-            .await?;
+            if intent {
+                w.write_progress(
+                    true,
+                    epoch,
+                    ts,
+                    committed.watermark,
+                    &committed.positions,
+                    &committed.stats,
+                )
+                .await?;
+            }
             let units = units(&mut top.data);
             w.run_all(units, |unit| async move {
                 match unit {
