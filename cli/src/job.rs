@@ -260,7 +260,6 @@ pub fn run(
     let s3_2 = s3.clone();
     let replay2 = replay.clone();
     let replay_through = recovery.replay_through;
-    let restore_through = recovery.restore_through;
 
     let config = match &spec.cluster {
         None => timely::Config::process(spec.workers),

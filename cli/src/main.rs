@@ -450,17 +450,19 @@ fn worker(args: WorkerArgs) -> Result<()> {
     }
     let grace = df.grace_micros()?;
     let skew = df.skew_micros()?;
+    // One connection to the archive, for the restart and the dead letters.
+    let archive = match &config.s3 {
+        Some(s3) => Some(Arc::new(
+            rankmysteps_sinks::s3::S3Archive::connect(s3)
+                .with_context(|| format!("connecting to the S3 archive (bucket {})", s3.bucket))?,
+        )),
+        None => None,
+    };
     // A restart: where the last run's progress record says to resume, and what to replay.
     let recovery = match &config.cassandra {
         Some(c) => {
             let reader = rankmysteps_sinks::cassandra::CassandraReader::connect(c)
                 .with_context(|| format!("connecting to Cassandra at {:?}", c.contact_points))?;
-            let archive = match &config.s3 {
-                Some(s3) => Some(rankmysteps_sinks::s3::S3Archive::connect(s3).with_context(
-                    || format!("connecting to the S3 archive (bucket {})", s3.bucket),
-                )?),
-                None => None,
-            };
             let share = rankmysteps::recovery::Share {
                 process: args.process,
                 threads: workers,
@@ -469,7 +471,7 @@ fn worker(args: WorkerArgs) -> Result<()> {
             let recovery = rankmysteps::recovery::plan(
                 &reader,
                 &rankmysteps::recovery::progress_job(&kafka.topic),
-                archive.as_ref(),
+                archive.as_deref(),
                 &kafka.topic,
                 share,
                 grace,
@@ -507,11 +509,9 @@ fn worker(args: WorkerArgs) -> Result<()> {
     if args.process == 0 {
         // The dead letters first: an epoch's rejected records are durable before the progress
         // record that covers them.
-        if let Some(s3) = &config.s3 {
-            let archive = rankmysteps_sinks::s3::S3Archive::connect(s3)
-                .with_context(|| format!("connecting to the S3 archive (bucket {})", s3.bucket))?;
+        if let Some(archive) = &archive {
             sinks.push(Box::new(rankmysteps::archive::RejectedArchive {
-                archive: Arc::new(archive),
+                archive: archive.clone(),
                 topic: kafka.topic.clone(),
                 epoch_ms: df.epoch_ms.max(1),
             }));
@@ -572,9 +572,10 @@ fn worker(args: WorkerArgs) -> Result<()> {
     );
     let report = job::run(spec, Box::new(sink), stop)?;
     eprintln!(
-        "rankmysteps: stopped after {} epochs ({} more replayed to restore the state): accepted {}, duplicate {}, rejected {}",
+        "rankmysteps: stopped after {} epochs ({} more, {} archived records, replayed to restore the state): accepted {}, duplicate {}, rejected {}",
         report.epochs,
         report.restored,
+        report.replayed,
         report.stats.accepted,
         report.stats.duplicate,
         report.stats.rejected_total()
