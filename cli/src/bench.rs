@@ -183,6 +183,7 @@ fn core_once(a: CoreOnceArgs) -> Result<(), CliError> {
         archive: None,
         coalesce: false,
         recovery: None,
+        progress: crate::progress::Display::Off,
     };
     let cpu0 = cpu_seconds();
     let report = job::run(
@@ -350,6 +351,7 @@ fn replay(a: ReplayArgs) -> Result<(), CliError> {
         archive: None,
         coalesce: false,
         recovery: None,
+        progress: crate::progress::Display::Off,
     };
     let sink = LocalDirSink::create(&a.out, LocalOptions::default())?;
     let cpu0 = cpu_seconds();

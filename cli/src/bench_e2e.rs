@@ -126,7 +126,7 @@ pub fn e2e(args: E2eArgs) -> Result<(), CliError> {
                 ..GeneratorConfig::default()
             },
             bad_share: 0.0,
-            progress: false,
+            progress: crate::progress::Display::Off,
         };
         let stop = stop.clone();
         std::thread::spawn(move || produce(spec, stop))

@@ -128,16 +128,59 @@ impl Default for Dataflow {
     }
 }
 
+/// The prefix of the environment variables that override keys of `cluster.toml` (design §14):
+/// `RANKMYSTEPS__<SECTION>__<KEY>`, e.g. `RANKMYSTEPS__DATAFLOW__K=10`. Double underscores, so
+/// that they never clash with `RANKMYSTEPS_LOG` or the variables named for credentials.
+pub const ENV_PREFIX: &str = "RANKMYSTEPS__";
+
 impl ClusterConfig {
-    /// Reads and validates a `cluster.toml`.
+    /// Reads and validates a `cluster.toml`, with the overrides of the process environment
+    /// ([`ENV_PREFIX`]) applied on top of the file.
     pub fn load(path: &Path) -> Result<ClusterConfig, CliError> {
         let text = std::fs::read_to_string(path).map_err(|source| CliError::Io {
             path: path.to_owned(),
             source,
         })?;
-        let config: ClusterConfig = toml::from_str(&text).map_err(|e| CliError::Config {
+        ClusterConfig::from_toml(path, &text, std::env::vars())
+    }
+
+    /// The defaults with the overrides of the process environment ([`ENV_PREFIX`]): the
+    /// configuration of commands run without `--config`.
+    pub fn from_env() -> Result<ClusterConfig, CliError> {
+        ClusterConfig::from_toml(Path::new("(environment)"), "", std::env::vars())
+    }
+
+    /// Parses `text` (the contents of `path`), applies the `RANKMYSTEPS__…` overrides among
+    /// `vars`, and validates the result.
+    pub fn from_toml(
+        path: &Path,
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<ClusterConfig, CliError> {
+        let config_err = |detail: String| CliError::Config {
             path: path.to_owned(),
-            detail: e.to_string(),
+            detail,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| config_err(e.to_string()))?;
+        let mut applied = Vec::new();
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            apply_override(&mut table, rest, &value)
+                .map_err(|detail| config_err(format!("environment variable {name}: {detail}")))?;
+            applied.push(name);
+        }
+        let config: ClusterConfig = table.try_into().map_err(|e: toml::de::Error| {
+            let mut detail = e.to_string();
+            if !applied.is_empty() {
+                applied.sort();
+                detail.push_str(&format!(
+                    " (after applying the environment overrides {})",
+                    applied.join(", ")
+                ));
+            }
+            config_err(detail)
         })?;
         config.dataflow.grace_micros()?;
         config.dataflow.skew_micros()?;
@@ -179,6 +222,58 @@ impl Dataflow {
             ))
         })
     }
+}
+
+/// Sets the key that `path` (`SECTION__KEY`, or deeper: `CASSANDRA__REPLICATION__CLASS`;
+/// case-insensitive, stored lowercase) names in `table` to `value`.
+///
+/// The value's type: where the file already holds the key, its type decides (a string stays a
+/// string whatever it looks like, and a list of strings may be given comma-separated); a new key
+/// is read as a TOML value (`10`, `true`, `["a:1", "b:2"]`, `"quoted"`), and as a plain string
+/// when it is not one.
+fn apply_override(table: &mut toml::Table, path: &str, value: &str) -> Result<(), String> {
+    let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+    if keys.len() < 2 || keys.iter().any(String::is_empty) {
+        return Err(format!(
+            "expected {ENV_PREFIX}<SECTION>__<KEY> (e.g. {ENV_PREFIX}DATAFLOW__K), got {ENV_PREFIX}{path}"
+        ));
+    }
+    let (last, sections) = keys.split_last().expect("at least two keys");
+    let mut here = table;
+    for key in sections {
+        let entry = here
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        here = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(format!("{key} is not a section")),
+        };
+    }
+    let literal = || {
+        toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+    };
+    let new = match here.get(last) {
+        Some(toml::Value::String(_)) => toml::Value::String(value.to_owned()),
+        Some(toml::Value::Array(items))
+            if items.iter().all(toml::Value::is_str) && !value.trim_start().starts_with('[') =>
+        {
+            toml::Value::Array(
+                value
+                    .split(',')
+                    .map(|part| toml::Value::String(part.trim().to_owned()))
+                    .filter(|v| v.as_str() != Some(""))
+                    .collect(),
+            )
+        }
+        Some(toml::Value::Table(_)) => {
+            return Err(format!("{last} is a section: set its keys one by one"))
+        }
+        _ => literal().unwrap_or_else(|| toml::Value::String(value.to_owned())),
+    };
+    here.insert(last.clone(), new);
+    Ok(())
 }
 
 /// An S3 configuration from the environment that `scripts/services env` prints
@@ -234,6 +329,69 @@ mod tests {
         let config = ClusterConfig::load(&path).unwrap();
         assert_eq!(config.cluster.hosts.len(), 4);
         assert_eq!(config.dataflow.k, 100);
+    }
+
+    fn with_env(text: &str, vars: &[(&str, &str)]) -> Result<ClusterConfig, CliError> {
+        ClusterConfig::from_toml(
+            Path::new("test.toml"),
+            text,
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn environment_overrides_keys_of_the_file() {
+        let file = "[cluster]\nhosts = [\"a:1\"]\nthreads = 2\n[kafka]\nbrokers = [\"k:9092\"]\ntopic = \"steps\"\n\
+                    [s3]\nregion = \"us-east-1\"\nbucket = \"b\"\nprefix = \"\"\n";
+        let c = with_env(
+            file,
+            &[
+                ("RANKMYSTEPS__DATAFLOW__K", "10"),
+                ("RANKMYSTEPS__CLUSTER__THREADS", "3"),
+                ("RANKMYSTEPS__CLUSTER__HOSTS", "h0:2101, h1:2101"),
+                ("RANKMYSTEPS__KAFKA__TOPIC", "1234"),
+                ("RANKMYSTEPS__S3__PREFIX", "2026"),
+                ("RANKMYSTEPS__S3__PATH_STYLE", "true"),
+                ("RANKMYSTEPS__WEB__LISTEN", "127.0.0.1:9999"),
+                ("RANKMYSTEPS__CASSANDRA__CONTACT_POINTS", "[\"c:9042\"]"),
+                (
+                    "RANKMYSTEPS__CASSANDRA__REPLICATION__CLASS",
+                    "SimpleStrategy",
+                ),
+                ("RANKMYSTEPS_LOG", "debug"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.dataflow.k, 10);
+        assert_eq!(c.cluster.threads, 3);
+        assert_eq!(c.cluster.hosts, ["h0:2101", "h1:2101"]);
+        let kafka = c.kafka.unwrap();
+        assert_eq!(kafka.topic, "1234");
+        assert_eq!(kafka.brokers, ["k:9092"]);
+        let s3 = c.s3.unwrap();
+        assert_eq!(s3.prefix, "2026");
+        assert!(s3.path_style);
+        assert_eq!(c.web.unwrap().listen, "127.0.0.1:9999");
+        let cassandra = c.cassandra.unwrap();
+        assert_eq!(cassandra.contact_points, ["c:9042"]);
+        assert_eq!(cassandra.replication["class"], "SimpleStrategy");
+    }
+
+    #[test]
+    fn environment_overrides_are_checked_like_the_file() {
+        let err = with_env("", &[("RANKMYSTEPS__DATAFLOW__KK", "3")]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("kk") && text.contains("RANKMYSTEPS__DATAFLOW__KK"),
+            "{text}"
+        );
+        let err = with_env("", &[("RANKMYSTEPS__DATAFLOW", "3")]).unwrap_err();
+        assert!(err.to_string().contains("<SECTION>__<KEY>"), "{err}");
+        let err = with_env("", &[("RANKMYSTEPS__DATAFLOW__K", "ten")]).unwrap_err();
+        assert!(err.to_string().contains("invalid type"), "{err}");
+        let err = with_env("", &[("RANKMYSTEPS__DATAFLOW__GRACE", "forever")]).unwrap_err();
+        assert!(err.to_string().contains("grace"), "{err}");
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub struct JobSpec {
     /// objects to replay first (read from `archive`), and the epochs that only rebuild state.
     /// Kafka's start offsets and the initial watermark are in `input` and `settings`.
     pub recovery: Option<crate::recovery::Recovery>,
+    /// How the progress of a replay (a file, an archive, a restart's replay) is shown.
+    pub progress: crate::progress::Display,
 }
 
 /// What a finished job measured.
@@ -168,6 +170,46 @@ pub fn run(
         _ => None,
     };
     let started = Instant::now();
+    // Progress of the replays, drawn by a thread of its own (nothing of it under a worker).
+    let progress = if let Some(file) = &file {
+        let (bytes, lines) = (file.bytes_read(), file.clone());
+        Some(match file.total_bytes() {
+            Some(total) => crate::progress::Progress::start(
+                "replay",
+                crate::progress::Unit::Bytes,
+                Some(total),
+                spec.progress,
+                move || (bytes.load(Ordering::Relaxed), lines.lines_read()),
+            ),
+            None => crate::progress::Progress::start(
+                "replay",
+                crate::progress::Unit::Records,
+                None,
+                spec.progress,
+                move || (lines.lines_read(), 0),
+            ),
+        })
+    } else if let Some(s3) = &s3 {
+        let input = s3.clone();
+        Some(crate::progress::Progress::start(
+            "archive replay",
+            crate::progress::Unit::Objects,
+            Some(s3.objects().1),
+            spec.progress,
+            move || (input.objects().0, input.records_read()),
+        ))
+    } else {
+        replay.as_ref().map(|r| {
+            let replay = r.clone();
+            crate::progress::Progress::start(
+                "restart replay",
+                crate::progress::Unit::Objects,
+                Some(r.objects().1),
+                spec.progress,
+                move || (replay.objects().0, replay.records()),
+            )
+        })
+    };
     let sink_thread = {
         let (failure, stop) = (failure.clone(), stop.clone());
         let mut sink = sink;
@@ -407,6 +449,9 @@ pub fn run(
     })
     .map_err(CliError::Worker)?;
     let joined: Result<Vec<()>, String> = guards.join().into_iter().collect();
+    if let Some(progress) = progress {
+        progress.finish();
+    }
     // Every sender is gone with its worker: the sink thread drains, finishes and ends.
     sink_thread
         .join()
@@ -456,6 +501,8 @@ struct S3Input {
     epoch_events: u64,
     next: u64,
     error: Option<SinkError>,
+    /// Objects to read in all (`keys` holds those not read yet).
+    total: u64,
 }
 
 /// A shared [`S3Input`].
@@ -481,6 +528,7 @@ impl SharedS3Input {
         }
         Ok(SharedS3Input(Arc::new(Mutex::new(S3Input {
             archive,
+            total: keys.len() as u64,
             keys,
             current: Default::default(),
             epoch_events,
@@ -495,6 +543,12 @@ impl SharedS3Input {
 
     fn records_read(&self) -> u64 {
         self.0.lock().expect("s3 input lock").next
+    }
+
+    /// `(objects read or being read, objects in all)`.
+    fn objects(&self) -> (u64, u64) {
+        let input = self.0.lock().expect("s3 input lock");
+        (input.total - input.keys.len() as u64, input.total)
     }
 }
 

@@ -5,10 +5,12 @@ pub mod archive;
 pub mod bench;
 pub mod bench_e2e;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod job;
 pub mod metrics;
 pub mod produce;
+pub mod progress;
 pub mod recovery;
 pub mod view;
 

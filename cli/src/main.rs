@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rankmysteps::config::{parse_duration, ClusterConfig};
 use rankmysteps::job::{self, Input, JobSpec};
+use rankmysteps::progress::Display;
 use rankmysteps::view::TerminalView;
 use rankmysteps_dataflow::event::{format_day, format_user, parse_day, parse_user, Reason};
 use rankmysteps_dataflow::pipeline::Settings;
@@ -28,7 +29,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// generator of users, the dataflow on several worker threads, results in ./out and a live
 /// leaderboard in the terminal.
 #[derive(Parser)]
-#[command(name = "rankmysteps", version, propagate_version = true)]
+#[command(
+    name = "rankmysteps",
+    version,
+    propagate_version = true,
+    after_help = "Configuration: every key of cluster.toml can be overridden by an environment \
+variable RANKMYSTEPS__<SECTION>__<KEY> (double underscores; e.g. RANKMYSTEPS__DATAFLOW__K=10, \
+RANKMYSTEPS__KAFKA__BROKERS=host1:9092,host2:9092, RANKMYSTEPS__CASSANDRA__REPLICATION__CLASS=...), \
+applied on top of --config (or of the defaults without it). Credentials never need to be in the \
+file: Cassandra's come from the variables that [cassandra] username_env/password_env name, S3's \
+from the standard AWS chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, profiles). \
+RANKMYSTEPS_LOG sets the log filter (default warn)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,6 +72,32 @@ enum Command {
     Produce(ProduceArgs),
     /// Benchmark the core (generator → parse → dataflow → deltas) and file replays.
     Bench(rankmysteps::bench::BenchArgs),
+    /// Check every configured part with the real clients and say what is wrong and how to fix it.
+    ///
+    /// Kafka: reachable, the topic and its partitions, retention and cleanup policy. Cassandra:
+    /// reachable with the configured credentials, the keyspace, its tables against schema.cql,
+    /// a read at the configured consistency level. S3: the bucket answers with the configured
+    /// credentials, an object can be written, read back and deleted (with the configured
+    /// checksum mode). [cluster] hosts: each resolves, and those on this machine have their
+    /// port free; the web and metrics listeners are free. One line per check (ok / WARN / FAIL,
+    /// what was found, the fix); exit status 1 if any check failed.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Args)]
+struct DoctorArgs {
+    /// The deployment description.
+    #[arg(long, value_name = "FILE", default_value = "cluster.toml")]
+    config: PathBuf,
+    /// Metrics addresses the processes will listen on (repeat for several).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9898")]
+    metrics: Vec<String>,
+    /// Seconds to wait for each service to answer.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    timeout: f64,
+    /// Print the checks as JSON: {"ok": bool, "checks": [{part, check, status, detail, fix}]}.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -125,6 +163,10 @@ struct RunArgs {
     /// Rewrite output files at most this often, in milliseconds (final results are always written).
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     write_interval_ms: u64,
+    /// Show no progress of the replay (by default: a bar on a terminal, else a plain line
+    /// every 5 s, or every RANKMYSTEPS_PROGRESS_INTERVAL seconds).
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -160,6 +202,10 @@ struct WorkerArgs {
     /// Serve Prometheus metrics on this address ("off" to disable).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9898")]
     metrics: String,
+    /// Show no progress of a restart's replay of the archive (by default: a bar on a
+    /// terminal, else a plain line every 5 s, or every RANKMYSTEPS_PROGRESS_INTERVAL seconds).
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -203,6 +249,10 @@ struct ProduceArgs {
     /// Seed of users and draws.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Show no progress (by default: a bar on a terminal, else a plain line every 5 s, or
+    /// every RANKMYSTEPS_PROGRESS_INTERVAL seconds).
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Copy, Clone, ValueEnum)]
@@ -271,6 +321,7 @@ fn main() {
         Command::Worker(args) => worker(args),
         Command::Schema(args) => schema(args),
         Command::Bench(args) => rankmysteps::bench::bench(args).map_err(Into::into),
+        Command::Doctor(args) => doctor(args),
     };
     if let Err(e) = result {
         eprintln!("rankmysteps: error: {e:#}");
@@ -281,7 +332,7 @@ fn main() {
 fn run(args: RunArgs) -> Result<()> {
     let config = match &args.config {
         Some(path) => ClusterConfig::load(path)?,
-        None => ClusterConfig::default(),
+        None => ClusterConfig::from_env()?,
     };
     let df = &config.dataflow;
     let duration = |flag: &Option<String>, default: &str, name: &str| -> Result<i64> {
@@ -384,6 +435,7 @@ fn run(args: RunArgs) -> Result<()> {
         archive: None,
         coalesce: false,
         recovery: None,
+        progress: Display::quiet_if(args.quiet),
     };
     let report = job::run(spec, Box::new(Fanout(sinks)), stop)?;
     let s = &report.stats;
@@ -565,6 +617,7 @@ fn worker(args: WorkerArgs) -> Result<()> {
         archive: config.s3.clone(),
         coalesce: true,
         recovery,
+        progress: Display::quiet_if(args.quiet),
     };
     eprintln!(
         "rankmysteps: worker process {} consuming {} ({} partitions) with {} threads",
@@ -580,6 +633,33 @@ fn worker(args: WorkerArgs) -> Result<()> {
         report.stats.duplicate,
         report.stats.rejected_total()
     );
+    Ok(())
+}
+
+fn doctor(args: DoctorArgs) -> Result<()> {
+    use rankmysteps::doctor::{diagnose, render, DoctorSpec, Status};
+    let config = ClusterConfig::load(&args.config)?;
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    let checks = diagnose(&DoctorSpec {
+        config,
+        config_path: args.config.display().to_string(),
+        metrics: args.metrics,
+        timeout: Duration::from_secs_f64(args.timeout),
+    });
+    let ok = checks.iter().all(|c| c.status != Status::Fail);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"ok": ok, "checks": checks}))?
+        );
+    } else {
+        print!("{}", render(&checks));
+    }
+    if !ok {
+        std::process::exit(1);
+    }
     Ok(())
 }
 
@@ -616,7 +696,7 @@ fn cassandra_of(
 fn produce(args: ProduceArgs) -> Result<()> {
     let from_file = match &args.config {
         Some(path) => ClusterConfig::load(path)?.kafka,
-        None => None,
+        None => ClusterConfig::from_env()?.kafka,
     };
     let mut kafka = from_file.unwrap_or_else(|| rankmysteps_sources::kafka::KafkaConfig {
         brokers: vec!["127.0.0.1:9092".into()],
@@ -641,7 +721,6 @@ fn produce(args: ProduceArgs) -> Result<()> {
     stop_on_signal(&stop)?;
     let zone = jiff::tz::TimeZone::get(&args.time_zone)
         .with_context(|| format!("unknown time zone {:?}", args.time_zone))?;
-    use std::io::IsTerminal;
     let spec = rankmysteps::produce::ProduceSpec {
         kafka: kafka.clone(),
         partitions: args.partitions.max(1),
@@ -660,7 +739,7 @@ fn produce(args: ProduceArgs) -> Result<()> {
             zone,
         },
         bad_share: args.bad_share,
-        progress: std::io::stderr().is_terminal(),
+        progress: Display::quiet_if(args.quiet),
     };
     let report = rankmysteps::produce::produce(spec, stop)?;
     let secs = report.elapsed.as_secs_f64();

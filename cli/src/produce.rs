@@ -32,8 +32,8 @@ pub struct ProduceSpec {
     pub generator: GeneratorConfig,
     /// Share (0..=1) of records replaced by a deliberately bad one.
     pub bad_share: f64,
-    /// Show a progress line on stderr.
-    pub progress: bool,
+    /// How progress is shown on stderr.
+    pub progress: crate::progress::Display,
 }
 
 /// What was produced.
@@ -52,7 +52,8 @@ pub struct ProduceReport {
 /// Counts delivery reports.
 #[derive(Default)]
 struct Counting {
-    delivered: AtomicU64,
+    /// Shared with the progress display.
+    delivered: Arc<AtomicU64>,
     failed: AtomicU64,
 }
 
@@ -133,6 +134,16 @@ pub fn produce(spec: ProduceSpec, stop: Arc<AtomicBool>) -> Result<ProduceReport
     let mut line = Vec::with_capacity(160);
     let mut timestamp = generator.timestamp_now();
     let mut last_tick = Instant::now();
+    let progress = {
+        let delivered = producer.context().delivered.clone();
+        crate::progress::Progress::start(
+            "produce",
+            crate::progress::Unit::Records,
+            limit,
+            spec.progress,
+            move || (delivered.load(Ordering::Relaxed), 0),
+        )
+    };
     let bad_every = if spec.bad_share > 0.0 {
         (1.0 / spec.bad_share).round().max(1.0) as u64
     } else {
@@ -158,14 +169,6 @@ pub fn produce(spec: ProduceSpec, stop: Arc<AtomicBool>) -> Result<ProduceReport
         if last_tick.elapsed() >= Duration::from_millis(200) {
             timestamp = generator.timestamp_now();
             last_tick = Instant::now();
-            if spec.progress {
-                let secs = started.elapsed().as_secs_f64();
-                eprint!(
-                    "\rproduced {sent} records ({:.0}/s), {} acknowledged   ",
-                    sent as f64 / secs,
-                    producer.context().delivered.load(Ordering::Relaxed)
-                );
-            }
         }
         let user = generator.render(&timestamp, sent, &mut line);
         let payload = if bad_every > 0 && sent % bad_every == bad_every - 1 {
@@ -196,9 +199,7 @@ pub fn produce(spec: ProduceSpec, stop: Arc<AtomicBool>) -> Result<ProduceReport
     producer
         .flush(Duration::from_secs(60))
         .map_err(kafka_error)?;
-    if spec.progress {
-        eprintln!();
-    }
+    progress.finish();
     let context = producer.context();
     Ok(ProduceReport {
         delivered: context.delivered.load(Ordering::Relaxed),

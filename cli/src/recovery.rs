@@ -250,6 +250,10 @@ struct Replay {
     stop: Arc<AtomicBool>,
     failure: Arc<Mutex<Option<SinkError>>>,
     records: u64,
+    /// Objects read so far.
+    read: u64,
+    /// Objects to read in all.
+    total: u64,
 }
 
 impl SharedReplay {
@@ -263,6 +267,7 @@ impl SharedReplay {
         failure: Arc<Mutex<Option<SinkError>>>,
     ) -> SharedReplay {
         let mut by_partition: BTreeMap<u32, VecDeque<ReplayObject>> = BTreeMap::new();
+        let total = objects.len() as u64;
         for o in objects {
             by_partition.entry(o.partition).or_default().push_back(o);
         }
@@ -274,12 +279,20 @@ impl SharedReplay {
             stop,
             failure,
             records: 0,
+            read: 0,
+            total,
         })))
     }
 
     /// Records handed out so far.
     pub fn records(&self) -> u64 {
         self.0.lock().expect("replay lock").records
+    }
+
+    /// `(objects read, objects in all)`, for progress.
+    pub fn objects(&self) -> (u64, u64) {
+        let replay = self.0.lock().expect("replay lock");
+        (replay.read, replay.total)
     }
 }
 
@@ -298,6 +311,7 @@ impl Replay {
                     .into_iter()
                     .filter(|r| r.offset < object.until)
                     .collect();
+                self.read += 1;
                 if let Some(r) = records
                     .iter()
                     .find(|r| r.epoch.is_none() || r.partition != p)

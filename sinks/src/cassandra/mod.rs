@@ -12,6 +12,7 @@
 mod codec;
 mod config;
 pub mod plan;
+pub mod probe;
 mod read;
 pub mod schema;
 mod session;

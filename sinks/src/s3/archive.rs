@@ -265,20 +265,7 @@ impl S3Archive {
     fn put(&self, key: &str, body: Vec<u8>, records: usize, plain: usize) -> Result<(), SinkError> {
         let start = Instant::now();
         let size = body.len();
-        self.runtime
-            .block_on(
-                self.client
-                    .put_object()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .content_type("application/x-ndjson")
-                    .content_encoding("gzip")
-                    .body(ByteStream::from(body))
-                    .send(),
-            )
-            .map_err(|e| {
-                SinkError::s3(format!("writing s3://{}/{key}", self.bucket), sdk_error(e))
-            })?;
+        self.send_put(key, body, "application/x-ndjson", Some("gzip"))?;
         tracing::debug!(
             key,
             records,
@@ -287,6 +274,35 @@ impl S3Archive {
             ms = start.elapsed().as_millis() as u64,
             "s3: put object"
         );
+        Ok(())
+    }
+
+    /// Writes `body` as the object `key` (taken as is, like [`list`](S3Archive::list)'s
+    /// prefix), replacing any object of that key.
+    pub fn put_bytes(&self, key: &str, body: Vec<u8>) -> Result<(), SinkError> {
+        self.send_put(key, body, "application/octet-stream", None)
+    }
+
+    fn send_put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        content_encoding: Option<&str>,
+    ) -> Result<(), SinkError> {
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body));
+        if let Some(encoding) = content_encoding {
+            request = request.content_encoding(encoding);
+        }
+        self.runtime.block_on(request.send()).map_err(|e| {
+            SinkError::s3(format!("writing s3://{}/{key}", self.bucket), sdk_error(e))
+        })?;
         Ok(())
     }
 

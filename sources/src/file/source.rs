@@ -1,7 +1,8 @@
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rankmysteps_dataflow::event::{Epoch, Micros};
@@ -26,6 +27,24 @@ pub struct FileInput {
     /// The first error met; reading stops there.
     error: Option<SourceError>,
     line: Vec<u8>,
+    /// Bytes read from the inputs as they are on disk (compressed or not), for progress.
+    bytes_read: Arc<AtomicU64>,
+    /// The inputs' total size, when every one is a regular file (not stdin).
+    total_bytes: Option<u64>,
+}
+
+/// A reader that counts the bytes it hands out (beneath any decompression).
+struct Counting<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 /// A [`FileInput`] shared by the workers of a process: each pulls the next chunk when ready.
@@ -83,6 +102,16 @@ impl FileInput {
         } else {
             files.push(path.to_owned());
         }
+        let total_bytes = files
+            .iter()
+            .map(|f| match f == Path::new("-") {
+                true => None,
+                false => std::fs::metadata(f)
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len()),
+            })
+            .sum::<Option<u64>>();
         files.reverse();
         Ok(FileInput {
             pending: files,
@@ -91,6 +120,8 @@ impl FileInput {
             next_line: 0,
             error: None,
             line: Vec::new(),
+            bytes_read: Arc::default(),
+            total_bytes,
         })
     }
 
@@ -99,16 +130,37 @@ impl FileInput {
         SharedFileInput(Arc::new(Mutex::new(self)), Arc::default())
     }
 
-    fn open_reader(path: &Path) -> Result<Box<dyn BufRead + Send>, SourceError> {
+    /// The inputs' total size in bytes, when known (regular files; not stdin).
+    pub fn total_bytes(&self) -> Option<u64> {
+        self.total_bytes
+    }
+
+    /// The count of bytes read so far from the inputs as they are on disk.
+    pub fn bytes_read(&self) -> Arc<AtomicU64> {
+        self.bytes_read.clone()
+    }
+
+    fn open_reader(
+        path: &Path,
+        count: Arc<AtomicU64>,
+    ) -> Result<Box<dyn BufRead + Send>, SourceError> {
         const BUFFER: usize = 1 << 20;
         if path == Path::new("-") {
-            return Ok(Box::new(BufReader::with_capacity(BUFFER, std::io::stdin())));
+            let stdin = Counting {
+                inner: std::io::stdin(),
+                count,
+            };
+            return Ok(Box::new(BufReader::with_capacity(BUFFER, stdin)));
         }
         let io = |source| SourceError::Io {
             path: path.to_owned(),
             source,
         };
-        let mut file = BufReader::with_capacity(BUFFER, File::open(path).map_err(io)?);
+        let file = Counting {
+            inner: File::open(path).map_err(io)?,
+            count,
+        };
+        let mut file = BufReader::with_capacity(BUFFER, file);
         let gzip = file.fill_buf().map_err(io)?.starts_with(&[0x1f, 0x8b]);
         Ok(if gzip {
             Box::new(BufReader::with_capacity(
@@ -136,7 +188,7 @@ impl FileInput {
                 let Some(path) = self.pending.pop() else {
                     break;
                 };
-                match Self::open_reader(&path) {
+                match Self::open_reader(&path, self.bytes_read.clone()) {
                     Ok(reader) => self.current = Some((path, reader)),
                     Err(e) => {
                         self.error = Some(e);
@@ -202,6 +254,16 @@ impl SharedFileInput {
     /// Lines read so far.
     pub fn lines_read(&self) -> u64 {
         self.0.lock().expect("file input lock").lines_read()
+    }
+
+    /// The inputs' total size in bytes, when known (regular files; not stdin).
+    pub fn total_bytes(&self) -> Option<u64> {
+        self.0.lock().expect("file input lock").total_bytes()
+    }
+
+    /// The count of bytes read so far from the inputs as they are on disk.
+    pub fn bytes_read(&self) -> Arc<AtomicU64> {
+        self.0.lock().expect("file input lock").bytes_read()
     }
 }
 
