@@ -201,10 +201,10 @@ pub fn run(
     } else {
         replay.as_ref().map(|r| {
             let replay = r.clone();
-            crate::progress::Progress::start(
+            crate::progress::Progress::start_until_total(
                 "restart replay",
                 crate::progress::Unit::Objects,
-                Some(r.objects().1),
+                r.objects().1,
                 spec.progress,
                 move || (replay.objects().0, replay.records()),
             )

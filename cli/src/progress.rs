@@ -72,6 +72,29 @@ impl Progress {
         display: Display,
         sample: impl Fn() -> (u64, u64) + Send + 'static,
     ) -> Progress {
+        Progress::spawn(what, unit, total, display, false, sample)
+    }
+
+    /// Like [`Progress::start`], for work that ends before the job that runs it (a restart's
+    /// replay, followed by streaming): the display ends, as done, once `total` units are done.
+    pub fn start_until_total(
+        what: &str,
+        unit: Unit,
+        total: u64,
+        display: Display,
+        sample: impl Fn() -> (u64, u64) + Send + 'static,
+    ) -> Progress {
+        Progress::spawn(what, unit, Some(total), display, true, sample)
+    }
+
+    fn spawn(
+        what: &str,
+        unit: Unit,
+        total: Option<u64>,
+        display: Display,
+        until_total: bool,
+        sample: impl Fn() -> (u64, u64) + Send + 'static,
+    ) -> Progress {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let finished = Arc::new(AtomicBool::new(false));
         let terminal = display == Display::Auto && std::io::stderr().is_terminal();
@@ -79,13 +102,15 @@ impl Progress {
             let (stop, what, finished) = (stop.clone(), what.to_owned(), finished.clone());
             let sample: Sample = Box::new(sample);
             let total = total.filter(|t| *t > 0);
+            // Where the display may end by itself: once `end` units are done.
+            let end = total.filter(|_| until_total);
             std::thread::Builder::new()
                 .name("rankmysteps-progress".into())
                 .spawn(move || {
                     if terminal {
-                        draw_bar(&what, unit, total, &sample, &stop, &finished)
+                        draw_bar(&what, unit, total, end, &sample, &stop, &finished)
                     } else {
-                        draw_plain(&what, unit, total, &sample, &stop, &finished)
+                        draw_plain(&what, unit, total, end, &sample, &stop, &finished)
                     }
                 })
                 .expect("spawning the progress thread")
@@ -136,6 +161,7 @@ fn draw_bar(
     what: &str,
     unit: Unit,
     total: Option<u64>,
+    end: Option<u64>,
     sample: &Sample,
     stop: &(Mutex<bool>, Condvar),
     finished: &AtomicBool,
@@ -164,10 +190,10 @@ fn draw_bar(
             bar.set_message(format!("{} records", human(records as f64)));
         }
     };
-    // Until stopped, or until everything is done (a restart's replay ends long before its job).
+    // Until stopped, or until `end` units are done (a restart's replay ends long before its job).
     while !wait_stop(stop, Duration::from_millis(125)) {
         update(&bar);
-        if total.is_some_and(|t| sample().0 >= t) {
+        if end.is_some_and(|t| sample().0 >= t) {
             bar.finish();
             return;
         }
@@ -184,6 +210,7 @@ fn draw_plain(
     what: &str,
     unit: Unit,
     total: Option<u64>,
+    end: Option<u64>,
     sample: &Sample,
     stop: &(Mutex<bool>, Condvar),
     finished: &AtomicBool,
@@ -198,8 +225,8 @@ fn draw_plain(
         let stopped = wait_stop(stop, interval);
         let (done, records) = sample();
         let line = plain_line(what, unit, done, records, total, started.elapsed());
-        // Everything done is done, whether the job goes on (a restart's replay) or not.
-        if total.is_some_and(|t| done >= t) {
+        // A restart's replay is done before its job ends.
+        if end.is_some_and(|t| done >= t) {
             eprintln!("rankmysteps: {line} (done)");
             return;
         }
