@@ -478,12 +478,17 @@ fn check_s3(spec: &DoctorSpec) -> Vec<Check> {
             } else if text.contains("InvalidAccessKeyId") {
                 "the access key is unknown to the store: check AWS_ACCESS_KEY_ID (or the profile)"
                     .into()
-            } else if text.contains("NoSuchBucket") || text.contains("404") {
+            } else if text.contains("dispatch failure") && !text.contains("credentials") {
+                format!(
+                    "check [s3] endpoint and region in {} and that the store runs there (locally: scripts/services start s3)",
+                    spec.config_path
+                )
+            } else if text.contains("NoSuchBucket") || text.contains("HTTP 404") {
                 format!("create the bucket {:?} (or fix [s3] bucket)", s3.bucket)
             } else if text.contains("credentials") {
                 "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile)"
                     .into()
-            } else if text.contains("AccessDenied") || text.contains("403") {
+            } else if text.contains("AccessDenied") || text.contains("HTTP 403") {
                 "the credentials are refused for this bucket: check its policy".into()
             } else {
                 format!(
