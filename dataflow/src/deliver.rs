@@ -76,6 +76,13 @@ pub fn deliver<'scope, F>(
         let mut open_days: BTreeSet<Day> = BTreeSet::new();
         let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
         move |frontiers| {
+            if worker != 0 {
+                // Everything was routed to worker 0; the watermark arrives on every worker
+                // (broadcast) and is only needed here on worker 0: drop it, keep nothing.
+                input.for_each(|_, data| data.clear());
+                wm_input.for_each(|_, data| data.clear());
+                return;
+            }
             input.for_each(|cap, data| {
                 let out = pending.entry(epoch_of(&cap)).or_default();
                 for item in data.drain(..) {
@@ -103,10 +110,6 @@ pub fn deliver<'scope, F>(
                     *slot = (*slot).max(w);
                 }
             });
-            if worker != 0 {
-                pending.clear();
-                return;
-            }
             while let Some((&epoch, _)) = pending.first_key_value() {
                 if frontiers[0].less_equal(&epoch) || frontiers[1].less_equal(&epoch) {
                     break;

@@ -5,6 +5,7 @@
 //! results of each completed epoch reach a sink through [`deliver`]; the sequential
 //! [`reference`] implements the same semantics without a dataflow, for tests.
 
+pub mod dedup;
 pub mod deliver;
 pub mod event;
 pub mod output;

@@ -17,7 +17,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use differential_dataflow::{AsCollection, VecCollection};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::{Operator, OutputBuilder};
@@ -25,6 +25,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Capability, ConnectLoop, Feedback};
 use timely::dataflow::Stream;
 
+use crate::dedup::{id_key, DedupWindow};
 use crate::event::{close_of_day, is_closed, Day, Epoch, Event, Micros, Reason, Rejection, User};
 use crate::output::Stats;
 use crate::ranking::{rank_prefix, TopRow};
@@ -46,6 +47,23 @@ pub struct Settings {
     /// watermark, so that days closed before the restart stay closed (their events are `late`)
     /// exactly as they were; every watermark the dataflow uses is then at least this value.
     pub initial_watermark: Option<Micros>,
+    /// The de-duplication window (design §1), microseconds of ingestion time.
+    pub dedup_window: Micros,
+    /// The ingestion time one epoch spans, in microseconds: epoch e starts at
+    /// `e × epoch_length` (streaming epochs are `epoch_ms` of wall clock since 1970, file
+    /// replays take the same length per epoch so that they stay deterministic).
+    pub epoch_length: Micros,
+}
+
+impl Settings {
+    /// The ingestion time of `event` in `epoch` (design §1): its recorded one, or its epoch's
+    /// start.
+    #[inline]
+    pub fn ingestion_time(&self, epoch: Epoch, event: &Event) -> Micros {
+        event
+            .ingested
+            .unwrap_or_else(|| (epoch as Micros).saturating_mul(self.epoch_length))
+    }
 }
 
 impl Default for Settings {
@@ -54,6 +72,8 @@ impl Default for Settings {
             k: 100,
             grace: 24 * 3600 * crate::event::MICROS_PER_SEC,
             initial_watermark: None,
+            dedup_window: 3600 * crate::event::MICROS_PER_SEC,
+            epoch_length: crate::event::MICROS_PER_SEC,
         }
     }
 }
@@ -219,15 +239,17 @@ struct Admitted<'scope> {
 ///
 /// Events are exchanged by user. At epoch e, with W(e-1) from `watermark` (stamped e), an event
 /// whose day is closed is rejected as `late`; otherwise an event whose `(user, day, event_id)`
-/// was admitted before is a `duplicate`; otherwise it is accepted. The accepted output is
-/// consolidated per epoch (one record per `(day, user)`, diff = summed steps). The seen-set of a
-/// day is dropped once the day closes: no later event of that day can be anything but late.
+/// was accepted at most `dedup_window` of ingestion time before it is a `duplicate` (design §1,
+/// [`DedupWindow`]); otherwise it is accepted. Output `accepted`: one record per `(day, user)`
+/// with diff = the steps accepted in the epoch, consolidated per epoch. The window forgets ids
+/// as it passes, so its memory follows the ids of one window, not the events of a day.
 fn admit<'scope>(
     events: VecStream<'scope, Event>,
     watermark: VecStream<'scope, Micros>,
     settings: &Settings,
 ) -> Admitted<'scope> {
     let (grace, initial_watermark) = (settings.grace, settings.initial_watermark);
+    let settings = settings.clone();
     let mut builder = OperatorBuilder::new("Admit".to_owned(), events.scope());
     let mut input = builder.new_input(events, Exchange::new(|e: &Event| route_user(e.user)));
     let mut wm_input = builder.new_input(watermark, Pipeline);
@@ -243,8 +265,8 @@ fn admit<'scope>(
     builder.build(move |_capabilities| {
         let mut stash: Stash<Event> = Stash::new();
         let mut wm = WatermarkView::new(initial_watermark);
-        // (day) -> set of (user, event_id) admitted so far.
-        let mut seen: FxHashMap<Day, FxHashSet<(User, Box<str>)>> = FxHashMap::default();
+        // The ids of this worker's users accepted within the window.
+        let mut window = DedupWindow::new(settings.dedup_window);
         let mut sums: FxHashMap<(Day, User), i64> = FxHashMap::default();
         move |frontiers| {
             input.for_each(|cap, data| stash.absorb(&cap, 4, data));
@@ -257,7 +279,6 @@ fn admit<'scope>(
                 stash.pop_complete(&[&frontiers[0], &frontiers[1]])
             {
                 let w_prev = wm.at(time);
-                seen.retain(|&day, _| !is_closed(day, w_prev, grace));
                 let mut stats = Stats::default();
                 let mut late = Vec::new();
                 let mut max: Option<Micros> = None;
@@ -272,13 +293,14 @@ fn admit<'scope>(
                         Some(e)
                     }
                 });
-                let mut admit_one = |event: Event, stats: &mut Stats| {
+                let mut admit_one = |event: Event, stats: &mut Stats, window: &mut DedupWindow| {
                     if is_closed(event.day, w_prev, grace) {
                         late.push(late_rejection(event, w_prev, grace));
                         return;
                     }
-                    if let Some(id) = event.event_id {
-                        if !seen.entry(event.day).or_default().insert((event.user, id)) {
+                    if let Some(id) = &event.event_id {
+                        let t = settings.ingestion_time(time, &event);
+                        if !window.admit(id_key(event.user, event.day, id), t) {
                             stats.duplicate += 1;
                             return;
                         }
@@ -288,11 +310,20 @@ fn admit<'scope>(
                     *sums.entry((event.day, event.user)).or_insert(0) += i64::from(event.steps);
                 };
                 for event in without_id {
-                    admit_one(event, &mut stats);
+                    admit_one(event, &mut stats, &mut window);
                 }
                 with_id.sort_unstable_by_key(|e| e.pos);
+                // Every later event is ingested at this epoch's time or after (a replay cut
+                // into epochs of its own: at its earliest recorded time or after, per key).
+                if let Some(now) = with_id
+                    .iter()
+                    .map(|e| settings.ingestion_time(time, e))
+                    .min()
+                {
+                    window.advance(now);
+                }
                 for event in with_id {
-                    admit_one(event, &mut stats);
+                    admit_one(event, &mut stats, &mut window);
                 }
                 // Rejections leave in input order.
                 late.sort_unstable_by_key(|r| r.pos);
