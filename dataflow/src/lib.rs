@@ -5,6 +5,7 @@
 //! results of each completed epoch reach a sink through [`deliver`]; the sequential
 //! [`reference`] implements the same semantics without a dataflow, for tests.
 
+pub mod arranged;
 pub mod dedup;
 pub mod deliver;
 pub mod event;
@@ -13,3 +14,4 @@ pub mod pipeline;
 pub mod random;
 pub mod ranking;
 pub mod reference;
+pub mod state;

@@ -563,3 +563,238 @@ fn window_repeats_inside_and_just_outside() {
         }
     }
 }
+
+/// What one worker found in live state after one epoch.
+#[derive(Debug, Default)]
+struct Found {
+    /// (epoch, arrangement, days held)
+    held: Vec<(Epoch, &'static str, std::collections::BTreeSet<Day>)>,
+    /// Lookups checked.
+    lookups: usize,
+    /// Failures, described.
+    failures: Vec<String>,
+}
+
+/// Runs the dataflow like [`run_dataflow`], and after every epoch, on every worker, looks up in
+/// live state every total, top-k and standing the worker owns and compares them with the
+/// reference at that epoch (`snapshots[e]`: the reference after epoch e); records what each
+/// arrangement holds.
+fn run_with_lookups(
+    workers: usize,
+    input: Vec<Vec<Record>>,
+    settings: Settings,
+    snapshots: Vec<Reference>,
+) -> Found {
+    use rankmysteps_dataflow::state::{DayStatus, LiveState, LookupError};
+    let input = Arc::new(input);
+    let snapshots = Arc::new(snapshots);
+    let found = Arc::new(Mutex::new(Found::default()));
+    let found2 = found.clone();
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let settings = settings.clone();
+        let probe = timely::dataflow::ProbeHandle::new();
+        let (mut events, mut rejects, mut positions, traces) =
+            worker.dataflow::<Epoch, _, _>(|scope| {
+                let (ein, events) = scope.new_input::<Vec<Event>>();
+                let (rin, rejects) = scope.new_input::<Vec<Rejection>>();
+                let (pin, positions) = scope.new_input::<Vec<Position>>();
+                let mut outputs = build(events, &settings);
+                let traces = outputs.traces.take().expect("traces");
+                deliver(outputs, rejects, positions, &settings, &probe, |_| {});
+                (ein, rin, pin, traces)
+            });
+        let mut live = LiveState::new(traces, &settings, index, peers);
+        let mut local = Found::default();
+        let k = settings.k;
+        for (epoch, records) in input.iter().enumerate() {
+            for (i, record) in records.iter().enumerate() {
+                if i % peers != index {
+                    continue;
+                }
+                match record {
+                    Record::Event(e) => events.send(e.clone()),
+                    Record::Rejected(pos, reason) => rejects.send(Rejection {
+                        pos: *pos,
+                        reason: *reason,
+                        detail: String::new(),
+                        raw: Vec::new(),
+                    }),
+                }
+            }
+            let e = epoch as Epoch;
+            events.advance_to(e + 1);
+            rejects.advance_to(e + 1);
+            positions.advance_to(e + 1);
+            while probe.less_than(&(e + 1)) {
+                worker.step();
+            }
+            let reference = &snapshots[epoch];
+            let w_prev = match epoch {
+                0 => settings.initial_watermark,
+                _ => snapshots[epoch - 1].watermark,
+            };
+            // Steps the worker until a lookup is ready (the epoch is complete everywhere, its
+            // last operators may still have to run here).
+            macro_rules! ready {
+                ($call:expr) => {{
+                    let mut tries = 0;
+                    loop {
+                        match $call {
+                            Err(LookupError::NotYet) if tries < 10_000 => {
+                                tries += 1;
+                                worker.step();
+                            }
+                            other => break other,
+                        }
+                    }
+                }};
+            }
+            for (&day, expected) in &reference.days {
+                let retired = is_closed(day, w_prev, settings.grace);
+                let mut listing: Vec<(User, u64)> =
+                    expected.totals.iter().map(|(&u, &s)| (u, s)).collect();
+                rankmysteps_dataflow::ranking::sort_listing(&mut listing);
+                for (&user, &total) in &expected.totals {
+                    if live.owner_of_user(user) == index {
+                        let got = ready!(live.total(day, user, e));
+                        local.lookups += 1;
+                        let ok = match &got {
+                            Err(LookupError::Closed) => retired,
+                            Ok(t) => {
+                                !retired
+                                    && t.total == Some(total)
+                                    && t.epoch == e
+                                    && (t.status == DayStatus::Final) == expected.is_final
+                            }
+                            _ => false,
+                        };
+                        if !ok {
+                            local.failures.push(format!(
+                                "epoch {e}: total of ({day}, {user:x}) {got:?}, expected {total} (final {}, retired {retired})",
+                                expected.is_final
+                            ));
+                        }
+                    }
+                    if live.owner_of_day(day) == index {
+                        let got = ready!(live.standing(day, user, total, 2, e));
+                        local.lookups += 1;
+                        let want = rankmysteps_dataflow::ranking::standing(&listing, user, 2);
+                        let ok = match &got {
+                            Err(LookupError::Closed) => retired,
+                            Ok(s) => !retired && *s == want,
+                            _ => false,
+                        };
+                        if !ok {
+                            local.failures.push(format!(
+                                "epoch {e}: standing of ({day}, {user:x}) {got:?}, expected {want:?}"
+                            ));
+                        }
+                    }
+                }
+                // A user absent that day.
+                let absent: User = 0xdead_beef;
+                if live.owner_of_user(absent) == index && !expected.totals.contains_key(&absent) {
+                    let got = ready!(live.total(day, absent, e));
+                    if !matches!(&got, Ok(t) if t.total.is_none()) && !retired {
+                        local.failures.push(format!("epoch {e}: absent user {got:?}"));
+                    }
+                }
+                if live.owner_of_day(day) == index {
+                    let got = ready!(live.top(day, e));
+                    local.lookups += 1;
+                    let ok = match &got {
+                        Err(LookupError::Closed) => retired,
+                        Ok(rows) => !retired && *rows == expected.top(k),
+                        _ => false,
+                    };
+                    if !ok {
+                        local.failures.push(format!(
+                            "epoch {e}: top of {day} {got:?}, expected {:?}",
+                            expected.top(k)
+                        ));
+                    }
+                }
+            }
+            for held in live.held(e) {
+                local.held.push((e, held.name, held.days));
+            }
+            live.advance(e);
+        }
+        let mut found = found2.lock().unwrap();
+        found.held.extend(local.held);
+        found.lookups += local.lookups;
+        found.failures.extend(local.failures);
+    })
+    .expect("timely");
+    for result in guards.join() {
+        result.expect("worker");
+    }
+    Arc::try_unwrap(found).unwrap().into_inner().unwrap()
+}
+
+fn lookups_and_held_days(seed: u64, workers: usize) {
+    let settings = Settings {
+        k: 4,
+        grace: 6 * 3600 * MICROS_PER_SEC,
+        initial_watermark: None,
+        dedup_window: 2 * MICROS_PER_SEC,
+        epoch_length: MICROS_PER_SEC,
+    };
+    let input = random_input(seed, 30, 100, 30);
+    let mut reference = Reference::new(settings.clone());
+    let mut snapshots = Vec::new();
+    for (epoch, records) in input.iter().enumerate() {
+        reference.epoch(epoch as Epoch, records.clone());
+        snapshots.push(reference.clone());
+    }
+    let found = run_with_lookups(workers, input, settings.clone(), snapshots.clone());
+    assert!(
+        found.failures.is_empty(),
+        "{} of {} lookups differ, first: {:#?}",
+        found.failures.len(),
+        found.lookups,
+        &found.failures[..found.failures.len().min(5)]
+    );
+    assert!(found.lookups > 1000, "only {} lookups", found.lookups);
+    // Every arrangement holds exactly the days not closed before the epoch: a day that closed
+    // after epoch e − 1 was retracted from all of them at e.
+    let mut union: BTreeMap<(Epoch, &str), std::collections::BTreeSet<Day>> = BTreeMap::new();
+    for (e, name, days) in found.held {
+        union.entry((e, name)).or_default().extend(days);
+    }
+    let mut retired_seen = 0;
+    for (e, snapshot) in snapshots.iter().enumerate() {
+        let w_prev = match e {
+            0 => None,
+            _ => snapshots[e - 1].watermark,
+        };
+        let open: std::collections::BTreeSet<Day> = snapshot
+            .days
+            .keys()
+            .copied()
+            .filter(|&d| !is_closed(d, w_prev, settings.grace))
+            .collect();
+        retired_seen += snapshot.days.len() - open.len();
+        for name in ["totals", "histogram", "users", "by-total", "top-k"] {
+            assert_eq!(
+                union.get(&(e as Epoch, name)).cloned().unwrap_or_default(),
+                open,
+                "{name} after epoch {e}, {workers} workers"
+            );
+        }
+    }
+    assert!(retired_seen > 10, "no day was retired");
+}
+
+#[test]
+fn lookups_match_reference_and_arrangements_hold_open_days_1_worker() {
+    lookups_and_held_days(40, 1);
+    lookups_and_held_days(41, 1);
+}
+
+#[test]
+fn lookups_match_reference_and_arrangements_hold_open_days_4_workers() {
+    lookups_and_held_days(42, 4);
+    lookups_and_held_days(43, 4);
+}
