@@ -481,7 +481,11 @@ fn totals<'scope>(
                             acc.1 += diff.1;
                         });
                         if acc != (0, 0) {
-                            out.push((((day, user), ()), t, (-acc.0, -acc.1)));
+                            // Stamped t + 1 in the record as in the message: the feedback edge
+                            // delays the message's timestamp, not the records' own times, and
+                            // an update at t would land behind every frontier downstream (in
+                            // an epoch already delivered, or in the one being delivered).
+                            out.push((((day, user), ()), t + 1, (-acc.0, -acc.1)));
                         }
                         cursor.step_key(&storage);
                     }
