@@ -41,6 +41,50 @@ enum BenchCommand {
     Replay(ReplayArgs),
     /// End to end on the real services: Kafka → worker → Cassandra, throughput and freshness.
     E2e(crate::bench_e2e::E2eArgs),
+    /// Memory of the de-duplication window: peak RSS of file replays of the same users with a
+    /// unique event_id on every event, for several event counts (each run in its own process).
+    Window(WindowArgs),
+    /// One replay of `window` in this process (prints one JSON line).
+    #[command(hide = true)]
+    WindowOnce(WindowOnceArgs),
+}
+
+/// Arguments of `bench window`.
+#[derive(Args)]
+pub struct WindowArgs {
+    /// Event counts to replay, comma separated (one generated file each).
+    #[arg(long, value_delimiter = ',', default_value = "2000000,8000000")]
+    events: Vec<u64>,
+    /// Users of every file.
+    #[arg(long, default_value_t = 10_000)]
+    users: u64,
+    /// The de-duplication window.
+    #[arg(long, default_value = "60s")]
+    window: String,
+    /// Lines per epoch (each epoch is 1 s of ingestion time).
+    #[arg(long, default_value_t = 10_000)]
+    epoch_events: u64,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Directory of the generated files (`window-<events>.jsonl`) and outputs.
+    #[arg(long, default_value = "/var/tmp/rankmysteps-bench-window")]
+    dir: PathBuf,
+}
+
+/// Arguments of `bench window-once`.
+#[derive(Args)]
+pub struct WindowOnceArgs {
+    #[arg(long)]
+    file: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    window: String,
+    #[arg(long)]
+    epoch_events: u64,
+    #[arg(long)]
+    workers: usize,
 }
 
 /// Arguments of `bench core`.
@@ -109,6 +153,8 @@ pub fn bench(args: BenchArgs) -> Result<(), CliError> {
         BenchCommand::CoreOnce(a) => core_once(a),
         BenchCommand::Replay(a) => replay(a),
         BenchCommand::E2e(a) => crate::bench_e2e::e2e(a),
+        BenchCommand::Window(a) => window(a),
+        BenchCommand::WindowOnce(a) => window_once(a),
     }
 }
 
@@ -374,6 +420,134 @@ fn replay(a: ReplayArgs) -> Result<(), CliError> {
         report.epochs,
         peak_rss_mib(),
         a.out.display()
+    );
+    Ok(())
+}
+
+/// Writes `events` JSON Lines of `users` users, each with a unique `event_id`, RFC 3339
+/// timestamps moving forward one second per 10 000 events from 2026-11-01T00:00:00Z (all within
+/// two days, none closing: the days' totals stay bounded by the users).
+fn generate_window_file(path: &PathBuf, events: u64, users: u64) -> Result<(), CliError> {
+    let io = |source| CliError::Io {
+        path: path.clone(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(io)?);
+    let start = jiff::Timestamp::from_second(1_793_491_200).expect("2026-11-01T00:00:00Z");
+    let mut rng = rankmysteps_dataflow::random::SplitMix64(0x51D0);
+    for i in 0..events {
+        let z = rng.next_u64();
+        let user = user_uuid(7, z % users);
+        let t = start
+            .checked_add(jiff::SignedDuration::from_secs((i / 10_000) as i64))
+            .unwrap_or(start);
+        writeln!(
+            w,
+            "{{\"uuid\":\"{}\",\"timestamp\":\"{}\",\"steps\":{},\"event_id\":\"ev-{i}\"}}",
+            rankmysteps_dataflow::event::format_user(user),
+            t.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            1 + (z >> 40) % 10
+        )
+        .map_err(io)?;
+    }
+    w.flush().map_err(io)?;
+    drop(w);
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+fn window(a: WindowArgs) -> Result<(), CliError> {
+    std::fs::create_dir_all(&a.dir).map_err(|source| CliError::Io {
+        path: a.dir.clone(),
+        source,
+    })?;
+    println!(
+        "de-duplication window: {} users, unique event_ids, window {}, {} lines (1 s) per epoch, {} workers",
+        a.users, a.window, a.epoch_events, a.workers
+    );
+    println!("| events | epochs | accepted | duplicate | wall s | peak RSS (MiB) |");
+    println!("|---|---|---|---|---|---|");
+    let mut peaks = Vec::new();
+    for &events in &a.events {
+        let file = a.dir.join(format!("window-{events}.jsonl"));
+        if !file.exists() {
+            generate_window_file(&file, events, a.users)?;
+        }
+        let exe = std::env::current_exe().map_err(|e| CliError::Worker(e.to_string()))?;
+        let out = std::process::Command::new(exe)
+            .args(["bench", "window-once", "--file"])
+            .arg(&file)
+            .arg("--out")
+            .arg(a.dir.join(format!("out-{events}")))
+            .args(["--window", &a.window])
+            .args(["--epoch-events", &a.epoch_events.to_string()])
+            .args(["--workers", &a.workers.to_string()])
+            .output()
+            .map_err(|e| CliError::Worker(e.to_string()))?;
+        if !out.status.success() {
+            return Err(CliError::Worker(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
+        }
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| CliError::Worker(format!("bench child output: {e}")))?;
+        let peak = r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
+        peaks.push(peak);
+        println!(
+            "| {events} | {} | {} | {} | {:.1} | {:.0} |",
+            r["epochs"],
+            r["accepted"],
+            r["duplicate"],
+            r["seconds"].as_f64().unwrap_or(0.0),
+            peak
+        );
+    }
+    if let (Some(first), Some(last)) = (peaks.first(), peaks.last()) {
+        println!(
+            "peak RSS of the largest run / the smallest: {:.2} (flat within 30 %: {})",
+            last / first,
+            if last / first <= 1.3 { "yes" } else { "no" }
+        );
+    }
+    Ok(())
+}
+
+fn window_once(a: WindowOnceArgs) -> Result<(), CliError> {
+    let dedup_window = crate::config::parse_duration(&a.window)
+        .ok_or_else(|| CliError::Setting(format!("--window: cannot read {:?}", a.window)))?;
+    let spec = JobSpec {
+        workers: a.workers,
+        settings: Settings {
+            dedup_window,
+            ..Settings::default()
+        },
+        parse: ParseConfig {
+            // The file's timestamps are from 2026-11: none is in the future of a later clock.
+            ..ParseConfig::default()
+        },
+        input: Input::File {
+            path: a.file.clone(),
+            epoch_events: a.epoch_events,
+        },
+        max_epochs_ahead: 4,
+        cluster: None,
+        metrics: None,
+        archive: None,
+        coalesce: false,
+        recovery: None,
+        progress: crate::progress::Display::Off,
+    };
+    let sink = LocalDirSink::create(&a.out, LocalOptions::default())?;
+    let report = job::run(spec, Box::new(sink), Arc::new(AtomicBool::new(false)))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "epochs": report.epochs,
+            "accepted": report.stats.accepted,
+            "duplicate": report.stats.duplicate,
+            "seconds": report.elapsed.as_secs_f64(),
+            "peak_rss_mib": peak_rss_mib(),
+        })
     );
     Ok(())
 }

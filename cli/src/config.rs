@@ -95,6 +95,11 @@ pub struct Dataflow {
     /// How many epochs a source may run ahead of the last delivered one.
     #[serde(default = "default_ahead")]
     pub max_epochs_ahead: u64,
+    /// The de-duplication window (design §1), e.g. `"1h"`: a repeat of an accepted event's
+    /// (user, day, `event_id`) ingested at most this long after it is a duplicate; later, it
+    /// counts again. Ingestion time is the start of the event's epoch.
+    #[serde(default = "default_dedup_window")]
+    pub dedup_window: String,
 }
 
 fn default_k() -> usize {
@@ -120,6 +125,9 @@ fn default_skew() -> String {
 }
 fn default_ahead() -> u64 {
     4
+}
+fn default_dedup_window() -> String {
+    "1h".into()
 }
 
 impl Default for Dataflow {
@@ -184,6 +192,7 @@ impl ClusterConfig {
         })?;
         config.dataflow.grace_micros()?;
         config.dataflow.skew_micros()?;
+        config.dataflow.dedup_window_micros()?;
         config.dataflow.zone()?;
         if let Some(c) = &config.cassandra {
             c.validate().map_err(|e| CliError::Config {
@@ -200,6 +209,16 @@ impl Dataflow {
     pub fn grace_micros(&self) -> Result<i64, CliError> {
         parse_duration(&self.grace).ok_or_else(|| {
             CliError::Setting(format!("grace: cannot read {:?} as a duration", self.grace))
+        })
+    }
+
+    /// `dedup_window` in microseconds.
+    pub fn dedup_window_micros(&self) -> Result<i64, CliError> {
+        parse_duration(&self.dedup_window).ok_or_else(|| {
+            CliError::Setting(format!(
+                "dedup_window: cannot read {:?} as a duration",
+                self.dedup_window
+            ))
         })
     }
 

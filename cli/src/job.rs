@@ -138,7 +138,12 @@ pub fn run(
             config,
             prefix,
             epoch_events,
-        } => Some(SharedS3Input::open(config, prefix, *epoch_events)?),
+        } => Some(SharedS3Input::open(
+            config,
+            prefix,
+            *epoch_events,
+            spec.settings.epoch_length,
+        )?),
         _ => None,
     };
     // The sink runs on a thread of its own, fed through a small bounded channel: worker 0 only
@@ -499,6 +504,8 @@ struct S3Input {
     keys: std::collections::VecDeque<String>,
     current: std::collections::VecDeque<rankmysteps_sinks::s3::ArchiveRecord>,
     epoch_events: u64,
+    /// The ingestion time of one recorded epoch (the records' de-duplication clock).
+    epoch_length: Micros,
     next: u64,
     error: Option<SinkError>,
     /// Objects to read in all (`keys` holds those not read yet).
@@ -514,6 +521,7 @@ impl SharedS3Input {
         config: &rankmysteps_sinks::s3::S3Config,
         prefix: &str,
         epoch_events: u64,
+        epoch_length: Micros,
     ) -> Result<Self, CliError> {
         if epoch_events == 0 {
             return Err(CliError::Setting("epoch_events must be at least 1".into()));
@@ -532,6 +540,7 @@ impl SharedS3Input {
             keys,
             current: Default::default(),
             epoch_events,
+            epoch_length,
             next: 0,
             error: None,
         }))))
@@ -563,6 +572,7 @@ impl rankmysteps_sources::chunk::ChunkSource for SharedS3Input {
         let last = ((epoch + 1) * input.epoch_events).min(input.next + S3_CHUNK_RECORDS);
         let mut chunk = Chunk::new(epoch, wall_clock());
         let mut nows = Vec::new();
+        let mut ingested = Vec::new();
         while input.next < last {
             let Some(record) = input.current.pop_front() else {
                 let Some(key) = input.keys.pop_front() else {
@@ -579,6 +589,15 @@ impl rankmysteps_sources::chunk::ChunkSource for SharedS3Input {
             };
             // Parsed as of its arrival: `future` keeps its meaning in a later replay.
             nows.push(record.kafka_timestamp.map_or(chunk.now, |ms| ms * 1000));
+            // The de-duplication window runs on the recorded ingestion time (design §1): the
+            // start of the epoch the record was consumed in, else when it was consumed.
+            ingested.push(
+                record
+                    .epoch
+                    .map(|e| (e as Micros).saturating_mul(input.epoch_length))
+                    .or(record.ingested)
+                    .unwrap_or(epoch as Micros * input.epoch_length),
+            );
             chunk.push(input.next, &record.raw);
             input.next += 1;
         }
@@ -586,6 +605,7 @@ impl rankmysteps_sources::chunk::ChunkSource for SharedS3Input {
             return Pull::Done;
         }
         chunk.record_now = Some(nows);
+        chunk.record_ingested = Some(ingested);
         chunk
             .positions
             .push(rankmysteps_dataflow::output::Position {

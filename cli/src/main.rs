@@ -130,6 +130,10 @@ struct RunArgs {
     /// How far ahead of the wall clock a timestamp may be [default: 1h].
     #[arg(long, value_name = "DURATION")]
     max_clock_skew: Option<String>,
+    /// De-duplication window of event_ids, in ingestion time (a file replay's epoch e is
+    /// ingested at e × epoch-ms), e.g. 1h, 60s [default: [dataflow] dedup_window, 1h].
+    #[arg(long, value_name = "DURATION")]
+    dedup_window: Option<String>,
     /// IANA zone of timestamps without offset [default: America/Los_Angeles].
     #[arg(long, value_name = "ZONE")]
     time_zone: Option<String>,
@@ -206,6 +210,10 @@ struct WorkerArgs {
     /// terminal, else a plain line every 5 s, or every RANKMYSTEPS_PROGRESS_INTERVAL seconds).
     #[arg(long, short)]
     quiet: bool,
+    /// De-duplication window of event_ids, in ingestion time (the wall-clock start of an
+    /// event's epoch), e.g. 1h, 60s [default: [dataflow] dedup_window].
+    #[arg(long, value_name = "DURATION")]
+    dedup_window: Option<String>,
 }
 
 #[derive(Args)]
@@ -343,6 +351,7 @@ fn run(args: RunArgs) -> Result<()> {
     };
     let grace = duration(&args.grace, &df.grace, "grace")?;
     let skew = duration(&args.max_clock_skew, &df.max_clock_skew, "max-clock-skew")?;
+    let dedup_window = duration(&args.dedup_window, &df.dedup_window, "dedup-window")?;
     let zone_name = args
         .time_zone
         .clone()
@@ -422,6 +431,8 @@ fn run(args: RunArgs) -> Result<()> {
             k,
             grace,
             initial_watermark: None,
+            dedup_window,
+            epoch_length: epoch_ms as i64 * 1000,
         },
         parse: ParseConfig {
             max_steps: args.max_steps.unwrap_or(df.max_steps_per_event),
@@ -502,6 +513,12 @@ fn worker(args: WorkerArgs) -> Result<()> {
     }
     let grace = df.grace_micros()?;
     let skew = df.skew_micros()?;
+    let dedup_window = match &args.dedup_window {
+        Some(text) => parse_duration(text).with_context(|| {
+            format!("--dedup-window: cannot read {text:?} as a duration (e.g. 1h, 60s)")
+        })?,
+        None => df.dedup_window_micros()?,
+    };
     // One connection to the archive, for the restart and the dead letters.
     let archive = match &config.s3 {
         Some(s3) => Some(Arc::new(
@@ -596,6 +613,8 @@ fn worker(args: WorkerArgs) -> Result<()> {
             k: df.k,
             grace,
             initial_watermark: recovery.as_ref().and_then(|r| r.initial_watermark),
+            dedup_window,
+            epoch_length: df.epoch_ms.max(1) as i64 * 1000,
         },
         parse: ParseConfig {
             max_steps: df.max_steps_per_event,

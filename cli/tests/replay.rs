@@ -212,6 +212,7 @@ fn reference(expected: &[Option<Expected>], epoch_events: usize, settings: &Sett
                         time,
                         steps,
                         event_id: event_id.map(Into::into),
+                        ingested: None,
                         raw: None,
                     }),
                 })
@@ -322,6 +323,7 @@ fn replay_matches_reference_for_1_and_4_workers() {
         k,
         grace: 2 * 3600 * MICROS_PER_SEC,
         initial_watermark: None,
+        ..Settings::default()
     };
     for (seed, epoch_events) in [(1u64, 50usize), (2, 333), (3, 1)] {
         let lines_n = if epoch_events == 1 { 600 } else { 4000 };

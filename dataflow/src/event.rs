@@ -39,6 +39,10 @@ pub struct Event {
     pub steps: u32,
     /// The device's id for this report, if any.
     pub event_id: Option<Box<str>>,
+    /// The ingestion time recorded for this record by the run that first consumed it (a replay
+    /// of the archive cut into epochs of its own), UTC microseconds; `None`: the start of its
+    /// epoch, `epoch × epoch_length` (design §1: the de-duplication window's clock).
+    pub ingested: Option<Micros>,
     /// The raw record, kept only when the event could still be rejected as `late`
     /// (its day may already be closed); `None` otherwise to keep the hot path cheap.
     pub raw: Option<Box<[u8]>>,

@@ -5,6 +5,8 @@
 //! results of each completed epoch reach a sink through [`deliver`]; the sequential
 //! [`reference`] implements the same semantics without a dataflow, for tests.
 
+pub mod arranged;
+pub mod dedup;
 pub mod deliver;
 pub mod event;
 pub mod output;
@@ -12,3 +14,4 @@ pub mod pipeline;
 pub mod random;
 pub mod ranking;
 pub mod reference;
+pub mod state;

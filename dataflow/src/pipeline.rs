@@ -13,11 +13,10 @@
 //! and the global top-k is the top-k of the union of the workers' top-k (workers × k candidates).
 //! The cost of an epoch therefore follows the number of changed users, never the users of a day.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use differential_dataflow::{AsCollection, VecCollection};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::{Operator, OutputBuilder};
@@ -25,9 +24,10 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Capability, ConnectLoop, Feedback};
 use timely::dataflow::Stream;
 
+use crate::dedup::{id_key, DedupWindow};
 use crate::event::{close_of_day, is_closed, Day, Epoch, Event, Micros, Reason, Rejection, User};
 use crate::output::Stats;
-use crate::ranking::{rank_prefix, TopRow};
+use crate::ranking::TopRow;
 
 /// A stream of plain records, one `Vec` per message.
 pub type VecStream<'scope, D> = Stream<'scope, Epoch, Vec<D>>;
@@ -46,6 +46,23 @@ pub struct Settings {
     /// watermark, so that days closed before the restart stay closed (their events are `late`)
     /// exactly as they were; every watermark the dataflow uses is then at least this value.
     pub initial_watermark: Option<Micros>,
+    /// The de-duplication window (design §1), microseconds of ingestion time.
+    pub dedup_window: Micros,
+    /// The ingestion time one epoch spans, in microseconds: epoch e starts at
+    /// `e × epoch_length` (streaming epochs are `epoch_ms` of wall clock since 1970, file
+    /// replays take the same length per epoch so that they stay deterministic).
+    pub epoch_length: Micros,
+}
+
+impl Settings {
+    /// The ingestion time of `event` in `epoch` (design §1): its recorded one, or its epoch's
+    /// start.
+    #[inline]
+    pub fn ingestion_time(&self, epoch: Epoch, event: &Event) -> Micros {
+        event
+            .ingested
+            .unwrap_or_else(|| (epoch as Micros).saturating_mul(self.epoch_length))
+    }
 }
 
 impl Default for Settings {
@@ -54,11 +71,18 @@ impl Default for Settings {
             k: 100,
             grace: 24 * 3600 * crate::event::MICROS_PER_SEC,
             initial_watermark: None,
+            dedup_window: 3600 * crate::event::MICROS_PER_SEC,
+            epoch_length: crate::event::MICROS_PER_SEC,
         }
     }
 }
 
 /// The collections and streams the dataflow produces; see each field for what its records mean.
+///
+/// The collections carry each record's epoch in its time field (a message may hold several
+/// epochs' records); each is consolidated per epoch. A closed day's records leave the
+/// arrangements one epoch after it closed: `histogram` and `users` then carry their
+/// retractions, which sinks must not apply ([`crate::deliver`] drops them).
 pub struct Outputs<'scope> {
     /// `(day, user, total)`: the user's current total that day (a change retracts the old total).
     pub totals: Coll<'scope, (Day, User, u64)>,
@@ -74,6 +98,10 @@ pub struct Outputs<'scope> {
     pub stats: VecStream<'scope, Stats>,
     /// W(e), on every worker, at epoch e, whenever it changed.
     pub watermark: VecStream<'scope, Micros>,
+    /// This worker's arrangements (design §13), for lookups ([`crate::state::LiveState`]):
+    /// take them before [`crate::deliver::deliver`], which drops them (a dropped handle never
+    /// holds back compaction).
+    pub traces: Option<crate::arranged::Traces>,
 }
 
 /// A well-mixed 64-bit hash (SplitMix64's output function); exchange uses its low bits.
@@ -102,17 +130,16 @@ pub fn build<'scope>(events: VecStream<'scope, Event>, settings: &Settings) -> O
     let admitted = admit(events, delayed_watermark, settings);
     let watermark = watermark(admitted.local_max, settings.initial_watermark);
     watermark.clone().connect_loop(feedback);
-    let totals = totals(admitted.accepted, watermark.clone(), settings);
-    let top = top_k(totals.candidates, watermark.clone(), settings);
-    let (histogram, users) = histogram(totals.contributions, watermark.clone(), settings);
+    let state = crate::arranged::state(admitted.accepted, watermark.clone(), settings);
     Outputs {
-        totals: totals.totals,
-        top,
-        histogram,
-        users,
+        totals: state.totals,
+        top: state.top,
+        histogram: state.histogram,
+        users: state.users,
         rejected: admitted.rejected,
         stats: admitted.stats,
         watermark,
+        traces: Some(state.traces),
     }
 }
 
@@ -219,15 +246,17 @@ struct Admitted<'scope> {
 ///
 /// Events are exchanged by user. At epoch e, with W(e-1) from `watermark` (stamped e), an event
 /// whose day is closed is rejected as `late`; otherwise an event whose `(user, day, event_id)`
-/// was admitted before is a `duplicate`; otherwise it is accepted. The accepted output is
-/// consolidated per epoch (one record per `(day, user)`, diff = summed steps). The seen-set of a
-/// day is dropped once the day closes: no later event of that day can be anything but late.
+/// was accepted at most `dedup_window` of ingestion time before it is a `duplicate` (design §1,
+/// [`DedupWindow`]); otherwise it is accepted. Output `accepted`: one record per `(day, user)`
+/// with diff = the steps accepted in the epoch, consolidated per epoch. The window forgets ids
+/// as it passes, so its memory follows the ids of one window, not the events of a day.
 fn admit<'scope>(
     events: VecStream<'scope, Event>,
     watermark: VecStream<'scope, Micros>,
     settings: &Settings,
 ) -> Admitted<'scope> {
     let (grace, initial_watermark) = (settings.grace, settings.initial_watermark);
+    let settings = settings.clone();
     let mut builder = OperatorBuilder::new("Admit".to_owned(), events.scope());
     let mut input = builder.new_input(events, Exchange::new(|e: &Event| route_user(e.user)));
     let mut wm_input = builder.new_input(watermark, Pipeline);
@@ -243,8 +272,8 @@ fn admit<'scope>(
     builder.build(move |_capabilities| {
         let mut stash: Stash<Event> = Stash::new();
         let mut wm = WatermarkView::new(initial_watermark);
-        // (day) -> set of (user, event_id) admitted so far.
-        let mut seen: FxHashMap<Day, FxHashSet<(User, Box<str>)>> = FxHashMap::default();
+        // The ids of this worker's users accepted within the window.
+        let mut window = DedupWindow::new(settings.dedup_window);
         let mut sums: FxHashMap<(Day, User), i64> = FxHashMap::default();
         move |frontiers| {
             input.for_each(|cap, data| stash.absorb(&cap, 4, data));
@@ -257,7 +286,6 @@ fn admit<'scope>(
                 stash.pop_complete(&[&frontiers[0], &frontiers[1]])
             {
                 let w_prev = wm.at(time);
-                seen.retain(|&day, _| !is_closed(day, w_prev, grace));
                 let mut stats = Stats::default();
                 let mut late = Vec::new();
                 let mut max: Option<Micros> = None;
@@ -272,13 +300,14 @@ fn admit<'scope>(
                         Some(e)
                     }
                 });
-                let mut admit_one = |event: Event, stats: &mut Stats| {
+                let mut admit_one = |event: Event, stats: &mut Stats, window: &mut DedupWindow| {
                     if is_closed(event.day, w_prev, grace) {
                         late.push(late_rejection(event, w_prev, grace));
                         return;
                     }
-                    if let Some(id) = event.event_id {
-                        if !seen.entry(event.day).or_default().insert((event.user, id)) {
+                    if let Some(id) = &event.event_id {
+                        let t = settings.ingestion_time(time, &event);
+                        if !window.admit(id_key(event.user, event.day, id), t) {
                             stats.duplicate += 1;
                             return;
                         }
@@ -288,11 +317,20 @@ fn admit<'scope>(
                     *sums.entry((event.day, event.user)).or_insert(0) += i64::from(event.steps);
                 };
                 for event in without_id {
-                    admit_one(event, &mut stats);
+                    admit_one(event, &mut stats, &mut window);
                 }
                 with_id.sort_unstable_by_key(|e| e.pos);
+                // Every later event is ingested at this epoch's time or after (a replay cut
+                // into epochs of its own: at its earliest recorded time or after, per key).
+                if let Some(now) = with_id
+                    .iter()
+                    .map(|e| settings.ingestion_time(time, e))
+                    .min()
+                {
+                    window.advance(now);
+                }
                 for event in with_id {
-                    admit_one(event, &mut stats);
+                    admit_one(event, &mut stats, &mut window);
                 }
                 // Rejections leave in input order.
                 late.sort_unstable_by_key(|r| r.pos);
@@ -384,273 +422,4 @@ fn watermark<'scope>(
                 }
             }
         })
-}
-
-/// What the totals stage produces.
-struct Totals<'scope> {
-    /// See [`Outputs::totals`].
-    totals: Coll<'scope, (Day, User, u64)>,
-    /// `(day, total)` with diff = change in the number of this worker's users at that total.
-    contributions: Coll<'scope, (Day, u64)>,
-    /// `(day, (Reverse(total), user))`: this worker's top-k candidates of the day.
-    candidates: Coll<'scope, (Day, (Reverse<u64>, User))>,
-}
-
-/// One day's state on one worker: its users' totals and its local top-k.
-#[derive(Default)]
-struct DayTotals {
-    totals: FxHashMap<User, u64>,
-    /// The first k of this worker's users in listing order.
-    top: BTreeSet<(Reverse<u64>, User)>,
-}
-
-/// Per-(day, user) totals, keyed by user (same partitioning as admission, so no exchange).
-///
-/// Outputs are consolidated per epoch: a user changed in an epoch yields at most one retraction
-/// and one insertion. A closed day's state is dropped after the epoch that closed it.
-fn totals<'scope>(
-    accepted: Coll<'scope, (Day, User), i64>,
-    watermark: VecStream<'scope, Micros>,
-    settings: &Settings,
-) -> Totals<'scope> {
-    let (k, grace, initial_watermark) = (settings.k, settings.grace, settings.initial_watermark);
-    let mut builder = OperatorBuilder::new("Totals".to_owned(), accepted.inner.scope());
-    let mut input = builder.new_input(accepted.inner, Pipeline);
-    let mut wm_input = builder.new_input(watermark, Pipeline);
-    let (totals_out, totals) = builder.new_output::<Vec<((Day, User, u64), Epoch, isize)>>();
-    let (contrib_out, contributions) = builder.new_output::<Vec<((Day, u64), Epoch, isize)>>();
-    let (cand_out, candidates) =
-        builder.new_output::<Vec<((Day, (Reverse<u64>, User)), Epoch, isize)>>();
-    let mut totals_out = OutputBuilder::from(totals_out);
-    let mut contrib_out = OutputBuilder::from(contrib_out);
-    let mut cand_out = OutputBuilder::from(cand_out);
-
-    builder.build(move |_capabilities| {
-        let mut stash: Stash<((Day, User), Epoch, i64)> = Stash::new();
-        let mut wm = WatermarkView::new(initial_watermark);
-        let mut days: FxHashMap<Day, DayTotals> = FxHashMap::default();
-        let mut contrib: FxHashMap<(Day, u64), isize> = FxHashMap::default();
-        let mut cand: FxHashMap<(Day, (Reverse<u64>, User)), isize> = FxHashMap::default();
-        let mut changes: Vec<((Day, User, u64), Epoch, isize)> = Vec::new();
-        move |frontiers| {
-            input.for_each(|cap, data| stash.absorb(&cap, 3, data));
-            wm_input.for_each(|cap, data| wm.absorb(epoch_of(&cap), data));
-            let mut totals_h = totals_out.activate();
-            let mut contrib_h = contrib_out.activate();
-            let mut cand_h = cand_out.activate();
-            while let Some((time, caps, updates)) =
-                stash.pop_complete(&[&frontiers[0], &frontiers[1]])
-            {
-                for ((day, user), _, steps) in updates.into_iter().flatten() {
-                    let state = days.entry(day).or_default();
-                    let slot = state.totals.entry(user);
-                    let (old, new) = match slot {
-                        std::collections::hash_map::Entry::Occupied(mut o) => {
-                            if steps == 0 {
-                                continue;
-                            }
-                            let old = *o.get();
-                            *o.get_mut() = old + steps as u64;
-                            (Some(old), old + steps as u64)
-                        }
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            v.insert(steps as u64);
-                            (None, steps as u64)
-                        }
-                    };
-                    if let Some(old) = old {
-                        changes.push(((day, user, old), time, -1));
-                        *contrib.entry((day, old)).or_insert(0) -= 1;
-                    }
-                    changes.push(((day, user, new), time, 1));
-                    *contrib.entry((day, new)).or_insert(0) += 1;
-                    // Local top-k by insertion only (totals only grow, see module docs).
-                    let entry = (Reverse(new), user);
-                    let full = state.top.len() >= k;
-                    if !full || state.top.last().is_some_and(|last| entry < *last) {
-                        if let Some(old) = old {
-                            if state.top.remove(&(Reverse(old), user)) {
-                                *cand.entry((day, (Reverse(old), user))).or_insert(0) -= 1;
-                            }
-                        }
-                        state.top.insert(entry);
-                        *cand.entry((day, entry)).or_insert(0) += 1;
-                        if state.top.len() > k {
-                            let evicted = state.top.pop_last().expect("non-empty");
-                            *cand.entry((day, evicted)).or_insert(0) -= 1;
-                        }
-                    }
-                }
-                totals_h.session(&caps[0]).give_iterator(changes.drain(..));
-                contrib_h.session(&caps[1]).give_iterator(
-                    contrib
-                        .drain()
-                        .filter(|(_, d)| *d != 0)
-                        .map(|(r, d)| (r, time, d)),
-                );
-                cand_h.session(&caps[2]).give_iterator(
-                    cand.drain()
-                        .filter(|(_, d)| *d != 0)
-                        .map(|(r, d)| (r, time, d)),
-                );
-                // Drop the days W(time) closed: their totals are final.
-                let w = wm.at(time);
-                days.retain(|&day, _| !is_closed(day, w, grace));
-            }
-            // Epochs with no accepted data still advance the watermark view.
-            if let Some(front) = frontiers[0].frontier().first().copied() {
-                if !frontiers[1].less_equal(&front) && stash.epochs.is_empty() && front > 0 {
-                    let w = wm.at(front - 1);
-                    days.retain(|&day, _| !is_closed(day, w, grace));
-                }
-            }
-        }
-    });
-
-    Totals {
-        totals: totals.as_collection(),
-        contributions: contributions.as_collection(),
-        candidates: candidates.as_collection(),
-    }
-}
-
-/// The day's top-k rows, merged from the workers' candidates (exchanged by day).
-///
-/// Output consolidated per epoch: for every position whose row changed, the old row is retracted
-/// and the new one inserted. A closed day's candidates are dropped after the epoch that closed it.
-fn top_k<'scope>(
-    candidates: Coll<'scope, (Day, (Reverse<u64>, User))>,
-    watermark: VecStream<'scope, Micros>,
-    settings: &Settings,
-) -> Coll<'scope, (Day, TopRow)> {
-    let (k, grace, initial_watermark) = (settings.k, settings.grace, settings.initial_watermark);
-    candidates
-        .inner
-        .binary_frontier(
-            watermark,
-            Exchange::new(
-                |((day, _), _, _): &((Day, (Reverse<u64>, User)), Epoch, isize)| route_day(*day),
-            ),
-            Pipeline,
-            "TopK",
-            move |_cap, _info| {
-                let mut stash: Stash<((Day, (Reverse<u64>, User)), Epoch, isize)> = Stash::new();
-                let mut wm = WatermarkView::new(initial_watermark);
-                // Per day: the candidate set, and the rows last emitted.
-                let mut days: FxHashMap<Day, (BTreeSet<(Reverse<u64>, User)>, Vec<TopRow>)> =
-                    FxHashMap::default();
-                move |(input, frontier), (wm_input, wm_frontier), output| {
-                    input.for_each(|cap, data| stash.absorb(&cap, 1, data));
-                    wm_input.for_each(|cap, data| wm.absorb(epoch_of(&cap), data));
-                    while let Some((time, caps, updates)) =
-                        stash.pop_complete(&[frontier, wm_frontier])
-                    {
-                        let mut changed: BTreeSet<Day> = BTreeSet::new();
-                        for ((day, entry), _, diff) in updates.into_iter().flatten() {
-                            let (set, _) = days.entry(day).or_default();
-                            if diff > 0 {
-                                set.insert(entry);
-                            } else {
-                                set.remove(&entry);
-                            }
-                            changed.insert(day);
-                        }
-                        let mut session = output.session(&caps[0]);
-                        for day in changed {
-                            let (set, rows) = days.get_mut(&day).expect("present");
-                            let new_rows =
-                                rank_prefix(set.iter().map(|&(Reverse(s), u)| (u, s)), k);
-                            for i in 0..rows.len().max(new_rows.len()) {
-                                let (old, new) = (rows.get(i), new_rows.get(i));
-                                if old != new {
-                                    if let Some(old) = old {
-                                        session.give(((day, *old), time, -1isize));
-                                    }
-                                    if let Some(new) = new {
-                                        session.give(((day, *new), time, 1isize));
-                                    }
-                                }
-                            }
-                            *rows = new_rows;
-                        }
-                        let w = wm.at(time);
-                        days.retain(|&day, _| !is_closed(day, w, grace));
-                    }
-                }
-            },
-        )
-        .as_collection()
-}
-
-/// The per-day histogram of totals and the number of users per day (exchanged by day).
-///
-/// Outputs consolidated per epoch: a changed `(day, total)` count retracts the old count and
-/// inserts the new one (absent when zero); likewise the day's number of users.
-fn histogram<'scope>(
-    contributions: Coll<'scope, (Day, u64)>,
-    watermark: VecStream<'scope, Micros>,
-    settings: &Settings,
-) -> (Coll<'scope, (Day, u64, u64)>, Coll<'scope, (Day, u64)>) {
-    let (grace, initial_watermark) = (settings.grace, settings.initial_watermark);
-    let mut builder = OperatorBuilder::new("Histogram".to_owned(), contributions.inner.scope());
-    let mut input = builder.new_input(
-        contributions.inner,
-        Exchange::new(|((day, _), _, _): &((Day, u64), Epoch, isize)| route_day(*day)),
-    );
-    let mut wm_input = builder.new_input(watermark, Pipeline);
-    let (hist_out, hist) = builder.new_output::<Vec<((Day, u64, u64), Epoch, isize)>>();
-    let (users_out, users) = builder.new_output::<Vec<((Day, u64), Epoch, isize)>>();
-    let mut hist_out = OutputBuilder::from(hist_out);
-    let mut users_out = OutputBuilder::from(users_out);
-    builder.build(move |_capabilities| {
-        let mut stash: Stash<((Day, u64), Epoch, isize)> = Stash::new();
-        let mut wm = WatermarkView::new(initial_watermark);
-        let mut days: FxHashMap<Day, (BTreeMap<u64, u64>, u64)> = FxHashMap::default();
-        move |frontiers| {
-            input.for_each(|cap, data| stash.absorb(&cap, 2, data));
-            wm_input.for_each(|cap, data| wm.absorb(epoch_of(&cap), data));
-            let mut hist_h = hist_out.activate();
-            let mut users_h = users_out.activate();
-            while let Some((time, caps, batches)) =
-                stash.pop_complete(&[&frontiers[0], &frontiers[1]])
-            {
-                // Workers' contributions to one (day, total) arrive separately: net them first.
-                let mut updates: Vec<_> = batches.into_iter().flatten().collect();
-                differential_dataflow::consolidation::consolidate_updates(&mut updates);
-                let mut user_delta: BTreeMap<Day, i64> = BTreeMap::new();
-                let mut hist_session = hist_h.session(&caps[0]);
-                for ((day, total), _, diff) in updates {
-                    let (counts, _) = days.entry(day).or_default();
-                    let old = counts.get(&total).copied().unwrap_or(0);
-                    let new = (old as i64 + diff as i64) as u64;
-                    if old > 0 {
-                        hist_session.give(((day, total, old), time, -1isize));
-                    }
-                    if new > 0 {
-                        hist_session.give(((day, total, new), time, 1isize));
-                        counts.insert(total, new);
-                    } else {
-                        counts.remove(&total);
-                    }
-                    *user_delta.entry(day).or_insert(0) += diff as i64;
-                }
-                drop(hist_session);
-                let mut users_session = users_h.session(&caps[1]);
-                for (day, delta) in user_delta {
-                    if delta == 0 {
-                        continue;
-                    }
-                    let (_, n) = days.get_mut(&day).expect("present");
-                    if *n > 0 {
-                        users_session.give(((day, *n), time, -1isize));
-                    }
-                    *n = (*n as i64 + delta) as u64;
-                    users_session.give(((day, *n), time, 1isize));
-                }
-                let w = wm.at(time);
-                days.retain(|&day, _| !is_closed(day, w, grace));
-            }
-        }
-    });
-    (hist.as_collection(), users.as_collection())
 }

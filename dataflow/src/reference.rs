@@ -2,9 +2,9 @@
 //!
 //! Tests run the same inputs through the dataflow (any number of workers) and through this, and
 //! compare the results exactly, epoch by epoch. It is deliberately simple: it keeps every day
-//! in memory, recomputes rankings from scratch, and never prunes.
+//! and every event id in memory, recomputes rankings from scratch, and never prunes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::event::{is_closed, Day, Epoch, Event, Micros, Reason, User};
 use crate::output::Stats;
@@ -68,7 +68,12 @@ pub struct Reference {
     pub stats: Stats,
     /// Every rejection so far, as (epoch, position, reason), in order.
     pub rejected: Vec<(Epoch, u64, Reason)>,
-    seen: BTreeSet<(User, Day, Box<str>)>,
+    /// Events accepted again because their window had passed (a repeat of an accepted
+    /// `(user, day, event_id)` more than `dedup_window` after it): tests check they occur.
+    pub reaccepted: u64,
+    /// Every `(user, day, event_id)` accepted so far, with the latest ingestion time it was
+    /// accepted at (never forgotten: the reference is simple, not bounded).
+    seen: BTreeMap<(User, Day, Box<str>), Micros>,
 }
 
 impl Reference {
@@ -98,9 +103,21 @@ impl Reference {
                 continue;
             }
             if let Some(id) = &event.event_id {
-                if !self.seen.insert((event.user, event.day, id.clone())) {
-                    self.stats.duplicate += 1;
-                    continue;
+                // Design §1: a duplicate if ingested at most `dedup_window` after an accepted
+                // event of the same (user, day, event_id); duplicates do not extend the window.
+                let t = self.settings.ingestion_time(epoch, &event);
+                match self.seen.get_mut(&(event.user, event.day, id.clone())) {
+                    Some(t0) if t <= *t0 + self.settings.dedup_window => {
+                        self.stats.duplicate += 1;
+                        continue;
+                    }
+                    Some(t0) => {
+                        *t0 = (*t0).max(t);
+                        self.reaccepted += 1;
+                    }
+                    None => {
+                        self.seen.insert((event.user, event.day, id.clone()), t);
+                    }
                 }
             }
             self.stats.accepted += 1;

@@ -72,6 +72,7 @@ fn random_input(seed: u64, epochs: usize, per_epoch: usize, users: u64) -> Vec<V
                 time,
                 steps: rng.below(4) as u32 * 5,
                 event_id,
+                ingested: None,
                 raw: Some(format!("raw-{pos}").into_bytes().into_boxed_slice()),
             }));
         }
@@ -157,14 +158,24 @@ impl Materialized {
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), out.totals.len(), "totals not consolidated");
-        for ((day, user, total), diff) in &out.totals {
-            assert!(*diff == 1 || *diff == -1);
-            let day_totals = self.totals.entry(*day).or_default();
-            if *diff > 0 {
-                assert!(day_totals.insert(*user, *total).is_none_or(|_| true));
-            } else if day_totals.get(user) == Some(total) {
-                day_totals.remove(user);
-            }
+        // Retractions first: each must retract exactly the total the sink holds. Then
+        // insertions: each must land where no total is held (the old one was retracted).
+        for ((day, user, total), diff) in out.totals.iter().filter(|(_, d)| *d < 0) {
+            assert_eq!(*diff, -1, "totals diff");
+            let removed = self.totals.entry(*day).or_default().remove(user);
+            assert_eq!(
+                removed,
+                Some(*total),
+                "retracted total ({day}, {user}, {total}) was not held"
+            );
+        }
+        for ((day, user, total), diff) in out.totals.iter().filter(|(_, d)| *d > 0) {
+            assert_eq!(*diff, 1, "totals diff");
+            let old = self.totals.entry(*day).or_default().insert(*user, *total);
+            assert_eq!(
+                old, None,
+                "inserted total ({day}, {user}, {total}) over a total not retracted"
+            );
         }
         // Retractions first, then insertions: a position may change rows.
         for ((day, row), diff) in out.top.iter().filter(|(_, d)| *d < 0) {
@@ -195,10 +206,13 @@ impl Materialized {
                 .insert(*total, *count)
                 .is_none());
         }
-        for ((day, n), diff) in &out.users {
-            if *diff > 0 {
-                self.users.insert(*day, *n);
-            }
+        for ((day, n), diff) in out.users.iter().filter(|(_, d)| *d < 0) {
+            assert_eq!(*diff, -1, "users diff");
+            assert_eq!(self.users.remove(day), Some(*n), "retracted users not held");
+        }
+        for ((day, n), diff) in out.users.iter().filter(|(_, d)| *d > 0) {
+            assert_eq!(*diff, 1, "users diff");
+            assert_eq!(self.users.insert(*day, *n), None, "users not retracted");
         }
         for day in &out.closed {
             assert!(
@@ -254,6 +268,10 @@ fn compare(seed: u64, workers: usize, k: usize) {
         k,
         grace: 6 * 3600 * MICROS_PER_SEC,
         initial_watermark: None,
+        // Epochs of 1 s of ingestion time: a repeat two epochs later is a duplicate, three
+        // epochs later (just outside) it is accepted again.
+        dedup_window: 2 * MICROS_PER_SEC,
+        epoch_length: MICROS_PER_SEC,
     };
     let input = random_input(seed, 40, 120, 40);
     let input_again = input.clone();
@@ -300,6 +318,11 @@ fn compare(seed: u64, workers: usize, k: usize) {
         "weak input: {s:?}"
     );
     assert!(
+        reference.reaccepted > 5,
+        "weak input: {} repeats outside the window",
+        reference.reaccepted
+    );
+    assert!(
         reference.days.values().any(|d| d.is_final) && reference.days.values().any(|d| !d.is_final)
     );
 }
@@ -339,6 +362,8 @@ fn restart_matches_uninterrupted(seed: u64, workers: usize, p: usize) {
         k: 5,
         grace: 6 * 3600 * MICROS_PER_SEC,
         initial_watermark: None,
+        dedup_window: 2 * MICROS_PER_SEC,
+        epoch_length: MICROS_PER_SEC,
     };
     let input = random_input(seed, 40, 120, 40);
     let full = run_dataflow(workers, input.clone(), settings.clone());
@@ -427,4 +452,349 @@ fn restart_from_a_progress_record_changes_nothing() {
     for (seed, workers, p) in [(30, 1, 25), (31, 2, 20), (32, 3, 30), (33, 4, 25)] {
         restart_matches_uninterrupted(seed, workers, p);
     }
+}
+
+/// The checker must be able to fail: a retraction of a total the sink does not hold.
+#[test]
+#[should_panic(expected = "was not held")]
+fn checker_refuses_a_retraction_of_an_absent_total() {
+    let mut m = Materialized::default();
+    m.apply(&EpochOutput {
+        totals: vec![((1, 7, 10), 1)],
+        ..Default::default()
+    });
+    // 7 holds 10, not 9.
+    m.apply(&EpochOutput {
+        epoch: 1,
+        totals: vec![((1, 7, 9), -1), ((1, 7, 19), 1)],
+        ..Default::default()
+    });
+}
+
+/// The checker must be able to fail: a new total over one that was not retracted.
+#[test]
+#[should_panic(expected = "over a total not retracted")]
+fn checker_refuses_an_insertion_without_its_retraction() {
+    let mut m = Materialized::default();
+    m.apply(&EpochOutput {
+        totals: vec![((1, 7, 10), 1)],
+        ..Default::default()
+    });
+    m.apply(&EpochOutput {
+        epoch: 1,
+        totals: vec![((1, 7, 15), 1)],
+        ..Default::default()
+    });
+}
+
+/// The checker must be able to fail: a retraction of a day's user count that is not held.
+#[test]
+#[should_panic(expected = "retracted users not held")]
+fn checker_refuses_a_retraction_of_absent_users() {
+    let mut m = Materialized::default();
+    m.apply(&EpochOutput {
+        users: vec![((1, 2), -1), ((1, 3), 1)],
+        ..Default::default()
+    });
+}
+
+/// Design §1 exactly: with a window of two 1 s epochs, a repeat of (user, day, event_id) two
+/// epochs after it was accepted is a duplicate, three epochs after (just outside) it counts
+/// again and opens a new window; duplicates never extend a window. `recorded`: the same
+/// ingestion times come from the records (an archive replay cut into one epoch) instead of
+/// from the epochs.
+fn window_input(recorded: bool) -> Vec<Vec<Record>> {
+    let day: Day = 20_000;
+    let mut pos = 0;
+    let mut epochs = vec![Vec::new(); if recorded { 1 } else { 8 }];
+    for e in 0..8i64 {
+        for user in 0..8u128 {
+            let mut event = |id: Option<&str>, steps: u32| {
+                pos += 1;
+                Record::Event(Event {
+                    pos,
+                    user: user << 64 | user,
+                    day,
+                    time: day as i64 * MICROS_PER_DAY + (e + 1) * 3600 * MICROS_PER_SEC,
+                    steps,
+                    event_id: id.map(Into::into),
+                    ingested: recorded.then_some(e * MICROS_PER_SEC),
+                    raw: None,
+                })
+            };
+            let slot = if recorded { 0 } else { e as usize };
+            epochs[slot].push(event(Some("x"), 1));
+            if e == 0 || e == 4 {
+                epochs[slot].push(event(Some("y"), 10));
+            }
+            epochs[slot].push(event(None, 100));
+        }
+    }
+    epochs
+}
+
+#[test]
+fn window_repeats_inside_and_just_outside() {
+    let settings = Settings {
+        k: 3,
+        dedup_window: 2 * MICROS_PER_SEC,
+        epoch_length: MICROS_PER_SEC,
+        ..Settings::default()
+    };
+    for recorded in [false, true] {
+        for workers in [1, 4] {
+            let input = window_input(recorded);
+            let outputs = run_dataflow(workers, input.clone(), settings.clone());
+            let mut reference = Reference::new(settings.clone());
+            let mut materialized = Materialized::default();
+            for (epoch, records) in input.into_iter().enumerate() {
+                reference.epoch(epoch as Epoch, records);
+            }
+            outputs.iter().for_each(|o| materialized.apply(o));
+            let last = outputs.last().map_or(0, |o| o.epoch);
+            materialized.check(&reference, 3, last);
+            // x: accepted at 0, 3 and 6 (1, 2, 4, 5, 7 are duplicates); y at 0 and 4.
+            let per_user = 3 + 2 + 8;
+            assert_eq!(reference.stats.accepted, 8 * per_user, "{recorded}");
+            assert_eq!(reference.stats.duplicate, 8 * 5);
+            assert_eq!(reference.reaccepted, 8 * 3);
+            let totals = &reference.days[&20_000].totals;
+            assert!(totals.values().all(|&t| t == 3 + 20 + 800), "{totals:?}");
+        }
+    }
+}
+
+/// What one worker found in live state after one epoch.
+#[derive(Debug, Default)]
+struct Found {
+    /// (epoch, arrangement, days held)
+    held: Vec<(Epoch, &'static str, std::collections::BTreeSet<Day>)>,
+    /// Lookups checked.
+    lookups: usize,
+    /// Failures, described.
+    failures: Vec<String>,
+}
+
+/// Runs the dataflow like [`run_dataflow`], and after every epoch, on every worker, looks up in
+/// live state every total, top-k and standing the worker owns and compares them with the
+/// reference at that epoch (`snapshots[e]`: the reference after epoch e); records what each
+/// arrangement holds.
+fn run_with_lookups(
+    workers: usize,
+    input: Vec<Vec<Record>>,
+    settings: Settings,
+    snapshots: Vec<Reference>,
+) -> Found {
+    use rankmysteps_dataflow::state::{DayStatus, LiveState, LookupError};
+    let input = Arc::new(input);
+    let snapshots = Arc::new(snapshots);
+    let found = Arc::new(Mutex::new(Found::default()));
+    let found2 = found.clone();
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let settings = settings.clone();
+        let probe = timely::dataflow::ProbeHandle::new();
+        let (mut events, mut rejects, mut positions, traces) =
+            worker.dataflow::<Epoch, _, _>(|scope| {
+                let (ein, events) = scope.new_input::<Vec<Event>>();
+                let (rin, rejects) = scope.new_input::<Vec<Rejection>>();
+                let (pin, positions) = scope.new_input::<Vec<Position>>();
+                let mut outputs = build(events, &settings);
+                let traces = outputs.traces.take().expect("traces");
+                deliver(outputs, rejects, positions, &settings, &probe, |_| {});
+                (ein, rin, pin, traces)
+            });
+        let mut live = LiveState::new(traces, &settings, index, peers);
+        let mut local = Found::default();
+        let k = settings.k;
+        for (epoch, records) in input.iter().enumerate() {
+            for (i, record) in records.iter().enumerate() {
+                if i % peers != index {
+                    continue;
+                }
+                match record {
+                    Record::Event(e) => events.send(e.clone()),
+                    Record::Rejected(pos, reason) => rejects.send(Rejection {
+                        pos: *pos,
+                        reason: *reason,
+                        detail: String::new(),
+                        raw: Vec::new(),
+                    }),
+                }
+            }
+            let e = epoch as Epoch;
+            events.advance_to(e + 1);
+            rejects.advance_to(e + 1);
+            positions.advance_to(e + 1);
+            while probe.less_than(&(e + 1)) {
+                worker.step();
+            }
+            let reference = &snapshots[epoch];
+            let w_prev = match epoch {
+                0 => settings.initial_watermark,
+                _ => snapshots[epoch - 1].watermark,
+            };
+            // Steps the worker until a lookup is ready (the epoch is complete everywhere, its
+            // last operators may still have to run here).
+            macro_rules! ready {
+                ($call:expr) => {{
+                    let mut tries = 0;
+                    loop {
+                        match $call {
+                            Err(LookupError::NotYet) if tries < 10_000 => {
+                                tries += 1;
+                                worker.step();
+                            }
+                            other => break other,
+                        }
+                    }
+                }};
+            }
+            for (&day, expected) in &reference.days {
+                let retired = is_closed(day, w_prev, settings.grace);
+                let mut listing: Vec<(User, u64)> =
+                    expected.totals.iter().map(|(&u, &s)| (u, s)).collect();
+                rankmysteps_dataflow::ranking::sort_listing(&mut listing);
+                for (&user, &total) in &expected.totals {
+                    if live.owner_of_user(user) == index {
+                        let got = ready!(live.total(day, user, e));
+                        local.lookups += 1;
+                        let ok = match &got {
+                            Err(LookupError::Closed) => retired,
+                            Ok(t) => {
+                                !retired
+                                    && t.total == Some(total)
+                                    && t.epoch == e
+                                    && (t.status == DayStatus::Final) == expected.is_final
+                            }
+                            _ => false,
+                        };
+                        if !ok {
+                            local.failures.push(format!(
+                                "epoch {e}: total of ({day}, {user:x}) {got:?}, expected {total} (final {}, retired {retired})",
+                                expected.is_final
+                            ));
+                        }
+                    }
+                    if live.owner_of_day(day) == index {
+                        let got = ready!(live.standing(day, user, total, 2, e));
+                        local.lookups += 1;
+                        let want = rankmysteps_dataflow::ranking::standing(&listing, user, 2);
+                        let ok = match &got {
+                            Err(LookupError::Closed) => retired,
+                            Ok(s) => !retired && *s == want,
+                            _ => false,
+                        };
+                        if !ok {
+                            local.failures.push(format!(
+                                "epoch {e}: standing of ({day}, {user:x}) {got:?}, expected {want:?}"
+                            ));
+                        }
+                    }
+                }
+                // A user absent that day.
+                let absent: User = 0xdead_beef;
+                if live.owner_of_user(absent) == index && !expected.totals.contains_key(&absent) {
+                    let got = ready!(live.total(day, absent, e));
+                    if !matches!(&got, Ok(t) if t.total.is_none()) && !retired {
+                        local.failures.push(format!("epoch {e}: absent user {got:?}"));
+                    }
+                }
+                if live.owner_of_day(day) == index {
+                    let got = ready!(live.top(day, e));
+                    local.lookups += 1;
+                    let ok = match &got {
+                        Err(LookupError::Closed) => retired,
+                        Ok(rows) => !retired && *rows == expected.top(k),
+                        _ => false,
+                    };
+                    if !ok {
+                        local.failures.push(format!(
+                            "epoch {e}: top of {day} {got:?}, expected {:?}",
+                            expected.top(k)
+                        ));
+                    }
+                }
+            }
+            for held in live.held(e) {
+                local.held.push((e, held.name, held.days));
+            }
+            live.advance(e);
+        }
+        let mut found = found2.lock().unwrap();
+        found.held.extend(local.held);
+        found.lookups += local.lookups;
+        found.failures.extend(local.failures);
+    })
+    .expect("timely");
+    for result in guards.join() {
+        result.expect("worker");
+    }
+    Arc::try_unwrap(found).unwrap().into_inner().unwrap()
+}
+
+fn lookups_and_held_days(seed: u64, workers: usize) {
+    let settings = Settings {
+        k: 4,
+        grace: 6 * 3600 * MICROS_PER_SEC,
+        initial_watermark: None,
+        dedup_window: 2 * MICROS_PER_SEC,
+        epoch_length: MICROS_PER_SEC,
+    };
+    let input = random_input(seed, 30, 100, 30);
+    let mut reference = Reference::new(settings.clone());
+    let mut snapshots = Vec::new();
+    for (epoch, records) in input.iter().enumerate() {
+        reference.epoch(epoch as Epoch, records.clone());
+        snapshots.push(reference.clone());
+    }
+    let found = run_with_lookups(workers, input, settings.clone(), snapshots.clone());
+    assert!(
+        found.failures.is_empty(),
+        "{} of {} lookups differ, first: {:#?}",
+        found.failures.len(),
+        found.lookups,
+        &found.failures[..found.failures.len().min(5)]
+    );
+    assert!(found.lookups > 1000, "only {} lookups", found.lookups);
+    // Every arrangement holds exactly the days not closed before the epoch: a day that closed
+    // after epoch e − 1 was retracted from all of them at e.
+    let mut union: BTreeMap<(Epoch, &str), std::collections::BTreeSet<Day>> = BTreeMap::new();
+    for (e, name, days) in found.held {
+        union.entry((e, name)).or_default().extend(days);
+    }
+    let mut retired_seen = 0;
+    for (e, snapshot) in snapshots.iter().enumerate() {
+        let w_prev = match e {
+            0 => None,
+            _ => snapshots[e - 1].watermark,
+        };
+        let open: std::collections::BTreeSet<Day> = snapshot
+            .days
+            .keys()
+            .copied()
+            .filter(|&d| !is_closed(d, w_prev, settings.grace))
+            .collect();
+        retired_seen += snapshot.days.len() - open.len();
+        for name in ["totals", "histogram", "users", "by-total", "top-k"] {
+            assert_eq!(
+                union.get(&(e as Epoch, name)).cloned().unwrap_or_default(),
+                open,
+                "{name} after epoch {e}, {workers} workers"
+            );
+        }
+    }
+    assert!(retired_seen > 10, "no day was retired");
+}
+
+#[test]
+fn lookups_match_reference_and_arrangements_hold_open_days_1_worker() {
+    lookups_and_held_days(40, 1);
+    lookups_and_held_days(41, 1);
+}
+
+#[test]
+fn lookups_match_reference_and_arrangements_hold_open_days_4_workers() {
+    lookups_and_held_days(42, 4);
+    lookups_and_held_days(43, 4);
 }

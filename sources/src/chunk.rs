@@ -26,6 +26,10 @@ pub struct Chunk {
     /// record's Kafka timestamp, so `future` means what it meant when the record arrived);
     /// otherwise every record was ingested at `now`.
     pub record_now: Option<Vec<Micros>>,
+    /// Per-record ingestion times for the de-duplication window (design §1), when records carry
+    /// the one recorded by the run that consumed them (an archive replay cut into epochs of its
+    /// own); otherwise every record was ingested at the start of `epoch`.
+    pub record_ingested: Option<Vec<Micros>>,
     /// Per-record Kafka timestamps (milliseconds), when the source has them (empty otherwise).
     pub timestamps: Vec<i64>,
     /// The chunk's sequence number in its source, for sources that track parsing progress.

@@ -140,6 +140,7 @@ pub fn parse_source_archived<'scope, S: ChunkSource>(
                                         time: p.time,
                                         steps: p.steps,
                                         event_id: p.event_id,
+                                        ingested: chunk.record_ingested.as_ref().map(|n| n[i]),
                                         raw: maybe_late.then(|| raw.into()),
                                     });
                                 }

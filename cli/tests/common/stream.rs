@@ -98,6 +98,7 @@ pub fn reference_epoch(sent: &[Sent], first_pos: u64) -> Vec<Record> {
                     time: *time,
                     steps: *steps,
                     event_id: id.clone().map(Into::into),
+                    ingested: None,
                     raw: None,
                 }),
             }

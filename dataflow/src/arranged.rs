@@ -1,0 +1,706 @@
+//! The state of the dataflow in named differential arrangements (design §13).
+//!
+//! | arrangement | key → diff | worker |
+//! |---|---|---|
+//! | `totals` | (day, user) → (steps, epochs with steps) | the user's |
+//! | `histogram` | (day, total) → number of users | the day's |
+//! | `users` | day → number of users | the day's |
+//! | `by-total` | (day, Reverse(total), user) → 1: the day's users in listing order | the day's |
+//! | `top-k candidates` | day → (Reverse(total), user): each worker's k best | the day's |
+//! | `top-k` | day → [`TopRow`] | the day's |
+//!
+//! The operators that maintain them ([`totals`], [`top_k`], `Histogram`, `Users`) keep no copy of
+//! what the arrangements hold: they read the old state from the traces (one seek per changed key)
+//! and the new one from the batches. Their only private working set is each worker's top-k
+//! candidates per open day (at most k entries), which totals that only grow make exact.
+//!
+//! **Retirement.** When a day closes after epoch e (W(e) ≥ close), [`totals`] walks its keys in
+//! the `totals` trace and feeds their negation back (a feedback edge, epoch e + 1): every
+//! arrangement derived from `totals` then retracts the day at e + 1, through the same code as any
+//! change. Those retractions are marked as such where they leave for sinks (`totals` and `top-k`
+//! rows are not sent; `histogram` and `users` changes of a closed day are dropped by
+//! [`crate::deliver`]): sinks keep a closed day's final state (design §4).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+
+use differential_dataflow::operators::arrange::arrangement::arrange_core;
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::cursor::{cursor_list, Cursor};
+use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine, ValBatcher, ValSpine};
+use differential_dataflow::trace::TraceReader;
+use differential_dataflow::AsCollection;
+use rustc_hash::{FxHashMap, FxHashSet};
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{Operator, OutputBuilder};
+use timely::dataflow::operators::{Capability, Concat};
+use timely::progress::frontier::Antichain;
+
+use crate::event::{is_closed, Day, Epoch, Micros, User};
+use crate::pipeline::{epoch_of, route_day, Coll, Settings, VecStream};
+use crate::ranking::{rank_prefix, TopRow};
+
+/// A user's accumulated `(steps, epochs with accepted steps)` on a day; the second part keeps
+/// users whose steps sum to 0 in the arrangement.
+pub type Steps = (i64, i64);
+/// `totals`: (day, user) → [`Steps`], on the user's worker.
+pub type TotalsTrace = TraceAgent<KeySpine<(Day, User), Epoch, Steps>>;
+/// `histogram`: (day, total) → number of users with that total, on the day's worker.
+pub type HistogramTrace = TraceAgent<KeySpine<(Day, u64), Epoch, isize>>;
+/// `users`: day → number of ranked users, on the day's worker.
+pub type UsersTrace = TraceAgent<KeySpine<Day, Epoch, isize>>;
+/// `by-total`: (day, Reverse(total), user), the day's users in listing order, on the day's worker.
+pub type ByTotalTrace = TraceAgent<KeySpine<(Day, Reverse<u64>, User), Epoch, isize>>;
+/// `top-k candidates`: day → (Reverse(total), user), every worker's local top-k.
+pub type CandidatesTrace = TraceAgent<ValSpine<Day, (Reverse<u64>, User), Epoch, isize>>;
+/// `top-k`: day → the day's top-k rows, on the day's worker.
+pub type TopTrace = TraceAgent<ValSpine<Day, TopRow, Epoch, isize>>;
+
+/// The watermarks one worker has seen: W(e) for every epoch e before `through`.
+#[derive(Debug, Default)]
+pub struct WatermarkHistory {
+    /// W(e) at every epoch e where it changed.
+    changes: BTreeMap<Epoch, Micros>,
+    /// W(e) is known for every e before this epoch.
+    pub through: Epoch,
+}
+
+impl WatermarkHistory {
+    /// W(e) (`None`: no change up to e; the job's initial watermark applies).
+    pub fn at(&self, e: Epoch) -> Option<Micros> {
+        self.changes.range(..=e).next_back().map(|(_, w)| *w)
+    }
+
+    /// Keeps what answers W(e) for e ≥ `epoch` − 1 only.
+    pub fn forget_before(&mut self, epoch: Epoch) {
+        let Some(last) = epoch.checked_sub(1) else {
+            return;
+        };
+        let keep = self.at(last);
+        self.changes = self.changes.split_off(&epoch);
+        if let Some(w) = keep {
+            self.changes.insert(last, w);
+        }
+    }
+}
+
+/// A watermark history shared by the operators of one worker and its [`crate::state::LiveState`].
+pub type WatermarkLog = std::rc::Rc<std::cell::RefCell<WatermarkHistory>>;
+
+/// The traces of one worker, for lookups ([`crate::state::LiveState`]).
+pub struct Traces {
+    /// See [`TotalsTrace`].
+    pub totals: TotalsTrace,
+    /// See [`HistogramTrace`].
+    pub histogram: HistogramTrace,
+    /// See [`UsersTrace`].
+    pub users: UsersTrace,
+    /// See [`ByTotalTrace`].
+    pub by_total: ByTotalTrace,
+    /// See [`TopTrace`].
+    pub top: TopTrace,
+    /// W(e) at every epoch e where it changed, as this worker saw it.
+    pub watermarks: WatermarkLog,
+}
+
+/// What [`state`] produces for sinks, and the traces.
+pub struct State<'scope> {
+    /// `(day, user, total)` changes for sinks (retirements left out), consolidated per epoch.
+    pub totals: Coll<'scope, (Day, User, u64)>,
+    /// `(day, row)` changes of the top-k for sinks (retirements left out), consolidated per epoch.
+    pub top: Coll<'scope, (Day, TopRow)>,
+    /// `(day, total, n)` changes of the histogram, consolidated per epoch (a closed day's
+    /// retirement included: sinks drop it).
+    pub histogram: Coll<'scope, (Day, u64, u64)>,
+    /// `(day, n)` changes of the number of users, consolidated per epoch (retirement included).
+    pub users: Coll<'scope, (Day, u64)>,
+    /// This worker's traces.
+    pub traces: Traces,
+}
+
+/// Builds every arrangement from the accepted steps (`((day, user), steps)` per epoch,
+/// consolidated, on the user's worker) and the watermark.
+pub fn state<'scope>(
+    accepted: Coll<'scope, (Day, User), i64>,
+    watermark: VecStream<'scope, Micros>,
+    settings: &Settings,
+) -> State<'scope> {
+    let scope = accepted.inner.scope();
+    let (retire_handle, retired) = timely::dataflow::operators::Feedback::feedback::<
+        Vec<(((Day, User), ()), Epoch, Steps)>,
+    >(&scope, 1);
+    let steps = accepted.inner.map_in_place_steps().concat(retired);
+    let totals_arranged: Arranged<'scope, TotalsTrace> =
+        arrange_core::<_, _, KeyBatcher<(Day, User), Epoch, Steps>, _>(
+            steps,
+            Pipeline,
+            "totals",
+            KeyBatcher::new,
+        );
+    let watermarks: WatermarkLog = Default::default();
+    let changes = totals(
+        totals_arranged.clone(),
+        watermark,
+        settings,
+        watermarks.clone(),
+    );
+    timely::dataflow::operators::ConnectLoop::connect_loop(changes.retire, retire_handle);
+
+    let histogram_arranged: Arranged<'scope, HistogramTrace> =
+        arrange_core::<_, _, KeyBatcher<(Day, u64), Epoch, isize>, _>(
+            changes.contributions,
+            Exchange::new(|((k, ()), _, _): &(((Day, u64), ()), Epoch, isize)| route_day(k.0)),
+            "histogram",
+            KeyBatcher::new,
+        );
+    let histogram = count_changes(
+        histogram_arranged.clone(),
+        "Histogram",
+        |&(day, total), n| (day, total, n as u64),
+    );
+    let users_arranged: Arranged<'scope, UsersTrace> =
+        arrange_core::<_, _, KeyBatcher<Day, Epoch, isize>, _>(
+            changes.presence,
+            Exchange::new(|((day, ()), _, _): &((Day, ()), Epoch, isize)| route_day(*day)),
+            "users",
+            KeyBatcher::new,
+        );
+    let users = count_changes(users_arranged.clone(), "Users", |&day, n| (day, n as u64));
+    let by_total: Arranged<'scope, ByTotalTrace> =
+        arrange_core::<_, _, KeyBatcher<(Day, Reverse<u64>, User), Epoch, isize>, _>(
+            changes.index,
+            Exchange::new(
+                |((k, ()), _, _): &(((Day, Reverse<u64>, User), ()), Epoch, isize)| route_day(k.0),
+            ),
+            "by-total",
+            KeyBatcher::new,
+        );
+    let candidates: Arranged<'scope, CandidatesTrace> =
+        arrange_core::<_, _, ValBatcher<Day, (Reverse<u64>, User), Epoch, isize>, _>(
+            changes.candidates,
+            Exchange::new(
+                |((day, _), _, _): &((Day, (Reverse<u64>, User)), Epoch, isize)| route_day(*day),
+            ),
+            "top-k candidates",
+            ValBatcher::new,
+        );
+    let rows = top_k(candidates, settings.k);
+    let top_arranged: Arranged<'scope, TopTrace> =
+        arrange_core::<_, _, ValBatcher<Day, TopRow, Epoch, isize>, _>(
+            rows.all,
+            Pipeline,
+            "top-k",
+            ValBatcher::new,
+        );
+    State {
+        totals: changes.totals.as_collection(),
+        top: rows.sink.as_collection(),
+        histogram,
+        users,
+        traces: Traces {
+            totals: totals_arranged.trace,
+            histogram: histogram_arranged.trace,
+            users: users_arranged.trace,
+            by_total: by_total.trace,
+            top: top_arranged.trace,
+            watermarks,
+        },
+    }
+}
+
+/// Accepted steps as updates of the `totals` arrangement.
+trait StepsUpdates<'scope> {
+    fn map_in_place_steps(self) -> VecStream<'scope, (((Day, User), ()), Epoch, Steps)>;
+}
+
+impl<'scope> StepsUpdates<'scope> for VecStream<'scope, ((Day, User), Epoch, i64)> {
+    fn map_in_place_steps(self) -> VecStream<'scope, (((Day, User), ()), Epoch, Steps)> {
+        use timely::dataflow::operators::vec::Map;
+        self.map(|(key, time, steps)| ((key, ()), time, (steps, 1)))
+    }
+}
+
+/// What [`totals`] produces.
+struct TotalsChanges<'scope> {
+    /// `(day, user, total)` changes for sinks: a changed user's old total retracted, the new one
+    /// inserted; consolidated per epoch; retirements left out.
+    totals: VecStream<'scope, ((Day, User, u64), Epoch, isize)>,
+    /// `((day, total), ±1)`: a user left or reached that total (input of `histogram`).
+    contributions: VecStream<'scope, (((Day, u64), ()), Epoch, isize)>,
+    /// `(day, ±1)`: a user appeared on, or was retired from, the day (input of `users`).
+    presence: VecStream<'scope, ((Day, ()), Epoch, isize)>,
+    /// `((day, Reverse(total), user), ±1)` (input of `by-total`).
+    index: VecStream<'scope, (((Day, Reverse<u64>, User), ()), Epoch, isize)>,
+    /// `(day, (Reverse(total), user), ±1)`: this worker's top-k candidates of the day.
+    candidates: VecStream<'scope, ((Day, (Reverse<u64>, User)), Epoch, isize)>,
+    /// Negated `totals` of the days that closed (fed back into `totals` one epoch later).
+    retire: VecStream<'scope, (((Day, User), ()), Epoch, Steps)>,
+}
+
+/// One change of a user's total at one epoch: `old`/`new` absent when the user had/has none.
+struct Change {
+    time: Epoch,
+    day: Day,
+    user: User,
+    old: Option<u64>,
+    new: Option<u64>,
+}
+
+/// The `Totals` operator: reads each changed (day, user) in the `totals` batches and its old
+/// value in the trace, and derives the changes of every other arrangement's input.
+///
+/// All outputs are consolidated per epoch (one retraction and one insertion per changed user and
+/// epoch). On the watermark it retires closed days (see the module docs).
+fn totals<'scope>(
+    arranged: Arranged<'scope, TotalsTrace>,
+    watermark: VecStream<'scope, Micros>,
+    settings: &Settings,
+    log: WatermarkLog,
+) -> TotalsChanges<'scope> {
+    let (k, grace, initial) = (settings.k, settings.grace, settings.initial_watermark);
+    let mut trace = arranged.trace.clone();
+    let mut builder = OperatorBuilder::new("Totals".to_owned(), arranged.stream.scope());
+    let mut input = builder.new_input(arranged.stream, Pipeline);
+    let mut wm_input = builder.new_input(watermark, Pipeline);
+    let (totals_out, totals) = builder.new_output::<Vec<((Day, User, u64), Epoch, isize)>>();
+    let (contrib_out, contributions) =
+        builder.new_output::<Vec<(((Day, u64), ()), Epoch, isize)>>();
+    let (presence_out, presence) = builder.new_output::<Vec<((Day, ()), Epoch, isize)>>();
+    let (index_out, index) =
+        builder.new_output::<Vec<(((Day, Reverse<u64>, User), ()), Epoch, isize)>>();
+    let (cand_out, candidates) =
+        builder.new_output::<Vec<((Day, (Reverse<u64>, User)), Epoch, isize)>>();
+    let (retire_out, retire) = builder.new_output::<Vec<(((Day, User), ()), Epoch, Steps)>>();
+    let mut totals_out = OutputBuilder::from(totals_out);
+    let mut contrib_out = OutputBuilder::from(contrib_out);
+    let mut presence_out = OutputBuilder::from(presence_out);
+    let mut index_out = OutputBuilder::from(index_out);
+    let mut cand_out = OutputBuilder::from(cand_out);
+    let mut retire_out = OutputBuilder::from(retire_out);
+
+    builder.build(move |_capabilities| {
+        let mut lower_limit = Antichain::from_elem(0 as Epoch);
+        let mut upper_limit = Antichain::from_elem(0 as Epoch);
+        // Per open day with users on this worker: its first k users in listing order.
+        let mut local_top: FxHashMap<Day, BTreeSet<(Reverse<u64>, User)>> = FxHashMap::default();
+        // Days retired, until their retraction has come back.
+        let mut retiring: FxHashSet<Day> = FxHashSet::default();
+        // Watermark values by epoch, each with a capability for the retirement output.
+        let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Micros)> = BTreeMap::new();
+        let mut current: Option<Micros> = initial;
+        let mut changes: Vec<Change> = Vec::new();
+        let mut times: Vec<(Epoch, Steps)> = Vec::new();
+        move |frontiers| {
+            wm_input.for_each(|cap, data| {
+                if let Some(&w) = data.iter().max() {
+                    let t = epoch_of(&cap);
+                    let entry = pending.entry(t).or_insert_with(|| (cap.delayed(&t, 5), w));
+                    entry.1 = entry.1.max(w);
+                }
+            });
+            let mut batches = Vec::new();
+            let mut caps: Option<Vec<Capability<Epoch>>> = None;
+            input.for_each(|c, data| {
+                if caps.is_none() {
+                    caps = Some(
+                        (0..5)
+                            .map(|p| c.retain_least(p).expect("capability"))
+                            .collect(),
+                    );
+                }
+                for span in data.drain(..) {
+                    upper_limit.clone_from(span.upper());
+                    if let Some(batch) = span.inner {
+                        batches.push(batch);
+                    }
+                }
+            });
+            if let Some(caps) = caps.filter(|_| !batches.is_empty()) {
+                let (mut batch_cursor, batch_storage) = cursor_list(batches);
+                let (mut trace_cursor, trace_storage) = cursor_list(
+                    trace
+                        .batches_through(lower_limit.borrow())
+                        .expect("the trace through the last batch"),
+                );
+                let mut several_times = false;
+                while let Some(&(day, user)) = batch_cursor.get_key(&batch_storage) {
+                    let mut acc: Steps = (0, 0);
+                    trace_cursor.seek_key(&trace_storage, &(day, user));
+                    if trace_cursor.get_key(&trace_storage) == Some(&(day, user)) {
+                        trace_cursor.map_times(&trace_storage, |_, d| {
+                            acc.0 += d.0;
+                            acc.1 += d.1;
+                        });
+                    }
+                    times.clear();
+                    batch_cursor.map_times(&batch_storage, |t, d| times.push((*t, *d)));
+                    times.sort_unstable_by_key(|(t, _)| *t);
+                    several_times |= times.first().map(|f| f.0) != times.last().map(|l| l.0);
+                    for &(time, d) in &times {
+                        let old = (acc.1 > 0).then_some(acc.0 as u64);
+                        acc.0 += d.0;
+                        acc.1 += d.1;
+                        let new = (acc.1 > 0).then_some(acc.0 as u64);
+                        if old != new {
+                            changes.push(Change {
+                                time,
+                                day,
+                                user,
+                                old,
+                                new,
+                            });
+                        }
+                    }
+                    batch_cursor.step_key(&batch_storage);
+                }
+                if several_times {
+                    // The top-k candidates must follow the epochs in order.
+                    changes.sort_by_key(|c| c.time);
+                }
+                let (mut t_buf, mut c_buf, mut p_buf, mut i_buf, mut k_buf) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for Change {
+                    time,
+                    day,
+                    user,
+                    old,
+                    new,
+                } in changes.drain(..)
+                {
+                    let retired = new.is_none();
+                    if let Some(old) = old {
+                        if !retired {
+                            t_buf.push(((day, user, old), time, -1isize));
+                        }
+                        c_buf.push((((day, old), ()), time, -1isize));
+                        i_buf.push((((day, Reverse(old), user), ()), time, -1isize));
+                    }
+                    match (old, new) {
+                        (None, Some(_)) => p_buf.push(((day, ()), time, 1isize)),
+                        (Some(_), None) => p_buf.push(((day, ()), time, -1isize)),
+                        _ => {}
+                    }
+                    let set = local_top.entry(day).or_default();
+                    if let Some(new) = new {
+                        t_buf.push(((day, user, new), time, 1isize));
+                        c_buf.push((((day, new), ()), time, 1isize));
+                        i_buf.push((((day, Reverse(new), user), ()), time, 1isize));
+                        // Local top-k by insertion only (totals only grow).
+                        let entry = (Reverse(new), user);
+                        if set.len() < k || set.last().is_some_and(|last| entry < *last) {
+                            if let Some(old) = old {
+                                if set.remove(&(Reverse(old), user)) {
+                                    k_buf.push(((day, (Reverse(old), user)), time, -1isize));
+                                }
+                            }
+                            set.insert(entry);
+                            k_buf.push(((day, entry), time, 1isize));
+                            if set.len() > k {
+                                let evicted = set.pop_last().expect("non-empty");
+                                k_buf.push(((day, evicted), time, -1isize));
+                            }
+                        }
+                    } else if let Some(old) = old {
+                        // Retirement: the day's candidates leave with its users.
+                        if set.remove(&(Reverse(old), user)) {
+                            k_buf.push(((day, (Reverse(old), user)), time, -1isize));
+                        }
+                    }
+                }
+                local_top.retain(|day, set| {
+                    let keep = !set.is_empty();
+                    if !keep {
+                        retiring.remove(day);
+                    }
+                    keep
+                });
+                // Consolidated per epoch: one change per (day, user) and epoch (a batch of
+                // several epochs keeps each epoch's change under its own time).
+                totals_out
+                    .activate()
+                    .session(&caps[0])
+                    .give_container(&mut t_buf);
+                contrib_out
+                    .activate()
+                    .session(&caps[1])
+                    .give_container(&mut c_buf);
+                presence_out
+                    .activate()
+                    .session(&caps[2])
+                    .give_container(&mut p_buf);
+                index_out
+                    .activate()
+                    .session(&caps[3])
+                    .give_container(&mut i_buf);
+                cand_out
+                    .activate()
+                    .session(&caps[4])
+                    .give_container(&mut k_buf);
+            }
+            // The trace is read through what this operator has seen.
+            trace.set_logical_compaction(upper_limit.borrow());
+            trace.set_physical_compaction(upper_limit.borrow());
+            lower_limit.clone_from(&upper_limit);
+
+            // Retire the days W(t) closed, once W(t) is final and every batch through t is in.
+            while let Some((&t, _)) = pending.first_key_value() {
+                if frontiers[1].less_equal(&t) || frontiers[0].less_equal(&t) {
+                    break;
+                }
+                let (cap, w) = pending.remove(&t).expect("present");
+                if current.is_some_and(|c| w <= c) {
+                    continue;
+                }
+                current = Some(w);
+                log.borrow_mut().changes.insert(t, w);
+                let closing: Vec<Day> = local_top
+                    .keys()
+                    .copied()
+                    .filter(|&d| is_closed(d, current, grace) && !retiring.contains(&d))
+                    .collect();
+                if closing.is_empty() {
+                    continue;
+                }
+                let (mut cursor, storage) = cursor_list(
+                    trace
+                        .batches_through(upper_limit.borrow())
+                        .expect("the trace through the last batch"),
+                );
+                let mut out = Vec::new();
+                for day in closing {
+                    retiring.insert(day);
+                    cursor.seek_key(&storage, &(day, 0));
+                    while let Some(&(d, user)) = cursor.get_key(&storage) {
+                        if d != day {
+                            break;
+                        }
+                        let mut acc: Steps = (0, 0);
+                        cursor.map_times(&storage, |_, diff| {
+                            acc.0 += diff.0;
+                            acc.1 += diff.1;
+                        });
+                        if acc != (0, 0) {
+                            // Stamped t + 1 in the record as in the message: the feedback edge
+                            // delays the message's timestamp, not the records' own times, and
+                            // an update at t would land behind every frontier downstream (in
+                            // an epoch already delivered, or in the one being delivered).
+                            out.push((((day, user), ()), t + 1, (-acc.0, -acc.1)));
+                        }
+                        cursor.step_key(&storage);
+                    }
+                }
+                retire_out.activate().session(&cap).give_container(&mut out);
+            }
+            // W(e) is final here for every e both inputs have passed.
+            let through = |f: &timely::progress::frontier::MutableAntichain<Epoch>| {
+                f.frontier().first().copied().unwrap_or(Epoch::MAX)
+            };
+            let through = through(&frontiers[0]).min(through(&frontiers[1]));
+            let through = pending
+                .first_key_value()
+                .map_or(through, |(&t, _)| t.min(through));
+            log.borrow_mut().through = through;
+        }
+    });
+
+    TotalsChanges {
+        totals,
+        contributions,
+        presence,
+        index,
+        candidates,
+        retire,
+    }
+}
+
+/// The rows [`top_k`] produces.
+struct Rows<'scope> {
+    /// Every change of the `top-k` rows (`((day, row), ()), ±1`), retirements included.
+    all: VecStream<'scope, ((Day, TopRow), Epoch, isize)>,
+    /// The same for sinks, retirements left out.
+    sink: VecStream<'scope, ((Day, TopRow), Epoch, isize)>,
+}
+
+/// The `TopK` operator: for every day whose candidates changed, the rows before (from the
+/// `top-k candidates` trace) and after (with the batch), and their difference.
+///
+/// Output consolidated per epoch: for every position whose row changed, the old row retracted
+/// and the new one inserted.
+fn top_k<'scope>(candidates: Arranged<'scope, CandidatesTrace>, k: usize) -> Rows<'scope> {
+    let mut trace = candidates.trace.clone();
+    let mut builder = OperatorBuilder::new("TopK".to_owned(), candidates.stream.scope());
+    let mut input = builder.new_input(candidates.stream, Pipeline);
+    let (all_out, all) = builder.new_output::<Vec<((Day, TopRow), Epoch, isize)>>();
+    let (sink_out, sink) = builder.new_output::<Vec<((Day, TopRow), Epoch, isize)>>();
+    let mut all_out = OutputBuilder::from(all_out);
+    let mut sink_out = OutputBuilder::from(sink_out);
+    builder.build(move |_capabilities| {
+        let mut lower_limit = Antichain::from_elem(0 as Epoch);
+        let mut upper_limit = Antichain::from_elem(0 as Epoch);
+        move |_frontiers| {
+            let mut batches = Vec::new();
+            let mut caps: Option<Vec<Capability<Epoch>>> = None;
+            input.for_each(|c, data| {
+                if caps.is_none() {
+                    caps = Some(
+                        (0..2)
+                            .map(|p| c.retain_least(p).expect("capability"))
+                            .collect(),
+                    );
+                }
+                for span in data.drain(..) {
+                    upper_limit.clone_from(span.upper());
+                    if let Some(batch) = span.inner {
+                        batches.push(batch);
+                    }
+                }
+            });
+            if let Some(caps) = caps.filter(|_| !batches.is_empty()) {
+                let (mut batch_cursor, batch_storage) = cursor_list(batches);
+                let (mut trace_cursor, trace_storage) = cursor_list(
+                    trace
+                        .batches_through(lower_limit.borrow())
+                        .expect("the trace through the last batch"),
+                );
+                let (mut all_buf, mut sink_buf) = (Vec::new(), Vec::new());
+                while let Some(&day) = batch_cursor.get_key(&batch_storage) {
+                    // The day's candidates before this batch.
+                    let mut set: BTreeSet<(Reverse<u64>, User)> = BTreeSet::new();
+                    trace_cursor.seek_key(&trace_storage, &day);
+                    if trace_cursor.get_key(&trace_storage) == Some(&day) {
+                        while let Some(&val) = trace_cursor.get_val(&trace_storage) {
+                            let mut n = 0isize;
+                            trace_cursor.map_times(&trace_storage, |_, d| n += *d);
+                            if n > 0 {
+                                set.insert(val);
+                            }
+                            trace_cursor.step_val(&trace_storage);
+                        }
+                    }
+                    // The batch's changes, epoch by epoch.
+                    let mut updates: Vec<(Epoch, (Reverse<u64>, User), isize)> = Vec::new();
+                    while let Some(&val) = batch_cursor.get_val(&batch_storage) {
+                        batch_cursor.map_times(&batch_storage, |t, d| updates.push((*t, val, *d)));
+                        batch_cursor.step_val(&batch_storage);
+                    }
+                    updates.sort_unstable();
+                    let mut rows = rank_prefix(set.iter().map(|&(Reverse(s), u)| (u, s)), k);
+                    let mut i = 0;
+                    while i < updates.len() {
+                        let time = updates[i].0;
+                        while i < updates.len() && updates[i].0 == time {
+                            let (_, val, d) = updates[i];
+                            if d > 0 {
+                                set.insert(val);
+                            } else {
+                                set.remove(&val);
+                            }
+                            i += 1;
+                        }
+                        let new_rows = rank_prefix(set.iter().map(|&(Reverse(s), u)| (u, s)), k);
+                        // An empty day was retired: its rows leave the arrangement only.
+                        let retired = set.is_empty();
+                        for p in 0..rows.len().max(new_rows.len()) {
+                            let (old, new) = (rows.get(p), new_rows.get(p));
+                            if old != new {
+                                for (row, d) in [(old, -1isize), (new, 1)] {
+                                    if let Some(row) = row {
+                                        all_buf.push(((day, *row), time, d));
+                                        if !retired {
+                                            sink_buf.push(((day, *row), time, d));
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        rows = new_rows;
+                    }
+                    batch_cursor.step_key(&batch_storage);
+                }
+                all_out
+                    .activate()
+                    .session(&caps[0])
+                    .give_container(&mut all_buf);
+                sink_out
+                    .activate()
+                    .session(&caps[1])
+                    .give_container(&mut sink_buf);
+            }
+            trace.set_logical_compaction(upper_limit.borrow());
+            trace.set_physical_compaction(upper_limit.borrow());
+            lower_limit.clone_from(&upper_limit);
+        }
+    });
+    Rows { all, sink }
+}
+
+/// A count arrangement's changes: for every key whose count changed at an epoch, the old
+/// `(key, count)` retracted and the new one inserted (absent when zero), as `out(key, count)`;
+/// consolidated per epoch. Like differential's `count_total`, with a name of its own.
+fn count_changes<'scope, K, D>(
+    arranged: Arranged<'scope, TraceAgent<KeySpine<K, Epoch, isize>>>,
+    name: &str,
+    out: impl Fn(&K, isize) -> D + 'static,
+) -> Coll<'scope, D>
+where
+    K: Ord + Clone + 'static,
+    D: differential_dataflow::Data,
+{
+    let mut trace = arranged.trace.clone();
+    arranged
+        .stream
+        .unary(Pipeline, name, move |_, _| {
+            let mut lower_limit = Antichain::from_elem(0 as Epoch);
+            let mut upper_limit = Antichain::from_elem(0 as Epoch);
+            move |input, output| {
+                let mut batches = Vec::new();
+                let mut cap: Option<Capability<Epoch>> = None;
+                input.for_each(|c, data| {
+                    if cap.is_none() {
+                        cap = Some(c.retain_least(0).expect("capability"));
+                    }
+                    for span in data.drain(..) {
+                        upper_limit.clone_from(span.upper());
+                        if let Some(batch) = span.inner {
+                            batches.push(batch);
+                        }
+                    }
+                });
+                if let Some(cap) = cap.filter(|_| !batches.is_empty()) {
+                    let mut session = output.session(&cap);
+                    let (mut batch_cursor, batch_storage) = cursor_list(batches);
+                    let (mut trace_cursor, trace_storage) = cursor_list(
+                        trace
+                            .batches_through(lower_limit.borrow())
+                            .expect("the trace through the last batch"),
+                    );
+                    let mut times: Vec<(Epoch, isize)> = Vec::new();
+                    while let Some(key) = batch_cursor.get_key(&batch_storage) {
+                        let mut count = 0isize;
+                        trace_cursor.seek_key(&trace_storage, key);
+                        if trace_cursor.get_key(&trace_storage) == Some(key) {
+                            trace_cursor.map_times(&trace_storage, |_, d| count += *d);
+                        }
+                        times.clear();
+                        batch_cursor.map_times(&batch_storage, |t, d| times.push((*t, *d)));
+                        times.sort_unstable();
+                        for &(time, d) in &times {
+                            if count != 0 {
+                                session.give((out(key, count), time, -1isize));
+                            }
+                            count += d;
+                            if count != 0 {
+                                session.give((out(key, count), time, 1isize));
+                            }
+                        }
+                        batch_cursor.step_key(&batch_storage);
+                    }
+                }
+                trace.set_logical_compaction(upper_limit.borrow());
+                trace.set_physical_compaction(upper_limit.borrow());
+                lower_limit.clone_from(&upper_limit);
+            }
+        })
+        .as_collection()
+}
