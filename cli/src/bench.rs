@@ -41,6 +41,12 @@ enum BenchCommand {
     Replay(ReplayArgs),
     /// End to end on the real services: Kafka → worker → Cassandra, throughput and freshness.
     E2e(crate::bench_e2e::E2eArgs),
+    /// The web page's API and event streams on Cassandra: latency of top and standing at a
+    /// steady request rate, and the cost of 1 000 open event streams.
+    Web(crate::bench_web::WebArgs),
+    /// The writer of `bench web` (generator → dataflow → Cassandra sink), in its own process.
+    #[command(hide = true)]
+    WebWriter(crate::bench_web::WebWriterArgs),
 }
 
 /// Arguments of `bench core`.
@@ -109,6 +115,8 @@ pub fn bench(args: BenchArgs) -> Result<(), CliError> {
         BenchCommand::CoreOnce(a) => core_once(a),
         BenchCommand::Replay(a) => replay(a),
         BenchCommand::E2e(a) => crate::bench_e2e::e2e(a),
+        BenchCommand::Web(a) => crate::bench_web::web(a),
+        BenchCommand::WebWriter(a) => crate::bench_web::writer(a),
     }
 }
 

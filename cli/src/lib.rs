@@ -4,12 +4,14 @@
 pub mod archive;
 pub mod bench;
 pub mod bench_e2e;
+pub mod bench_web;
 pub mod config;
 pub mod error;
 pub mod job;
 pub mod metrics;
 pub mod produce;
 pub mod recovery;
+pub mod serve;
 pub mod view;
 
 pub use error::CliError;
