@@ -179,7 +179,7 @@ fn errors_are_json_with_the_right_status() {
         (format!("/api/days/{day}/standing/{known}?neighbours=51"), 400, "invalid_neighbours"),
         (format!("/api/days/{day}/standing/{known}?neighbours=x"), 400, "invalid_neighbours"),
         (format!("/api/days/%FF/top"), 400, "bad_request"),
-        (format!("/api/days/{day}/top?k=%FF"), 400, "bad_request"),
+        (format!("/api/days/{day}/top?k=%FF"), 400, "invalid_k"),
         (format!("/api/events?day=tomorrow"), 400, "invalid_date"),
         (format!("/api/events?day={day}&user=nope"), 400, "invalid_uuid"),
         (format!("/api/days/2020-01-01/top"), 404, "unknown_day"),

@@ -1,5 +1,5 @@
-// RankMySteps leaderboard page. No framework; every text is set with textContent, never
-// innerHTML, and nothing is inline (the server's Content-Security-Policy forbids it).
+// RankMySteps leaderboard page. No framework; every text is set with textContent (never
+// parsed as HTML), and nothing is inline (the server's Content-Security-Policy forbids it).
 'use strict';
 
 (function () {
