@@ -244,7 +244,12 @@ pub fn web(a: WebArgs) -> Result<(), CliError> {
             .args(["bench", "web-writer", "--config"])
             .arg(&a.config)
             .args(["--keyspace", &a.keyspace])
-            .args(["--users", &a.users.to_string(), "--rate", &a.rate.to_string()])
+            .args([
+                "--users",
+                &a.users.to_string(),
+                "--rate",
+                &a.rate.to_string(),
+            ])
             .args(["--seconds", &budget.to_string()])
             .spawn()
             .map_err(|e| CliError::Setting(format!("starting the writer: {e}")))?,
@@ -278,18 +283,21 @@ pub fn web(a: WebArgs) -> Result<(), CliError> {
     let users = a.users;
     let rate = a.requests_per_second.max(1);
 
-    let report = |name: &str, (lat, statuses): (Vec<Duration>, std::collections::BTreeMap<u16, u64>)| {
-        println!(
+    let report =
+        |name: &str, (lat, statuses): (Vec<Duration>, std::collections::BTreeMap<u16, u64>)| {
+            println!(
             "{name}: {rate} requests/s for {:.0} s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (statuses {statuses:?})",
             a.seconds,
             pct(&lat, 0.5),
             pct(&lat, 0.99),
             lat.last().map_or(f64::NAN, |d| ms(*d)),
         );
-    };
+        };
     report(
         "GET /api/days/{day}/top?k=100",
-        steady(addr, rate, a.seconds, |_| format!("/api/days/{day}/top?k=100")),
+        steady(addr, rate, a.seconds, |_| {
+            format!("/api/days/{day}/top?k=100")
+        }),
     );
     report(
         "GET /api/days/{day}/standing/{user}?neighbours=3",
@@ -315,8 +323,11 @@ pub fn web(a: WebArgs) -> Result<(), CliError> {
             format!("/api/events?day={day}")
         };
         let mut s = TcpStream::connect(addr).map_err(|e| CliError::Setting(e.to_string()))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
-            .map_err(|e| CliError::Setting(e.to_string()))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .map_err(|e| CliError::Setting(e.to_string()))?;
         s.set_nonblocking(true)
             .map_err(|e| CliError::Setting(e.to_string()))?;
         sockets.push(s);
@@ -337,7 +348,8 @@ pub fn web(a: WebArgs) -> Result<(), CliError> {
                                 break;
                             }
                             let text = &buf[..n];
-                            tops[i] += text.windows(10).filter(|w| w == b"event: top").count() as u64;
+                            tops[i] +=
+                                text.windows(10).filter(|w| w == b"event: top").count() as u64;
                             received.fetch_add(n as u64, Ordering::Relaxed);
                         }
                     }
@@ -351,7 +363,9 @@ pub fn web(a: WebArgs) -> Result<(), CliError> {
     let clients = server.clients();
     let (cpu, reads, rss) = cost(&server, a.seconds);
     stop.store(true, Ordering::Relaxed);
-    let tops = drain.join().map_err(|_| CliError::Setting("drain thread".into()))?;
+    let tops = drain
+        .join()
+        .map_err(|_| CliError::Setting("drain thread".into()))?;
     let with_top = tops.iter().filter(|&&n| n > 0).count();
     let mean_tops = tops.iter().sum::<u64>() as f64 / tops.len().max(1) as f64;
     println!(

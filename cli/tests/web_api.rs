@@ -17,11 +17,7 @@ use webutil::*;
 const K: usize = 5;
 
 fn serve(dir: &std::path::Path) -> Server {
-    Server::start(
-        Arc::new(LocalStore::new(dir)),
-        bind("127.0.0.1:0").unwrap(),
-    )
-    .unwrap()
+    Server::start(Arc::new(LocalStore::new(dir)), bind("127.0.0.1:0").unwrap()).unwrap()
 }
 
 fn day_of(text: &str) -> i32 {
@@ -48,7 +44,12 @@ fn api_equals_the_cli_on_a_replay() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| (d["day"].as_str().unwrap().to_owned(), d["final"].as_bool().unwrap()))
+        .map(|d| {
+            (
+                d["day"].as_str().unwrap().to_owned(),
+                d["final"].as_bool().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         listed,
@@ -67,9 +68,17 @@ fn api_equals_the_cli_on_a_replay() {
         assert_eq!(api.status, 200, "{}", api.text());
         assert_eq!(api.json(), cli, "top of {day}");
         for k in [1, 3, K] {
-            let cli =
-                cli_json(&["top", "--out", out_s, "--day", day, "--k", &k.to_string(), "--json"])
-                    .unwrap();
+            let cli = cli_json(&[
+                "top",
+                "--out",
+                out_s,
+                "--day",
+                day,
+                "--k",
+                &k.to_string(),
+                "--json",
+            ])
+            .unwrap();
             let api = c.get(&format!("/api/days/{day}/top?k={k}")).unwrap().json();
             assert_eq!(api, cli, "top {k} of {day}");
         }
@@ -87,7 +96,11 @@ fn api_equals_the_cli_on_a_replay() {
             .map(|e| e["steps"].as_u64().unwrap())
             .collect();
         for i in 1..ranks.len() {
-            let want = if steps[i] == steps[i - 1] { ranks[i - 1] } else { i as u64 + 1 };
+            let want = if steps[i] == steps[i - 1] {
+                ranks[i - 1]
+            } else {
+                i as u64 + 1
+            };
             assert_eq!(ranks[i], want, "{day}: {ranks:?} {steps:?}");
         }
 
@@ -97,8 +110,16 @@ fn api_equals_the_cli_on_a_replay() {
             let u = rankmysteps_dataflow::event::format_user(*u);
             for n in [0usize, 3] {
                 let cli = cli_json(&[
-                    "standing", "--out", out_s, "--day", day, "--user", &u, "--neighbours",
-                    &n.to_string(), "--json",
+                    "standing",
+                    "--out",
+                    out_s,
+                    "--day",
+                    day,
+                    "--user",
+                    &u,
+                    "--neighbours",
+                    &n.to_string(),
+                    "--json",
                 ])
                 .unwrap();
                 let path = if n == 0 {
@@ -138,9 +159,9 @@ fn api_equals_the_cli_on_a_replay() {
         assert_eq!(h["user"], u.as_str());
         let mut want = Vec::new();
         for day in DAYS.iter().rev() {
-            if let Some(s) =
-                cli_json(&["standing", "--out", out_s, "--day", day, "--user", &u, "--json"])
-            {
+            if let Some(s) = cli_json(&[
+                "standing", "--out", out_s, "--day", day, "--user", &u, "--json",
+            ]) {
                 want.push(serde_json::json!({
                     "day": day, "final": s["final"], "steps": s["steps"],
                     "rank": s["rank"], "users": s["users"],
@@ -165,10 +186,26 @@ fn errors_are_json_with_the_right_status() {
     let absent = "ffffffff-ffff-4fff-bfff-ffffffffffff";
     let cases: Vec<(String, u16, &str)> = vec![
         (format!("/api/days/2026-13-01/top"), 400, "invalid_date"),
-        (format!("/api/days/yesterday/histogram"), 400, "invalid_date"),
-        (format!("/api/days/2026-02-30/standing/{known}"), 400, "invalid_date"),
-        (format!("/api/days/{day}/standing/not-a-uuid"), 400, "invalid_uuid"),
-        (format!("/api/days/{day}/standing/{known}x"), 400, "invalid_uuid"),
+        (
+            format!("/api/days/yesterday/histogram"),
+            400,
+            "invalid_date",
+        ),
+        (
+            format!("/api/days/2026-02-30/standing/{known}"),
+            400,
+            "invalid_date",
+        ),
+        (
+            format!("/api/days/{day}/standing/not-a-uuid"),
+            400,
+            "invalid_uuid",
+        ),
+        (
+            format!("/api/days/{day}/standing/{known}x"),
+            400,
+            "invalid_uuid",
+        ),
         (format!("/api/users/1234/history"), 400, "invalid_uuid"),
         (format!("/api/days/{day}/top?k=0"), 400, "invalid_k"),
         (format!("/api/days/{day}/top?k=1001"), 400, "invalid_k"),
@@ -176,16 +213,40 @@ fn errors_are_json_with_the_right_status() {
         (format!("/api/days/{day}/top?k=abc"), 400, "invalid_k"),
         // More than the stored top-k (5 of 40 users).
         (format!("/api/days/{day}/top?k={}", K + 1), 400, "invalid_k"),
-        (format!("/api/days/{day}/standing/{known}?neighbours=51"), 400, "invalid_neighbours"),
-        (format!("/api/days/{day}/standing/{known}?neighbours=x"), 400, "invalid_neighbours"),
+        (
+            format!("/api/days/{day}/standing/{known}?neighbours=51"),
+            400,
+            "invalid_neighbours",
+        ),
+        (
+            format!("/api/days/{day}/standing/{known}?neighbours=x"),
+            400,
+            "invalid_neighbours",
+        ),
         (format!("/api/days/%FF/top"), 400, "bad_request"),
         (format!("/api/days/{day}/top?k=%FF"), 400, "invalid_k"),
         (format!("/api/events?day=tomorrow"), 400, "invalid_date"),
-        (format!("/api/events?day={day}&user=nope"), 400, "invalid_uuid"),
+        (
+            format!("/api/events?day={day}&user=nope"),
+            400,
+            "invalid_uuid",
+        ),
         (format!("/api/days/2020-01-01/top"), 404, "unknown_day"),
-        (format!("/api/days/2020-01-01/histogram"), 404, "unknown_day"),
-        (format!("/api/days/2020-01-01/standing/{known}"), 404, "unknown_day"),
-        (format!("/api/days/{day}/standing/{absent}"), 404, "unknown_user"),
+        (
+            format!("/api/days/2020-01-01/histogram"),
+            404,
+            "unknown_day",
+        ),
+        (
+            format!("/api/days/2020-01-01/standing/{known}"),
+            404,
+            "unknown_day",
+        ),
+        (
+            format!("/api/days/{day}/standing/{absent}"),
+            404,
+            "unknown_user",
+        ),
         (format!("/api/users/{absent}/history"), 404, "unknown_user"),
         (format!("/api/nothing"), 404, "not_found"),
         (format!("/api/days"), 405, "method_not_allowed"),
@@ -196,7 +257,10 @@ fn errors_are_json_with_the_right_status() {
         assert_eq!(r.status, status, "{method} {path}: {}", r.text());
         let body = r.json();
         assert_eq!(body["error"], code, "{path}: {body}");
-        assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{path}: {body}");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{path}: {body}"
+        );
         assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
         assert_security_headers(&r, &path);
     }
@@ -209,7 +273,11 @@ fn assert_security_headers(r: &rankmysteps_web::client::Response, what: &str) {
     assert!(csp.contains("default-src 'self'"), "{what}: {csp}");
     assert!(csp.contains("frame-ancestors 'none'"), "{what}: {csp}");
     assert!(!csp.contains("unsafe-inline"), "{what}: {csp}");
-    assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{what}");
+    assert_eq!(
+        r.header("x-content-type-options"),
+        Some("nosniff"),
+        "{what}"
+    );
     assert_eq!(r.header("x-frame-options"), Some("DENY"), "{what}");
     assert!(r.header("referrer-policy").is_some(), "{what}");
 }
@@ -221,21 +289,42 @@ fn page_and_assets_are_embedded_with_security_headers() {
     let addr = server.addr();
     let page = get(addr, "/?day=2026-11-27&user=x").unwrap();
     assert_eq!(page.status, 200);
-    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
     assert_security_headers(&page, "/");
     let html = page.text();
     // No inline script or style: every <script> has a src, no style attribute or element.
-    assert_eq!(html.matches("<script").count(), html.matches("<script src=").count());
-    assert!(!html.contains("<style") && !html.contains(" style="), "inline style");
-    assert!(!html.contains("http://") && !html.contains("https://"), "no CDN");
-    for (path, kind) in [("/assets/app.js", "text/javascript"), ("/assets/app.css", "text/css")] {
+    assert_eq!(
+        html.matches("<script").count(),
+        html.matches("<script src=").count()
+    );
+    assert!(
+        !html.contains("<style") && !html.contains(" style="),
+        "inline style"
+    );
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no CDN"
+    );
+    for (path, kind) in [
+        ("/assets/app.js", "text/javascript"),
+        ("/assets/app.css", "text/css"),
+    ] {
         let r = get(addr, path).unwrap();
         assert_eq!(r.status, 200, "{path}");
-        assert!(r.header("content-type").unwrap().starts_with(kind), "{path}");
+        assert!(
+            r.header("content-type").unwrap().starts_with(kind),
+            "{path}"
+        );
         assert_security_headers(&r, path);
     }
     let js = get(addr, "/assets/app.js").unwrap().text();
-    assert!(!js.contains("innerHTML"), "text is set with textContent only");
+    assert!(
+        !js.contains("innerHTML"),
+        "text is set with textContent only"
+    );
     // An empty directory: no days yet, not an error.
     let days = get(addr, "/api/days").unwrap();
     assert_eq!(days.status, 200);
@@ -266,11 +355,17 @@ fn unreachable_cassandra_is_503() {
         assert_security_headers(&r, &path);
     }
     // Bad input is still 400, before the store is asked.
-    assert_eq!(c.get("/api/days/2026-11-27/standing/bad").unwrap().status, 400);
+    assert_eq!(
+        c.get("/api/days/2026-11-27/standing/bad").unwrap().status,
+        400
+    );
     // The event stream says the store is unavailable (the page shows "reconnecting").
-    let mut events =
-        EventStream::open(server.addr(), "/api/events?day=2026-11-27", Duration::from_secs(10))
-            .unwrap();
+    let mut events = EventStream::open(
+        server.addr(),
+        "/api/events?day=2026-11-27",
+        Duration::from_secs(10),
+    )
+    .unwrap();
     assert_eq!(events.status, 200);
     let status = wait_until(Duration::from_secs(10), || {
         let e = events.next_event().ok()?;
@@ -315,14 +410,21 @@ fn the_event_stream_delivers_a_new_epoch() {
     // Many clients, one read per epoch: count the store's reads around one epoch.
     let mut streams: Vec<EventStream> = (0..20)
         .map(|_| {
-            EventStream::open(server.addr(), &format!("/api/events?day={}", DAYS[0]), Duration::from_secs(5))
-                .unwrap()
+            EventStream::open(
+                server.addr(),
+                &format!("/api/events?day={}", DAYS[0]),
+                Duration::from_secs(5),
+            )
+            .unwrap()
         })
         .collect();
     for s in &streams {
         assert_eq!(s.status, 200);
         assert_eq!(
-            s.headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str()),
+            s.headers
+                .iter()
+                .find(|(k, _)| k == "content-type")
+                .map(|(_, v)| v.as_str()),
             Some("text/event-stream")
         );
     }
@@ -347,12 +449,18 @@ fn the_event_stream_delivers_a_new_epoch() {
         assert_eq!(top["day"], DAYS[0]);
     }
     let took = released.elapsed();
-    assert!(took < Duration::from_secs(2), "new epoch on every stream in {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "new epoch on every stream in {took:?}"
+    );
     // One top-k read for the epoch, not one per client (the rest: polls of progress.json and
     // the list of days).
     std::thread::sleep(Duration::from_millis(600));
     let reads = server.store_reads() - reads_before;
-    assert!(reads < 20, "{reads} store reads for one epoch and 20 clients");
+    assert!(
+        reads < 20,
+        "{reads} store reads for one epoch and 20 clients"
+    );
     // Let the job finish.
     for _ in 0..20 {
         let _ = go.send(());

@@ -57,7 +57,10 @@ impl Driver {
             .expect("starting chromedriver");
         let started = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "chromedriver did not start");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "chromedriver did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Driver { child, port, dir }
@@ -208,14 +211,19 @@ fn page_shows_the_top_k_and_follows_new_epochs() {
             .filter(|p| p.epoch >= 1)
     })
     .expect("epoch 1 written");
-    let server = Server::start(Arc::new(LocalStore::new(&out)), bind("127.0.0.1:0").unwrap())
-        .unwrap();
+    let server = Server::start(
+        Arc::new(LocalStore::new(&out)),
+        bind("127.0.0.1:0").unwrap(),
+    )
+    .unwrap();
     let addr = server.addr();
     let driver = Driver::start();
     runtime().block_on(async {
         let c = driver.client(1280, 900).await;
         c.goto(&server.url()).await.unwrap();
-        let api = get(addr, &format!("/api/days/{}/top", DAYS[0])).unwrap().json();
+        let api = get(addr, &format!("/api/days/{}/top", DAYS[0]))
+            .unwrap()
+            .json();
         let want = api_rows(&api["top"]);
         assert!(!want.is_empty());
         eventually(Duration::from_secs(10), "the page's top-k", || async {
@@ -223,10 +231,14 @@ fn page_shows_the_top_k_and_follows_new_epochs() {
         })
         .await;
         assert_eq!(text(&c, "#conn").await, "live");
-        assert!(text(&c, "#summary").await.starts_with(&format!("{} users", api["users"])));
+        assert!(text(&c, "#summary")
+            .await
+            .starts_with(&format!("{} users", api["users"])));
         assert_eq!(text(&c, "#final").await.to_lowercase(), "live");
         // A marker that a reload would lose.
-        c.execute("window.__noReload = 42; return null;", vec![]).await.unwrap();
+        c.execute("window.__noReload = 42; return null;", vec![])
+            .await
+            .unwrap();
         let first_row = c
             .execute("return document.querySelector('#top tbody tr');", vec![])
             .await
@@ -235,26 +247,47 @@ fn page_shows_the_top_k_and_follows_new_epochs() {
         // One more epoch: on the page within 2 s, without a reload.
         let released = Instant::now();
         go.send(()).unwrap();
-        let api = eventually(Duration::from_secs(5), "the new epoch in the API", || async {
-            let now = get(addr, &format!("/api/days/{}/top", DAYS[0])).unwrap().json();
-            (api_rows(&now["top"]) != want).then_some(now)
-        })
+        let api = eventually(
+            Duration::from_secs(5),
+            "the new epoch in the API",
+            || async {
+                let now = get(addr, &format!("/api/days/{}/top", DAYS[0]))
+                    .unwrap()
+                    .json();
+                (api_rows(&now["top"]) != want).then_some(now)
+            },
+        )
         .await;
         let want = api_rows(&api["top"]);
-        eventually(Duration::from_secs(2), "the new epoch on the page", || async {
-            (page_rows(&c, "#top").await == want).then_some(())
-        })
+        eventually(
+            Duration::from_secs(2),
+            "the new epoch on the page",
+            || async { (page_rows(&c, "#top").await == want).then_some(()) },
+        )
         .await;
         let took = released.elapsed();
-        assert!(took < Duration::from_secs(2), "new epoch on the page after {took:?}");
-        let marker = c.execute("return window.__noReload;", vec![]).await.unwrap();
+        assert!(
+            took < Duration::from_secs(2),
+            "new epoch on the page after {took:?}"
+        );
+        let marker = c
+            .execute("return window.__noReload;", vec![])
+            .await
+            .unwrap();
         assert_eq!(marker, json!(42), "the page was reloaded");
         // Rows are updated in place: the first row's element is still in the document.
         let kept = c
-            .execute("return document.body.contains(arguments[0]);", vec![first_row])
+            .execute(
+                "return document.body.contains(arguments[0]);",
+                vec![first_row],
+            )
             .await
             .unwrap();
-        assert_eq!(kept, json!(true), "rows re-rendered instead of updated in place");
+        assert_eq!(
+            kept,
+            json!(true),
+            "rows re-rendered instead of updated in place"
+        );
         assert!(text(&c, "#updated").await.starts_with("updated "));
         for _ in 0..20 {
             let _ = go.send(());
@@ -271,8 +304,11 @@ fn user_box_day_picker_chart_and_errors() {
     let input = write_input(tmp.path());
     let out = tmp.path().join("out");
     replay(&input, &out, 100);
-    let server = Server::start(Arc::new(LocalStore::new(&out)), bind("127.0.0.1:0").unwrap())
-        .unwrap();
+    let server = Server::start(
+        Arc::new(LocalStore::new(&out)),
+        bind("127.0.0.1:0").unwrap(),
+    )
+    .unwrap();
     let addr = server.addr();
     let driver = Driver::start();
     runtime().block_on(async {
@@ -324,7 +360,10 @@ fn user_box_day_picker_chart_and_errors() {
         .await;
         let url = c.current_url().await.unwrap();
         assert!(url.as_str().contains(&format!("user={u}")), "{url}");
+        // The whole page: the standing, the table and the chart.
+        c.set_window_size(1280, 1500).await.unwrap();
         screenshot(&c, "leaderboard-1280.png").await;
+        c.set_window_size(1280, 900).await.unwrap();
 
         // Switching days: the picker lists every day, the closed ones final.
         let options = c
@@ -399,6 +438,7 @@ fn user_box_day_picker_chart_and_errors() {
             .await
             .unwrap();
         assert!(overflow.as_i64().unwrap_or(1) <= 0, "horizontal overflow {overflow}");
+        c.set_window_size(390, 1600).await.unwrap();
         screenshot(&c, "leaderboard-390.png").await;
         c.close().await.unwrap();
     });

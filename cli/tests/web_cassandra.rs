@@ -47,9 +47,16 @@ fn api_equals_the_cli_on_cassandra() {
         let api = http.get(&format!("/api/days/{day}/top")).unwrap();
         assert_eq!(api.status, 200, "{}", api.text());
         assert_eq!(api.json(), cli, "top of {day}");
-        let cli3 =
-            cli_json(&["top", "--config", config, "--day", day, "--k", "3", "--json"]).unwrap();
-        assert_eq!(http.get(&format!("/api/days/{day}/top?k=3")).unwrap().json(), cli3);
+        let cli3 = cli_json(&[
+            "top", "--config", config, "--day", day, "--k", "3", "--json",
+        ])
+        .unwrap();
+        assert_eq!(
+            http.get(&format!("/api/days/{day}/top?k=3"))
+                .unwrap()
+                .json(),
+            cli3
+        );
 
         let day_n = rankmysteps_dataflow::event::parse_day(day).unwrap();
         let (listing, histogram) = d.reader.day_rows(day_n, 10_000).unwrap();
@@ -57,8 +64,16 @@ fn api_equals_the_cli_on_cassandra() {
             let u = rankmysteps_dataflow::event::format_user(*u);
             for n in [0usize, 3] {
                 let cli = cli_json(&[
-                    "standing", "--config", config, "--day", day, "--user", &u,
-                    "--neighbours", &n.to_string(), "--json",
+                    "standing",
+                    "--config",
+                    config,
+                    "--day",
+                    day,
+                    "--user",
+                    &u,
+                    "--neighbours",
+                    &n.to_string(),
+                    "--json",
                 ])
                 .unwrap();
                 let api = http
@@ -68,7 +83,10 @@ fn api_equals_the_cli_on_cassandra() {
                 assert_eq!(api.json(), cli, "standing of {u} on {day} (n = {n})");
             }
         }
-        let h = http.get(&format!("/api/days/{day}/histogram")).unwrap().json();
+        let h = http
+            .get(&format!("/api/days/{day}/histogram"))
+            .unwrap()
+            .json();
         let want = rankmysteps_web::json::histogram_json(day_n, day != DAYS[2], &histogram);
         assert_eq!(h, want, "histogram of {day}");
         let sum: u64 = h["bins"]
@@ -84,7 +102,9 @@ fn api_equals_the_cli_on_cassandra() {
     let h = http.get(&format!("/api/users/{u}/history")).unwrap().json();
     let mut want = Vec::new();
     for day in DAYS.iter().rev() {
-        if let Some(s) = cli_json(&["standing", "--config", config, "--day", day, "--user", &u, "--json"]) {
+        if let Some(s) = cli_json(&[
+            "standing", "--config", config, "--day", day, "--user", &u, "--json",
+        ]) {
             want.push(serde_json::json!({
                 "day": day, "final": s["final"], "steps": s["steps"],
                 "rank": s["rank"], "users": s["users"],
@@ -97,7 +117,13 @@ fn api_equals_the_cli_on_cassandra() {
         ("/api/days/2020-01-01/top".to_owned(), 404),
         (format!("/api/days/2020-01-01/standing/{u}"), 404),
         ("/api/days/2020-01-01/histogram".to_owned(), 404),
-        (format!("/api/days/{}/standing/ffffffff-ffff-4fff-bfff-ffffffffffff", DAYS[0]), 404),
+        (
+            format!(
+                "/api/days/{}/standing/ffffffff-ffff-4fff-bfff-ffffffffffff",
+                DAYS[0]
+            ),
+            404,
+        ),
         (format!("/api/days/{}/top?k=6", DAYS[0]), 400),
     ] {
         assert_eq!(http.get(&path).unwrap().status, status, "{path}");
@@ -129,8 +155,16 @@ fn api_equals_the_cli_on_cassandra() {
             }
             "standing" => {
                 let cli = cli_json(&[
-                    "standing", "--config", config, "--day", DAYS[0], "--user", &u,
-                    "--neighbours", "3", "--json",
+                    "standing",
+                    "--config",
+                    config,
+                    "--day",
+                    DAYS[0],
+                    "--user",
+                    &u,
+                    "--neighbours",
+                    "3",
+                    "--json",
                 ])
                 .unwrap();
                 assert_eq!(data, cli);

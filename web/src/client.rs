@@ -69,12 +69,7 @@ impl Connection {
         )?;
         self.reader.get_mut().flush()?;
         let (status, headers) = read_head(&mut self.reader)?;
-        let header = |n: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, v)| v.clone())
-        };
+        let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
         let mut body = Vec::new();
         if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
             loop {
@@ -90,7 +85,10 @@ impl Connection {
                 body.extend_from_slice(&chunk[..size]);
             }
         } else if let Some(len) = header("content-length") {
-            let len: usize = len.trim().parse().map_err(|_| invalid("bad content-length"))?;
+            let len: usize = len
+                .trim()
+                .parse()
+                .map_err(|_| invalid("bad content-length"))?;
             body.resize(len, 0);
             self.reader.read_exact(&mut body)?;
         } else {

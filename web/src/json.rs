@@ -13,9 +13,7 @@ pub const BINS: u64 = 40;
 /// neighbours `above` (listing order, nearest last) and `below` (nearest first), each
 /// `{"rank", "user", "steps"}`.
 pub fn standing_json(day: Day, user: User, s: &Standing, is_final: bool) -> Value {
-    let neighbour = |(u, steps, rank): &(u128, u64, u64)| {
-        json!({"rank": rank, "user": format_user(*u), "steps": steps})
-    };
+    let neighbour = |(u, steps, rank): &(u128, u64, u64)| json!({"rank": rank, "user": format_user(*u), "steps": steps});
     let mut v = json!({
         "day": format_day(day),
         "final": is_final,
@@ -92,10 +90,21 @@ mod tests {
     #[test]
     fn bins_cover_every_total_once() {
         assert!(bins(&[]).is_empty());
-        assert_eq!(bins(&[(0, 3)]), vec![Bin { lo: 0, hi: 0, users: 3 }]);
+        assert_eq!(
+            bins(&[(0, 3)]),
+            vec![Bin {
+                lo: 0,
+                hi: 0,
+                users: 3
+            }]
+        );
         let rows: Vec<(u64, u64)> = (0..1000u64).map(|t| (t * 7 + 3, t % 5 + 1)).collect();
         let b = bins(&rows);
-        assert!(b.len() <= BINS as usize && b.len() >= BINS as usize - 1, "{}", b.len());
+        assert!(
+            b.len() <= BINS as usize && b.len() >= BINS as usize - 1,
+            "{}",
+            b.len()
+        );
         assert_eq!(
             b.iter().map(|b| b.users).sum::<u64>(),
             rows.iter().map(|r| r.1).sum::<u64>()

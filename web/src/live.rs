@@ -87,7 +87,12 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| WebError::Internal(format!("store read failed: {e}")))
 }
 
-fn message(event: &'static str, day: Option<Day>, user: Option<User>, data: &Value) -> Arc<Message> {
+fn message(
+    event: &'static str,
+    day: Option<Day>,
+    user: Option<User>,
+    data: &Value,
+) -> Arc<Message> {
     Arc::new(Message {
         event,
         day,
@@ -174,9 +179,10 @@ impl Hub {
         let mut last: Option<Version> = None;
         loop {
             let store = self.store.clone();
-            match blocking(move || store.version()).await.and_then(|r| {
-                r.map_err(|e| WebError::from_store(e, None))
-            }) {
+            match blocking(move || store.version())
+                .await
+                .and_then(|r| r.map_err(|e| WebError::from_store(e, None)))
+            {
                 Ok(version) => {
                     let moved = last != Some(version);
                     if moved || self.seen.borrow().error.is_some() {
@@ -285,7 +291,12 @@ impl Hub {
             let mut state = self.state.lock().expect("hub lock");
             let changed = state.tops.get(&day).is_none_or(|(_, old, _)| **old != top);
             if changed {
-                let m = message("top", Some(day), None, &serde_json::to_value(&top).unwrap_or_default());
+                let m = message(
+                    "top",
+                    Some(day),
+                    None,
+                    &serde_json::to_value(&top).unwrap_or_default(),
+                );
                 state.tops.insert(day, (version, Arc::new(top), m.clone()));
                 let _ = self.tx.send(m);
             } else if let Some(entry) = state.tops.get_mut(&day) {
@@ -309,7 +320,12 @@ impl Hub {
             .map_err(|e| WebError::from_store(e, Some(&format_day(day))))?;
         let top = Arc::new(top);
         if let Some(v) = version {
-            let m = message("top", Some(day), None, &serde_json::to_value(&*top).unwrap_or_default());
+            let m = message(
+                "top",
+                Some(day),
+                None,
+                &serde_json::to_value(&*top).unwrap_or_default(),
+            );
             self.state
                 .lock()
                 .expect("hub lock")

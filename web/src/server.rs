@@ -40,7 +40,8 @@ const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
 
 /// The Content-Security-Policy of every response: nothing inline, nothing from elsewhere.
-pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+pub const CSP: &str =
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 type AppState = Arc<Hub>;
@@ -74,7 +75,10 @@ async fn security_headers(mut response: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         "cross-origin-opener-policy",
@@ -96,7 +100,11 @@ async fn not_found(request: Request<axum::body::Body>) -> WebError {
 async fn method_not_allowed(request: Request<axum::body::Body>) -> WebError {
     WebError::Route {
         status: StatusCode::METHOD_NOT_ALLOWED,
-        detail: format!("{} is not allowed on {}", request.method(), request.uri().path()),
+        detail: format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
     }
 }
 
@@ -135,7 +143,9 @@ fn path_error(e: PathRejection) -> WebError {
     WebError::BadRequest(format!("invalid path: {}", e.body_text()))
 }
 
-fn query(q: Result<Query<HashMap<String, String>>, QueryRejection>) -> Result<HashMap<String, String>, WebError> {
+fn query(
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<HashMap<String, String>, WebError> {
     q.map(|Query(q)| q)
         .map_err(|e| WebError::BadRequest(format!("invalid query string: {}", e.body_text())))
 }
@@ -154,7 +164,9 @@ fn number(
     };
     match text.parse::<usize>() {
         Ok(n) if (lo..=hi).contains(&n) => Ok(n),
-        _ => Err(err(format!("{text:?} is not a whole number from {lo} to {hi}"))),
+        _ => Err(err(format!(
+            "{text:?} is not a whole number from {lo} to {hi}"
+        ))),
     }
 }
 
@@ -203,7 +215,14 @@ async fn standing(
     let day = day_param(&day_text)?;
     let user = user_param(&user_text)?;
     let q = query(q)?;
-    let n = number(&q, "neighbours", 0, 0, MAX_NEIGHBOURS, WebError::InvalidNeighbours)?;
+    let n = number(
+        &q,
+        "neighbours",
+        0,
+        0,
+        MAX_NEIGHBOURS,
+        WebError::InvalidNeighbours,
+    )?;
     let store = hub.store().clone();
     let found = blocking(move || store.standing(day, user, n))
         .await?
@@ -231,10 +250,7 @@ async fn histogram(
     let Path(day_text) = path.map_err(path_error)?;
     let day = day_param(&day_text)?;
     let rows = hub.histogram(day).await?;
-    let is_final = hub
-        .days()
-        .iter()
-        .any(|&(d, f)| d == day && f);
+    let is_final = hub.days().iter().any(|&(d, f)| d == day && f);
     Ok(json(histogram_json(day, is_final, &rows)))
 }
 
@@ -245,24 +261,26 @@ async fn history(
     let Path(user_text) = path.map_err(path_error)?;
     let user = user_param(&user_text)?;
     let store = hub.store().clone();
-    let days = blocking(move || -> Result<Vec<Value>, rankmysteps_sinks::SinkError> {
-        let mut out = Vec::new();
-        let finals: HashMap<Day, bool> = store.days()?.into_iter().collect();
-        for (day, steps) in store.history(user)? {
-            let Some((s, is_final)) = store.standing(day, user, 0)? else {
-                continue;
-            };
-            let is_final = is_final || finals.get(&day).copied().unwrap_or(false);
-            out.push(serde_json::json!({
-                "day": format_day(day),
-                "final": is_final,
-                "steps": steps,
-                "rank": s.rank,
-                "users": s.users,
-            }));
-        }
-        Ok(out)
-    })
+    let days = blocking(
+        move || -> Result<Vec<Value>, rankmysteps_sinks::SinkError> {
+            let mut out = Vec::new();
+            let finals: HashMap<Day, bool> = store.days()?.into_iter().collect();
+            for (day, steps) in store.history(user)? {
+                let Some((s, is_final)) = store.standing(day, user, 0)? else {
+                    continue;
+                };
+                let is_final = is_final || finals.get(&day).copied().unwrap_or(false);
+                out.push(serde_json::json!({
+                    "day": format_day(day),
+                    "final": is_final,
+                    "steps": steps,
+                    "rank": s.rank,
+                    "users": s.users,
+                }));
+            }
+            Ok(out)
+        },
+    )
     .await?
     .map_err(|e| WebError::from_store(e, None))?;
     if days.is_empty() {
@@ -282,8 +300,16 @@ async fn events(
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, WebError> {
     let q = query(q)?;
-    let day = q.get("day").filter(|d| !d.is_empty()).map(|d| day_param(d)).transpose()?;
-    let user = q.get("user").filter(|u| !u.is_empty()).map(|u| user_param(u)).transpose()?;
+    let day = q
+        .get("day")
+        .filter(|d| !d.is_empty())
+        .map(|d| day_param(d))
+        .transpose()?;
+    let user = q
+        .get("user")
+        .filter(|u| !u.is_empty())
+        .map(|u| user_param(u))
+        .transpose()?;
     let sub = hub.subscribe(day, user);
     let initial: std::collections::VecDeque<_> = sub.initial.clone().into();
     let stream = stream::unfold((sub, initial), |(mut sub, mut initial)| async move {
@@ -346,7 +372,10 @@ pub struct Server {
 impl Server {
     /// Serves the page and API over `store` on `listener` (see [`bind`]), with the default
     /// poll interval.
-    pub fn start(store: Arc<dyn Store>, listener: std::net::TcpListener) -> Result<Server, WebError> {
+    pub fn start(
+        store: Arc<dyn Store>,
+        listener: std::net::TcpListener,
+    ) -> Result<Server, WebError> {
         Server::start_with(store, listener, POLL, 2)
     }
 

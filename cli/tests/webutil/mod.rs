@@ -61,7 +61,15 @@ pub fn write_input(dir: &Path) -> PathBuf {
 /// `rankmysteps run --input input --out out` with top-k `k`, 20-line epochs.
 pub fn replay(input: &Path, out: &Path, k: usize) {
     let status = Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
-        .args(["run", "--workers", "2", "--epoch-events", "20", "--write-interval-ms", "0"])
+        .args([
+            "run",
+            "--workers",
+            "2",
+            "--epoch-events",
+            "20",
+            "--write-interval-ms",
+            "0",
+        ])
         .args(["--k", &k.to_string(), "--input"])
         .arg(input)
         .arg("--out")

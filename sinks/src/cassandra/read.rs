@@ -119,7 +119,11 @@ impl CassandraReader {
     pub fn days(&self) -> Result<Vec<(Day, bool)>, SinkError> {
         self.runtime.block_on(async {
             let rows: Vec<(CqlDate, Option<bool>)> = self
-                .rows("reading the list of days", &self.prepared.day_list_select, ())
+                .rows(
+                    "reading the list of days",
+                    &self.prepared.day_list_select,
+                    (),
+                )
                 .await?;
             Ok(rows
                 .into_iter()

@@ -609,7 +609,12 @@ impl Writer {
                 .map(|_| ())
         })
         .await?;
-        let listed = self.listed.lock().expect("listed lock").get(&mark.day).copied();
+        let listed = self
+            .listed
+            .lock()
+            .expect("listed lock")
+            .get(&mark.day)
+            .copied();
         // Once final, a day stays final (a later mark of it, e.g. a replay, does not undo it).
         let is_final = mark.is_final || listed == Some(true);
         if listed == Some(is_final) {
