@@ -77,7 +77,7 @@ pub struct WebWriterArgs {
     seconds: f64,
 }
 
-fn cassandra(config: &PathBuf, keyspace: &str) -> Result<CassandraConfig, CliError> {
+fn cassandra(config: &std::path::Path, keyspace: &str) -> Result<CassandraConfig, CliError> {
     let cluster = ClusterConfig::load(config)?;
     let mut c = cluster.cassandra.ok_or_else(|| {
         CliError::Setting(format!("{}: bench web needs [cassandra]", config.display()))

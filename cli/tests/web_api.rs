@@ -185,9 +185,9 @@ fn errors_are_json_with_the_right_status() {
     let known = user(1);
     let absent = "ffffffff-ffff-4fff-bfff-ffffffffffff";
     let cases: Vec<(String, u16, &str)> = vec![
-        (format!("/api/days/2026-13-01/top"), 400, "invalid_date"),
+        ("/api/days/2026-13-01/top".to_owned(), 400, "invalid_date"),
         (
-            format!("/api/days/yesterday/histogram"),
+            "/api/days/yesterday/histogram".to_owned(),
             400,
             "invalid_date",
         ),
@@ -206,7 +206,7 @@ fn errors_are_json_with_the_right_status() {
             400,
             "invalid_uuid",
         ),
-        (format!("/api/users/1234/history"), 400, "invalid_uuid"),
+        ("/api/users/1234/history".to_owned(), 400, "invalid_uuid"),
         (format!("/api/days/{day}/top?k=0"), 400, "invalid_k"),
         (format!("/api/days/{day}/top?k=1001"), 400, "invalid_k"),
         (format!("/api/days/{day}/top?k=-3"), 400, "invalid_k"),
@@ -223,17 +223,17 @@ fn errors_are_json_with_the_right_status() {
             400,
             "invalid_neighbours",
         ),
-        (format!("/api/days/%FF/top"), 400, "bad_request"),
+        ("/api/days/%FF/top".to_owned(), 400, "bad_request"),
         (format!("/api/days/{day}/top?k=%FF"), 400, "invalid_k"),
-        (format!("/api/events?day=tomorrow"), 400, "invalid_date"),
+        ("/api/events?day=tomorrow".to_owned(), 400, "invalid_date"),
         (
             format!("/api/events?day={day}&user=nope"),
             400,
             "invalid_uuid",
         ),
-        (format!("/api/days/2020-01-01/top"), 404, "unknown_day"),
+        ("/api/days/2020-01-01/top".to_owned(), 404, "unknown_day"),
         (
-            format!("/api/days/2020-01-01/histogram"),
+            "/api/days/2020-01-01/histogram".to_owned(),
             404,
             "unknown_day",
         ),
@@ -248,8 +248,8 @@ fn errors_are_json_with_the_right_status() {
             "unknown_user",
         ),
         (format!("/api/users/{absent}/history"), 404, "unknown_user"),
-        (format!("/api/nothing"), 404, "not_found"),
-        (format!("/api/days"), 405, "method_not_allowed"),
+        ("/api/nothing".to_owned(), 404, "not_found"),
+        ("/api/days".to_owned(), 405, "method_not_allowed"),
     ];
     for (path, status, code) in cases {
         let method = if status == 405 { "POST" } else { "GET" };
