@@ -41,6 +41,12 @@ enum BenchCommand {
     Replay(ReplayArgs),
     /// End to end on the real services: Kafka → worker → Cassandra, throughput and freshness.
     E2e(crate::bench_e2e::E2eArgs),
+    /// The web page's API and event streams on Cassandra: latency of top and standing at a
+    /// steady request rate, and the cost of 1 000 open event streams.
+    Web(crate::bench_web::WebArgs),
+    /// The writer of `bench web` (generator → dataflow → Cassandra sink), in its own process.
+    #[command(hide = true)]
+    WebWriter(crate::bench_web::WebWriterArgs),
     /// Memory of the de-duplication window: peak RSS of file replays of the same users with a
     /// unique event_id on every event, for several event counts (each run in its own process).
     Window(WindowArgs),
@@ -153,6 +159,8 @@ pub fn bench(args: BenchArgs) -> Result<(), CliError> {
         BenchCommand::CoreOnce(a) => core_once(a),
         BenchCommand::Replay(a) => replay(a),
         BenchCommand::E2e(a) => crate::bench_e2e::e2e(a),
+        BenchCommand::Web(a) => crate::bench_web::web(a),
+        BenchCommand::WebWriter(a) => crate::bench_web::writer(a),
         BenchCommand::Window(a) => window(a),
         BenchCommand::WindowOnce(a) => window_once(a),
     }

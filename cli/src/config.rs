@@ -63,8 +63,17 @@ impl Default for Cluster {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Web {
-    /// Listen address, `host:port`.
+    /// Listen address, `host:port` (default [`DEFAULT_LISTEN`]: loopback only).
+    #[serde(default = "default_listen")]
     pub listen: String,
+}
+
+/// The leaderboard page's default address: loopback only, never every interface unless
+/// configured.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.to_owned()
 }
 
 /// `[dataflow]`: semantics and limits (design §1-3).
@@ -142,6 +151,13 @@ impl Default for Dataflow {
 pub const ENV_PREFIX: &str = "RANKMYSTEPS__";
 
 impl ClusterConfig {
+    /// The leaderboard page's address: `[web] listen`, else [`DEFAULT_LISTEN`].
+    pub fn web_listen(&self) -> String {
+        self.web
+            .as_ref()
+            .map_or_else(default_listen, |w| w.listen.clone())
+    }
+
     /// Reads and validates a `cluster.toml`, with the overrides of the process environment
     /// ([`ENV_PREFIX`]) applied on top of the file.
     pub fn load(path: &Path) -> Result<ClusterConfig, CliError> {

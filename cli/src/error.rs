@@ -33,6 +33,9 @@ pub enum CliError {
     /// A restart cannot rebuild its state.
     #[error("cannot restart from the progress record: {0}")]
     Recovery(String),
+    /// The web page could not be served.
+    #[error(transparent)]
+    Web(#[from] rankmysteps_web::WebError),
     /// A worker thread failed.
     #[error("worker failed: {0}")]
     Worker(String),

@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod bench;
 pub mod bench_e2e;
+pub mod bench_web;
 pub mod config;
 pub mod doctor;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod produce;
 pub mod progress;
 pub mod recovery;
+pub mod serve;
 pub mod view;
 
 pub use error::CliError;

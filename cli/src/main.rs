@@ -26,8 +26,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// RankMySteps ranks the users of a step-counting app per day, live.
 ///
 /// With no arguments, `rankmysteps run` runs the whole job in this process: a built-in
-/// generator of users, the dataflow on several worker threads, results in ./out and a live
-/// leaderboard in the terminal.
+/// generator of users, the dataflow on several worker threads, results in ./out, a live
+/// leaderboard in the terminal and the leaderboard web page (its address is printed;
+/// http://127.0.0.1:8080/ unless that port is taken).
 #[derive(Parser)]
 #[command(
     name = "rankmysteps",
@@ -52,7 +53,21 @@ enum Command {
     ///
     /// Results go to the output directory (--out): days/YYYY-MM-DD/top.json and totals.csv,
     /// rejected.jsonl and progress.json. A run rewrites those files.
+    ///
+    /// The leaderboard web page serves that directory while the job runs: by default with the
+    /// generator (--no-serve turns it off), with --serve for a replay. It listens on --listen,
+    /// else [web] listen of --config, else 127.0.0.1:8080; a default generator run whose port
+    /// is taken serves on a free port instead (and says which). With --serve the page stays up
+    /// after the replay (or the generator) has finished, until Ctrl-C.
     Run(RunArgs),
+    /// Serve the leaderboard web page and its JSON API over Cassandra ([cassandra] of --config).
+    ///
+    /// Routes: / (the page; ?day=YYYY-MM-DD&user=UUID), /api/days, /api/days/{day}/top?k=K,
+    /// /api/days/{day}/standing/{user}?neighbours=N, /api/days/{day}/histogram,
+    /// /api/users/{user}/history, /api/events?day=D&user=U (server-sent events). The live
+    /// updates follow the progress record of the workers' job (their [kafka] topic). Listens on
+    /// --listen, else [web] listen, else 127.0.0.1:8080. Runs until Ctrl-C/SIGTERM.
+    Serve(ServeArgs),
     /// Print a day's top-k from an output directory.
     Top(TopArgs),
     /// Print a user's standing on a day (rank, total, gaps, neighbours) from an output directory.
@@ -171,6 +186,26 @@ struct RunArgs {
     /// every 5 s, or every RANKMYSTEPS_PROGRESS_INTERVAL seconds).
     #[arg(long, short)]
     quiet: bool,
+    /// Serve the leaderboard page over the output directory, and keep serving after the job
+    /// ends, until Ctrl-C (the default with the generator, without staying up).
+    #[arg(long, conflicts_with = "no_serve")]
+    serve: bool,
+    /// Do not serve the leaderboard page (with the generator, where it is the default).
+    #[arg(long)]
+    no_serve: bool,
+    /// Address of the leaderboard page, host:port [default: [web] listen, else 127.0.0.1:8080].
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The deployment description (its [cassandra], [kafka] topic and [web] listen).
+    #[arg(long, value_name = "FILE", default_value = "cluster.toml")]
+    config: PathBuf,
+    /// Listen address, host:port [default: [web] listen, else 127.0.0.1:8080].
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
 }
 
 #[derive(Args)]
@@ -323,6 +358,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Serve(args) => serve(args),
         Command::Top(args) => top(args),
         Command::Standing(args) => standing(args),
         Command::Produce(args) => produce(args),
@@ -417,13 +453,25 @@ fn run(args: RunArgs) -> Result<()> {
             min_write_interval: Duration::from_millis(args.write_interval_ms),
         },
     )?;
+    // The page serves the directory the sink has just emptied.
+    let server = if args.serve || (streaming && !args.no_serve) {
+        let listen = args.listen.clone().unwrap_or_else(|| config.web_listen());
+        // A default generator run falls back to a free port rather than failing.
+        let fallback = !args.serve && args.listen.is_none();
+        let server = rankmysteps::serve::local(&args.out, &listen, fallback)?;
+        eprintln!("rankmysteps: leaderboard at {}", server.url());
+        Some(server)
+    } else {
+        None
+    };
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(local)];
     if streaming && !args.no_view {
         use std::io::IsTerminal;
-        sinks.push(Box::new(TerminalView::new(
-            10,
-            std::io::stdout().is_terminal(),
-        )));
+        let mut view = TerminalView::new(10, std::io::stdout().is_terminal());
+        if let Some(server) = &server {
+            view = view.with_url(server.url());
+        }
+        sinks.push(Box::new(view));
     }
     let spec = JobSpec {
         workers,
@@ -448,7 +496,7 @@ fn run(args: RunArgs) -> Result<()> {
         recovery: None,
         progress: Display::quiet_if(args.quiet),
     };
-    let report = job::run(spec, Box::new(Fanout(sinks)), stop)?;
+    let report = job::run(spec, Box::new(Fanout(sinks)), stop.clone())?;
     let s = &report.stats;
     let rejected: Vec<String> = Reason::ALL
         .iter()
@@ -464,7 +512,36 @@ fn run(args: RunArgs) -> Result<()> {
         rejected.join(" "),
         args.out.display()
     );
+    if let Some(server) = server.filter(|_| args.serve) {
+        if !stop.load(Ordering::SeqCst) {
+            eprintln!(
+                "rankmysteps: the job is done; still serving the leaderboard at {} until Ctrl-C",
+                server.url()
+            );
+            wait_for(&stop);
+        }
+    }
     Ok(())
+}
+
+/// `rankmysteps serve`: the page over Cassandra until Ctrl-C.
+fn serve(args: ServeArgs) -> Result<()> {
+    let config = ClusterConfig::load(&args.config)?;
+    let listen = args.listen.clone().unwrap_or_else(|| config.web_listen());
+    let server = rankmysteps::serve::cassandra(&config, &listen)
+        .with_context(|| format!("serving {}", args.config.display()))?;
+    eprintln!("rankmysteps: leaderboard at {}", server.url());
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_signal(&stop)?;
+    wait_for(&stop);
+    Ok(())
+}
+
+/// Blocks until `stop` is set (by Ctrl-C or SIGTERM).
+fn wait_for(stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn worker(args: WorkerArgs) -> Result<()> {
@@ -840,25 +917,9 @@ fn standing(args: StandingArgs) -> Result<()> {
             format_day(day)
         );
     };
-    let neighbour = |(u, steps, rank): &(u128, u64, u64)| serde_json::json!({"rank": rank, "user": format_user(*u), "steps": steps});
     if args.json {
-        let mut v = serde_json::json!({
-            "day": format_day(day),
-            "final": is_final,
-            "user": format_user(user),
-            "rank": s.rank,
-            "steps": s.steps,
-            "total": s.steps,
-            "users": s.users,
-            "above": s.above.iter().map(neighbour).collect::<Vec<_>>(),
-            "below": s.below.iter().map(neighbour).collect::<Vec<_>>(),
-        });
-        if let Some(g) = s.gap_up {
-            v["gap_up"] = g.into();
-        }
-        if let Some(g) = s.gap_down {
-            v["gap_down"] = g.into();
-        }
+        // The same document as the web API's /api/days/{day}/standing/{user}.
+        let v = rankmysteps_web::json::standing_json(day, user, &s, is_final);
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }

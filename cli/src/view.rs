@@ -18,6 +18,7 @@ pub struct TerminalView {
     started: Instant,
     ansi: bool,
     out: Box<dyn Write + Send>,
+    url: Option<String>,
 }
 
 impl TerminalView {
@@ -31,7 +32,14 @@ impl TerminalView {
             started: Instant::now(),
             ansi,
             out: Box::new(std::io::stdout()),
+            url: None,
         }
+    }
+
+    /// Shows the address of the leaderboard page under every frame.
+    pub fn with_url(mut self, url: String) -> Self {
+        self.url = Some(url);
+        self
     }
 
     fn apply(&mut self, out: &EpochOutput) {
@@ -99,6 +107,9 @@ impl TerminalView {
                     ));
                 }
             }
+        }
+        if let Some(url) = &self.url {
+            text.push_str(&format!("\nLeaderboard page: {url}\n"));
         }
         text.push_str("\nCtrl-C stops (the last epoch is written first).\n");
         text

@@ -5,6 +5,7 @@
 //! Reads are not a snapshot: a live sink may apply an epoch between two reads of one call.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rankmysteps_dataflow::event::{format_day, format_micros, Day, Epoch, User};
 use rankmysteps_dataflow::output::{Position, Stats};
@@ -45,6 +46,8 @@ struct Prepared {
     listing_below: PreparedStatement,
     listing_first: PreparedStatement,
     progress_select: PreparedStatement,
+    day_list_select: PreparedStatement,
+    histogram_all: PreparedStatement,
 }
 
 /// Reads the tables written by a [`super::CassandraSink`].
@@ -54,6 +57,8 @@ pub struct CassandraReader {
     prepared: Prepared,
     keyspace: String,
     retries: u32,
+    /// CQL requests executed (each attempt of a read counts once).
+    queries: AtomicU64,
 }
 
 /// A `LIMIT` bind value (CQL `int`, positive).
@@ -90,6 +95,8 @@ impl CassandraReader {
                 listing_below: prepare(s, &cql.listing_below).await?,
                 listing_first: prepare(s, &cql.listing_first).await?,
                 progress_select: prepare(s, &cql.progress_select).await?,
+                day_list_select: prepare(s, &cql.day_list_select).await?,
+                histogram_all: prepare(s, &cql.histogram_all).await?,
             };
             Ok::<_, SinkError>((session, prepared))
         })?;
@@ -99,6 +106,46 @@ impl CassandraReader {
             prepared,
             keyspace: config.keyspace.clone(),
             retries: config.retries,
+            queries: AtomicU64::new(0),
+        })
+    }
+
+    /// How many CQL requests this reader has executed (retries included).
+    pub fn queries(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
+    }
+
+    /// Every day listed in `day_list` (one partition), ascending, with whether it is final.
+    pub fn days(&self) -> Result<Vec<(Day, bool)>, SinkError> {
+        self.runtime.block_on(async {
+            let rows: Vec<(CqlDate, Option<bool>)> = self
+                .rows(
+                    "reading the list of days",
+                    &self.prepared.day_list_select,
+                    (),
+                )
+                .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(day, is_final)| (day_from_cql(day), is_final.unwrap_or(false)))
+                .collect())
+        })
+    }
+
+    /// `day`'s whole histogram of totals, `(total, number of users)`, total descending (one
+    /// partition: a row per distinct total of the day).
+    pub fn histogram(&self, day: Day) -> Result<Vec<(u64, u64)>, SinkError> {
+        self.runtime.block_on(async {
+            let rows: Vec<(i64, Option<i64>)> = self
+                .rows(
+                    "reading the histogram",
+                    &self.prepared.histogram_all,
+                    (day_to_cql(day),),
+                )
+                .await?;
+            rows.into_iter()
+                .map(|(t, c)| Ok((from_bigint(t)?, from_bigint(c.unwrap_or(0))?)))
+                .collect()
         })
     }
 
@@ -113,6 +160,7 @@ impl CassandraReader {
         R: for<'f> DeserializeRow<'f, 'f>,
     {
         let result: QueryResult = with_retries(self.retries, what, || {
+            self.queries.fetch_add(1, Ordering::Relaxed);
             self.session.execute_unpaged(statement, &values)
         })
         .await?;

@@ -86,6 +86,8 @@ pub struct Cql {
     pub day_mark: String,
     /// Write the progress record: `(job, epoch, watermark, positions, stats, timestamp)`.
     pub progress_upsert: String,
+    /// List a day (bucket `'all'`), and whether it is final: `(day, final, timestamp)`.
+    pub day_list_upsert: String,
     /// Read a day's top-k rows: `(day, limit)` → `(position, rank, user, steps)`.
     pub top_select: String,
     /// Read a day's row: `(day)` → `(users, final)`.
@@ -116,6 +118,10 @@ pub struct Cql {
     pub listing_first: String,
     /// Read the progress record: `(job)` → `(epoch, watermark, positions, stats)`.
     pub progress_select: String,
+    /// Read the list of days: `()` → `(day, final)`, ascending (one partition).
+    pub day_list_select: String,
+    /// Read a day's whole histogram: `(day)` → `(steps, users)`, total descending.
+    pub histogram_all: String,
 }
 
 impl Cql {
@@ -192,6 +198,13 @@ impl Cql {
             progress_select: format!(
                 "SELECT epoch, watermark, positions, stats FROM {k}.progress WHERE job = ?"
             ),
+            day_list_upsert: format!(
+                "INSERT INTO {k}.day_list (bucket, day, final) VALUES ('all', ?, ?) USING TIMESTAMP ?"
+            ),
+            day_list_select: format!(
+                "SELECT day, final FROM {k}.day_list WHERE bucket = 'all'"
+            ),
+            histogram_all: format!("SELECT steps, users FROM {k}.histogram_by_day WHERE day = ?"),
         }
     }
 }

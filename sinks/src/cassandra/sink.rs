@@ -85,6 +85,7 @@ struct Prepared {
     day_users_delete: PreparedStatement,
     day_mark: PreparedStatement,
     progress_upsert: PreparedStatement,
+    day_list_upsert: PreparedStatement,
 }
 
 /// Prepares `text`, marked idempotent (every statement here is an upsert or delete of absolute
@@ -113,6 +114,7 @@ impl Prepared {
             day_users_delete: prepare(session, &cql.day_users_delete).await?,
             day_mark: prepare(session, &cql.day_mark).await?,
             progress_upsert: prepare(session, &cql.progress_upsert).await?,
+            day_list_upsert: prepare(session, &cql.day_list_upsert).await?,
         })
     }
 }
@@ -225,6 +227,9 @@ struct Writer {
     last_timestamp: AtomicI64,
     /// Bulk writes begun.
     writes: AtomicU64,
+    /// The days this sink has written to `day_list`, and whether as final: a day is listed
+    /// when it first appears and again when it becomes final, not at every epoch.
+    listed: Mutex<BTreeMap<rankmysteps_dataflow::event::Day, bool>>,
     /// Tests only: abort the process during this bulk write (after its data, before its
     /// progress record), from `RANKMYSTEPS_CRASH_AFTER_WRITES`.
     crash_after_writes: Option<u64>,
@@ -251,6 +256,7 @@ impl CassandraSink {
             retries: config.retries,
             last_timestamp: AtomicI64::new(0),
             writes: AtomicU64::new(0),
+            listed: Mutex::new(BTreeMap::new()),
             crash_after_writes: std::env::var("RANKMYSTEPS_CRASH_AFTER_WRITES")
                 .ok()
                 .and_then(|v| v.parse().ok()),
@@ -590,7 +596,8 @@ impl Writer {
         }
     }
 
-    /// Sets `days.epoch` and `days.final` of one day (with retries).
+    /// Sets `days.epoch` and `days.final` of one day (with retries), and lists the day in
+    /// `day_list` when it is new to this sink or has just become final.
     async fn write_mark(&self, mark: DayMark, epoch: i64, ts: i64) -> Result<(), SinkError> {
         with_retries(self.retries, "marking a day", || async move {
             self.session
@@ -601,7 +608,33 @@ impl Writer {
                 .await
                 .map(|_| ())
         })
-        .await
+        .await?;
+        let listed = self
+            .listed
+            .lock()
+            .expect("listed lock")
+            .get(&mark.day)
+            .copied();
+        // Once final, a day stays final (a later mark of it, e.g. a replay, does not undo it).
+        let is_final = mark.is_final || listed == Some(true);
+        if listed == Some(is_final) {
+            return Ok(());
+        }
+        with_retries(self.retries, "listing a day", || async move {
+            self.session
+                .execute_unpaged(
+                    &self.prepared.day_list_upsert,
+                    (day_to_cql(mark.day), is_final, ts),
+                )
+                .await
+                .map(|_| ())
+        })
+        .await?;
+        self.listed
+            .lock()
+            .expect("listed lock")
+            .insert(mark.day, is_final);
+        Ok(())
     }
 
     /// Runs `writes` with at most `max_in_flight` in flight; stops at the first failure.

@@ -50,7 +50,7 @@ fn user_keys_sort_like_values() {
 fn schema_statements() {
     let config = CassandraConfig::default();
     let all = statements("ks1", &config.replication_cql());
-    assert_eq!(all.len(), 7);
+    assert_eq!(all.len(), 8);
     assert_eq!(
         all[0].split_whitespace().collect::<Vec<_>>().join(" "),
         "CREATE KEYSPACE IF NOT EXISTS ks1 WITH replication = \
@@ -62,6 +62,7 @@ fn schema_statements() {
         "histogram_by_day",
         "users_by_total",
         "days",
+        "day_list",
         "progress",
     ] {
         let prefix = format!("CREATE TABLE IF NOT EXISTS ks1.{table} (");
@@ -93,6 +94,7 @@ fn statement_text() {
         &cql.day_users_delete,
         &cql.day_mark,
         &cql.progress_upsert,
+        &cql.day_list_upsert,
     ];
     for w in writes {
         assert!(w.contains(" rms."), "{w}");
@@ -118,6 +120,8 @@ fn statement_text() {
         &cql.listing_below,
         &cql.listing_first,
         &cql.progress_select,
+        &cql.day_list_select,
+        &cql.histogram_all,
     ];
     for r in reads {
         // Single partition: the partition key is bound by equality.
@@ -125,7 +129,8 @@ fn statement_text() {
         assert!(
             filter.starts_with("day = ?")
                 || filter.starts_with("user = ?")
-                || filter.starts_with("job = ?"),
+                || filter.starts_with("job = ?")
+                || filter == "bucket = 'all'",
             "{r}"
         );
         assert!(!r.contains("ALLOW FILTERING"), "{r}");
