@@ -27,6 +27,9 @@ fuzz_target!(|data: &[u8]| {
     // Same answer from a fresh parser (empty cache).
     let fresh = Parser::new(config().clone()).parse(data, NOW);
     assert_eq!(result, fresh);
+    // Same answer without the scanner of flat objects (serde_json only).
+    let serde = Parser::new(config().clone()).parse_with_serde(data, NOW);
+    assert_eq!(fresh, serde);
     match result {
         Err(e) => {
             assert_ne!(e.reason, Reason::Late);

@@ -256,3 +256,111 @@ proptest! {
         }
     }
 }
+
+/// The same answer (fields, or reason and detail) from the scanner of flat objects and from
+/// serde_json alone: the scanner must accept nothing serde_json refuses and read every value
+/// as serde_json does.
+fn same_as_serde(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let fast = Parser::new(ParseConfig::default()).parse(bytes, NOW);
+    let serde = Parser::new(ParseConfig::default()).parse_with_serde(bytes, NOW);
+    prop_assert_eq!(fast, serde, "{:?}", String::from_utf8_lossy(bytes));
+    Ok(())
+}
+
+/// A record of the flat shape the scanner reads, mutated by a few byte edits (most stay in
+/// that shape or leave it by one token).
+fn mutated_flat_line() -> impl Strategy<Value = Vec<u8>> {
+    let base = br#"{"uuid":"0b6f3c1e-9c2d-4f7a-8e1b-2a3c4d5e6f70", "timestamp":"2026-11-27 10:20:47","steps":7,"event_id":12,"x":-1.5e3,"y":true,"z":null,"steps":0}"#.to_vec();
+    let bytes =
+        prop::sample::select(b" \t\r\n\"\\{}[]:,-+.eE0123456789tfnul\x01\xc3\xa9x".to_vec());
+    prop::collection::vec((any::<prop::sample::Index>(), bytes, 0u8..3), 1..4).prop_map(
+        move |edits| {
+            let mut line = base.clone();
+            for (at, byte, op) in edits {
+                let i = at.index(line.len() + 1);
+                match op {
+                    0 if i < line.len() => line[i] = byte,
+                    1 if i < line.len() => {
+                        line.remove(i);
+                    }
+                    _ => line.insert(i, byte),
+                }
+            }
+            line
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    #[test]
+    fn scanner_equals_serde_on_flat_records(line in mutated_flat_line()) {
+        same_as_serde(&line)?;
+    }
+
+    #[test]
+    fn scanner_equals_serde_on_mutated_records(line in mutated_line()) {
+        same_as_serde(&line)?;
+    }
+
+    #[test]
+    fn scanner_equals_serde_on_json_like_text(
+        text in r#"[{}\[\]":,0-9a-z .eE+\-\\\t\n]{0,60}"#
+    ) {
+        same_as_serde(text.as_bytes())?;
+    }
+
+    #[test]
+    fn scanner_equals_serde_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..80)) {
+        same_as_serde(&bytes)?;
+    }
+
+    #[test]
+    fn scanner_equals_serde_on_valid_events(w in written()) {
+        let zone = TimeZone::get("America/Los_Angeles").unwrap();
+        let (line, _) = render(&w, &zone);
+        same_as_serde(line.as_bytes())?;
+    }
+}
+
+/// Hand-picked edges of the scanner: each line gets the same answer both ways.
+#[test]
+fn scanner_edges_equal_serde() {
+    let u = "0b6f3c1e-9c2d-4f7a-8e1b-2a3c4d5e6f70";
+    let lines = [
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7}}"#),
+        format!(r#" {{ "uuid" : "{u}" , "timestamp" : "2026-11-27 10:20:47" , "steps" : 7 }} "#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7,}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":07}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":-0}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7.}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7e}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":1E+2}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7}}x"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7}}{{}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7,"steps":null}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":tru}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":truex}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7,"e":"a	b"}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7,"event_id":""}}"#),
+        format!(r#"{{"uu\u0069d":"{u}","timestamp":"2026-11-27 10:20:47","steps":7}}"#),
+        format!("{{\"uuid\":\"{u}\",\"timestamp\":\"2026-11-27 10:20:47\",\"steps\":7\u{a0}}}"),
+        format!(
+            r#"{{"uuid":{},"timestamp":"2026-11-27 10:20:47","steps":7}}"#,
+            u128::MAX
+        ),
+        "{}".to_owned(),
+        "{".to_owned(),
+        "".to_owned(),
+        "[]".to_owned(),
+        "null".to_owned(),
+        r#"{"steps":-}"#.to_owned(),
+        r#"{"steps":1}  "#.to_owned(),
+    ];
+    for line in &lines {
+        let fast = Parser::new(ParseConfig::default()).parse(line.as_bytes(), NOW);
+        let serde = Parser::new(ParseConfig::default()).parse_with_serde(line.as_bytes(), NOW);
+        assert_eq!(fast, serde, "{line}");
+    }
+}
