@@ -131,6 +131,7 @@ pub fn spawn_job(
             k,
             grace: 24 * 3_600_000_000,
             initial_watermark: None,
+            ..Settings::default()
         },
         parse: ParseConfig {
             max_steps: 100_000,
@@ -147,6 +148,7 @@ pub fn spawn_job(
         archive: None,
         coalesce: false,
         recovery: None,
+        progress: rankmysteps::progress::Display::Off,
     };
     std::thread::spawn(move || {
         job::run(spec, sink, Arc::new(AtomicBool::new(false))).unwrap();
