@@ -28,12 +28,12 @@ use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::cursor::{cursor_list, Cursor};
 use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine, ValBatcher, ValSpine};
-use differential_dataflow::trace::TraceReader;
+use differential_dataflow::trace::{SpanOf, TraceReader};
 use differential_dataflow::AsCollection;
 use rustc_hash::{FxHashMap, FxHashSet};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::{Operator, OutputBuilder};
+use timely::dataflow::operators::generic::{InputHandleCore, Operator, OutputBuilder};
 use timely::dataflow::operators::{Capability, Concat};
 use timely::progress::frontier::Antichain;
 
@@ -221,6 +221,80 @@ impl<'scope> StepsUpdates<'scope> for VecStream<'scope, ((Day, User), Epoch, i64
     }
 }
 
+/// What an operator following an arrangement keeps between activations: a handle on the trace
+/// (for each key's value before the batches it receives) and how far it has read.
+///
+/// Invariant: `lower` is the upper bound of the batches already processed (all in the trace),
+/// `upper` that of the batches last taken; [`Follower::advance`] lets the trace compact to
+/// `upper`, so a follower never holds back merges beyond what it has read.
+struct Follower<Tr: TraceReader<Time = Epoch>> {
+    trace: Tr,
+    lower: Antichain<Epoch>,
+    upper: Antichain<Epoch>,
+}
+
+impl<Tr: TraceReader<Time = Epoch>> Follower<Tr> {
+    fn new(trace: Tr) -> Self {
+        Follower {
+            trace,
+            lower: Antichain::from_elem(0),
+            upper: Antichain::from_elem(0),
+        }
+    }
+
+    /// Drains `input`: the batches received, with capabilities for `ports` outputs at the
+    /// first message's time; `None` when no batch came (an empty span only moves `upper`).
+    fn take<P>(
+        &mut self,
+        input: &mut InputHandleCore<Epoch, Vec<SpanOf<Tr>>, P>,
+        ports: usize,
+    ) -> Option<(Vec<Capability<Epoch>>, Vec<Tr::Batch>)>
+    where
+        P: timely::communication::Pull<timely::dataflow::channels::Message<Epoch, Vec<SpanOf<Tr>>>>,
+    {
+        let mut batches = Vec::new();
+        let mut caps: Option<Vec<Capability<Epoch>>> = None;
+        input.for_each(|c, data| {
+            if caps.is_none() {
+                caps = Some(
+                    (0..ports)
+                        .map(|p| c.retain_least(p).expect("capability"))
+                        .collect(),
+                );
+            }
+            for span in data.drain(..) {
+                self.upper.clone_from(span.upper());
+                if let Some(batch) = span.inner {
+                    batches.push(batch);
+                }
+            }
+        });
+        caps.filter(|_| !batches.is_empty())
+            .map(|caps| (caps, batches))
+    }
+
+    /// The trace's batches before those last taken (the old values).
+    fn before(&mut self) -> Vec<Tr::Batch> {
+        self.trace
+            .batches_through(self.lower.borrow())
+            .expect("the trace through the last batch")
+    }
+
+    /// The trace's batches through those last taken.
+    fn through_last(&mut self) -> Vec<Tr::Batch> {
+        self.trace
+            .batches_through(self.upper.borrow())
+            .expect("the trace through the last batch")
+    }
+
+    /// After the batches taken are processed: the trace may compact through them.
+    fn advance(&mut self) {
+        self.trace.set_logical_compaction(self.upper.borrow());
+        self.trace.set_physical_compaction(self.upper.borrow());
+        self.lower.clone_from(&self.upper);
+    }
+}
+
 /// What [`totals`] produces.
 struct TotalsChanges<'scope> {
     /// `(day, user, total)` changes for sinks: a changed user's old total retracted, the new one
@@ -259,7 +333,7 @@ fn totals<'scope>(
     log: WatermarkLog,
 ) -> TotalsChanges<'scope> {
     let (k, grace, initial) = (settings.k, settings.grace, settings.initial_watermark);
-    let mut trace = arranged.trace.clone();
+    let mut follower = Follower::new(arranged.trace.clone());
     let mut builder = OperatorBuilder::new("Totals".to_owned(), arranged.stream.scope());
     let mut input = builder.new_input(arranged.stream, Pipeline);
     let mut wm_input = builder.new_input(watermark, Pipeline);
@@ -280,8 +354,6 @@ fn totals<'scope>(
     let mut retire_out = OutputBuilder::from(retire_out);
 
     builder.build(move |_capabilities| {
-        let mut lower_limit = Antichain::from_elem(0 as Epoch);
-        let mut upper_limit = Antichain::from_elem(0 as Epoch);
         // Per open day with users on this worker: its first k users in listing order.
         let mut local_top: FxHashMap<Day, BTreeSet<(Reverse<u64>, User)>> = FxHashMap::default();
         // Days retired, until their retraction has come back.
@@ -299,30 +371,9 @@ fn totals<'scope>(
                     entry.1 = entry.1.max(w);
                 }
             });
-            let mut batches = Vec::new();
-            let mut caps: Option<Vec<Capability<Epoch>>> = None;
-            input.for_each(|c, data| {
-                if caps.is_none() {
-                    caps = Some(
-                        (0..5)
-                            .map(|p| c.retain_least(p).expect("capability"))
-                            .collect(),
-                    );
-                }
-                for span in data.drain(..) {
-                    upper_limit.clone_from(span.upper());
-                    if let Some(batch) = span.inner {
-                        batches.push(batch);
-                    }
-                }
-            });
-            if let Some(caps) = caps.filter(|_| !batches.is_empty()) {
+            if let Some((caps, batches)) = follower.take(&mut input, 5) {
                 let (mut batch_cursor, batch_storage) = cursor_list(batches);
-                let (mut trace_cursor, trace_storage) = cursor_list(
-                    trace
-                        .batches_through(lower_limit.borrow())
-                        .expect("the trace through the last batch"),
-                );
+                let (mut trace_cursor, trace_storage) = cursor_list(follower.before());
                 let mut several_times = false;
                 while let Some(&(day, user)) = batch_cursor.get_key(&batch_storage) {
                     let mut acc: Steps = (0, 0);
@@ -438,10 +489,7 @@ fn totals<'scope>(
                     .session(&caps[4])
                     .give_container(&mut k_buf);
             }
-            // The trace is read through what this operator has seen.
-            trace.set_logical_compaction(upper_limit.borrow());
-            trace.set_physical_compaction(upper_limit.borrow());
-            lower_limit.clone_from(&upper_limit);
+            follower.advance();
 
             // Retire the days W(t) closed, once W(t) is final and every batch through t is in.
             while let Some((&t, _)) = pending.first_key_value() {
@@ -462,11 +510,7 @@ fn totals<'scope>(
                 if closing.is_empty() {
                     continue;
                 }
-                let (mut cursor, storage) = cursor_list(
-                    trace
-                        .batches_through(upper_limit.borrow())
-                        .expect("the trace through the last batch"),
-                );
+                let (mut cursor, storage) = cursor_list(follower.through_last());
                 let mut out = Vec::new();
                 for day in closing {
                     retiring.insert(day);
@@ -528,7 +572,7 @@ struct Rows<'scope> {
 /// Output consolidated per epoch: for every position whose row changed, the old row retracted
 /// and the new one inserted.
 fn top_k<'scope>(candidates: Arranged<'scope, CandidatesTrace>, k: usize) -> Rows<'scope> {
-    let mut trace = candidates.trace.clone();
+    let mut follower = Follower::new(candidates.trace.clone());
     let mut builder = OperatorBuilder::new("TopK".to_owned(), candidates.stream.scope());
     let mut input = builder.new_input(candidates.stream, Pipeline);
     let (all_out, all) = builder.new_output::<Vec<((Day, TopRow), Epoch, isize)>>();
@@ -536,33 +580,10 @@ fn top_k<'scope>(candidates: Arranged<'scope, CandidatesTrace>, k: usize) -> Row
     let mut all_out = OutputBuilder::from(all_out);
     let mut sink_out = OutputBuilder::from(sink_out);
     builder.build(move |_capabilities| {
-        let mut lower_limit = Antichain::from_elem(0 as Epoch);
-        let mut upper_limit = Antichain::from_elem(0 as Epoch);
         move |_frontiers| {
-            let mut batches = Vec::new();
-            let mut caps: Option<Vec<Capability<Epoch>>> = None;
-            input.for_each(|c, data| {
-                if caps.is_none() {
-                    caps = Some(
-                        (0..2)
-                            .map(|p| c.retain_least(p).expect("capability"))
-                            .collect(),
-                    );
-                }
-                for span in data.drain(..) {
-                    upper_limit.clone_from(span.upper());
-                    if let Some(batch) = span.inner {
-                        batches.push(batch);
-                    }
-                }
-            });
-            if let Some(caps) = caps.filter(|_| !batches.is_empty()) {
+            if let Some((caps, batches)) = follower.take(&mut input, 2) {
                 let (mut batch_cursor, batch_storage) = cursor_list(batches);
-                let (mut trace_cursor, trace_storage) = cursor_list(
-                    trace
-                        .batches_through(lower_limit.borrow())
-                        .expect("the trace through the last batch"),
-                );
+                let (mut trace_cursor, trace_storage) = cursor_list(follower.before());
                 let (mut all_buf, mut sink_buf) = (Vec::new(), Vec::new());
                 while let Some(&day) = batch_cursor.get_key(&batch_storage) {
                     // The day's candidates before this batch.
@@ -627,9 +648,7 @@ fn top_k<'scope>(candidates: Arranged<'scope, CandidatesTrace>, k: usize) -> Row
                     .session(&caps[1])
                     .give_container(&mut sink_buf);
             }
-            trace.set_logical_compaction(upper_limit.borrow());
-            trace.set_physical_compaction(upper_limit.borrow());
-            lower_limit.clone_from(&upper_limit);
+            follower.advance();
         }
     });
     Rows { all, sink }
@@ -647,34 +666,15 @@ where
     K: Ord + Clone + 'static,
     D: differential_dataflow::Data,
 {
-    let mut trace = arranged.trace.clone();
+    let mut follower = Follower::new(arranged.trace.clone());
     arranged
         .stream
         .unary(Pipeline, name, move |_, _| {
-            let mut lower_limit = Antichain::from_elem(0 as Epoch);
-            let mut upper_limit = Antichain::from_elem(0 as Epoch);
             move |input, output| {
-                let mut batches = Vec::new();
-                let mut cap: Option<Capability<Epoch>> = None;
-                input.for_each(|c, data| {
-                    if cap.is_none() {
-                        cap = Some(c.retain_least(0).expect("capability"));
-                    }
-                    for span in data.drain(..) {
-                        upper_limit.clone_from(span.upper());
-                        if let Some(batch) = span.inner {
-                            batches.push(batch);
-                        }
-                    }
-                });
-                if let Some(cap) = cap.filter(|_| !batches.is_empty()) {
-                    let mut session = output.session(&cap);
+                if let Some((caps, batches)) = follower.take(input, 1) {
+                    let mut session = output.session(&caps[0]);
                     let (mut batch_cursor, batch_storage) = cursor_list(batches);
-                    let (mut trace_cursor, trace_storage) = cursor_list(
-                        trace
-                            .batches_through(lower_limit.borrow())
-                            .expect("the trace through the last batch"),
-                    );
+                    let (mut trace_cursor, trace_storage) = cursor_list(follower.before());
                     let mut times: Vec<(Epoch, isize)> = Vec::new();
                     while let Some(key) = batch_cursor.get_key(&batch_storage) {
                         let mut count = 0isize;
@@ -697,9 +697,7 @@ where
                         batch_cursor.step_key(&batch_storage);
                     }
                 }
-                trace.set_logical_compaction(upper_limit.borrow());
-                trace.set_physical_compaction(upper_limit.borrow());
-                lower_limit.clone_from(&upper_limit);
+                follower.advance();
             }
         })
         .as_collection()
