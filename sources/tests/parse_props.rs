@@ -31,22 +31,24 @@ fn check_result(parser: &mut Parser, bytes: &[u8]) {
 /// A valid record, mutated by a few byte edits.
 fn mutated_line() -> impl Strategy<Value = Vec<u8>> {
     let base = br#"{"uuid":"0b6f3c1e-9c2d-4f7a-8e1b-2a3c4d5e6f70","timestamp":"2026-11-27T10:20:47.5+05:45","steps":7,"event_id":"a\u00e9\n","source":[1,{"x":null}]}"#.to_vec();
-    prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6).prop_map(
-        move |edits| {
-            let mut line = base.clone();
-            for (at, byte, op) in edits {
-                let i = at.index(line.len() + 1);
-                match op {
-                    0 if i < line.len() => line[i] = byte,
-                    1 if i < line.len() => {
-                        line.remove(i);
-                    }
-                    _ => line.insert(i, byte),
-                }
+    prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6)
+        .prop_map(move |edits| edited(&base, edits))
+}
+
+/// `base` with each edit applied: 0 replaces the byte at the index, 1 removes it, 2 inserts.
+fn edited(base: &[u8], edits: Vec<(prop::sample::Index, u8, u8)>) -> Vec<u8> {
+    let mut line = base.to_vec();
+    for (at, byte, op) in edits {
+        let i = at.index(line.len() + 1);
+        match op {
+            0 if i < line.len() => line[i] = byte,
+            1 if i < line.len() => {
+                line.remove(i);
             }
-            line
-        },
-    )
+            _ => line.insert(i, byte),
+        }
+    }
+    line
 }
 
 proptest! {
@@ -273,22 +275,8 @@ fn mutated_flat_line() -> impl Strategy<Value = Vec<u8>> {
     let base = br#"{"uuid":"0b6f3c1e-9c2d-4f7a-8e1b-2a3c4d5e6f70", "timestamp":"2026-11-27 10:20:47","steps":7,"event_id":12,"x":-1.5e3,"y":true,"z":null,"steps":0}"#.to_vec();
     let bytes =
         prop::sample::select(b" \t\r\n\"\\{}[]:,-+.eE0123456789tfnul\x01\xc3\xa9x".to_vec());
-    prop::collection::vec((any::<prop::sample::Index>(), bytes, 0u8..3), 1..4).prop_map(
-        move |edits| {
-            let mut line = base.clone();
-            for (at, byte, op) in edits {
-                let i = at.index(line.len() + 1);
-                match op {
-                    0 if i < line.len() => line[i] = byte,
-                    1 if i < line.len() => {
-                        line.remove(i);
-                    }
-                    _ => line.insert(i, byte),
-                }
-            }
-            line
-        },
-    )
+    prop::collection::vec((any::<prop::sample::Index>(), bytes, 0u8..3), 1..4)
+        .prop_map(move |edits| edited(&base, edits))
 }
 
 proptest! {
