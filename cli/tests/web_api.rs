@@ -4,11 +4,10 @@
 
 mod webutil;
 
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rankmysteps_sinks::local::{read_totals, LocalDirSink, LocalOptions};
+use rankmysteps_sinks::local::read_totals;
 use rankmysteps_web::client::{get, Connection, EventStream};
 use rankmysteps_web::{bind, LocalStore, Server};
 use serde_json::Value;
@@ -381,31 +380,8 @@ fn the_event_stream_delivers_a_new_epoch() {
     let tmp = tempfile::tempdir().unwrap();
     let input = write_input(tmp.path());
     let out = tmp.path().join("out");
-    let sink = LocalDirSink::create(
-        &out,
-        LocalOptions {
-            min_write_interval: Duration::ZERO,
-        },
-    )
-    .unwrap();
     // 20-line epochs: the first day's 80 lines are epochs 0-3; hold the job after epoch 2.
-    let (go, gate) = mpsc::channel();
-    let job = spawn_job(
-        &input,
-        20,
-        K,
-        Box::new(Gated {
-            inner: Box::new(sink),
-            free: 3,
-            gate,
-        }),
-    );
-    wait_until(Duration::from_secs(20), || {
-        rankmysteps_sinks::local::read_progress(&out)
-            .ok()
-            .filter(|p| p.epoch >= 2)
-    })
-    .expect("epoch 2 written");
+    let (job, go) = spawn_gated_local_job(&input, &out, 20, K, 3);
     let server = serve(&out);
     // Many clients, one read per epoch: count the store's reads around one epoch.
     let mut streams: Vec<EventStream> = (0..20)

@@ -11,12 +11,10 @@ use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use rankmysteps_sinks::local::{LocalDirSink, LocalOptions};
 use rankmysteps_web::client::get;
 use rankmysteps_web::{bind, LocalStore, Server};
 use serde_json::{json, Value};
@@ -187,30 +185,7 @@ fn page_shows_the_top_k_and_follows_new_epochs() {
     let tmp = tempfile::tempdir().unwrap();
     let input = write_input(tmp.path());
     let out = tmp.path().join("out");
-    let sink = LocalDirSink::create(
-        &out,
-        LocalOptions {
-            min_write_interval: Duration::ZERO,
-        },
-    )
-    .unwrap();
-    let (go, gate) = mpsc::channel();
-    let job = spawn_job(
-        &input,
-        20,
-        100,
-        Box::new(Gated {
-            inner: Box::new(sink),
-            free: 2,
-            gate,
-        }),
-    );
-    wait_until(Duration::from_secs(20), || {
-        rankmysteps_sinks::local::read_progress(&out)
-            .ok()
-            .filter(|p| p.epoch >= 1)
-    })
-    .expect("epoch 1 written");
+    let (job, go) = spawn_gated_local_job(&input, &out, 20, 100, 2);
     let server = Server::start(
         Arc::new(LocalStore::new(&out)),
         bind("127.0.0.1:0").unwrap(),

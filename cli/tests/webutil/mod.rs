@@ -155,6 +155,44 @@ pub fn spawn_job(
     })
 }
 
+/// [`spawn_job`] on `input` in `epoch_events`-line epochs into a local output directory `out`
+/// that writes every epoch at once, held by a [`Gated`] sink after `free` epochs; returns once
+/// those are written, with the job and the gate's sender (one epoch more per message).
+pub fn spawn_gated_local_job(
+    input: &Path,
+    out: &Path,
+    epoch_events: u64,
+    k: usize,
+    free: usize,
+) -> (std::thread::JoinHandle<()>, mpsc::Sender<()>) {
+    let sink = rankmysteps_sinks::local::LocalDirSink::create(
+        out,
+        rankmysteps_sinks::local::LocalOptions {
+            min_write_interval: Duration::ZERO,
+        },
+    )
+    .unwrap();
+    let (go, gate) = mpsc::channel();
+    let job = spawn_job(
+        input,
+        epoch_events,
+        k,
+        Box::new(Gated {
+            inner: Box::new(sink),
+            free,
+            gate,
+        }),
+    );
+    let last = free as u64 - 1;
+    wait_until(Duration::from_secs(20), || {
+        rankmysteps_sinks::local::read_progress(out)
+            .ok()
+            .filter(|p| p.epoch >= last)
+    })
+    .unwrap_or_else(|| panic!("epoch {last} written"));
+    (job, go)
+}
+
 /// Polls `f` every 20 ms until it returns `Some`, for at most `timeout`.
 pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
