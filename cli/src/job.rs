@@ -155,6 +155,9 @@ pub fn run(
     let recovery = spec.recovery.clone().unwrap_or_default();
     // Epochs up to here were written before a restart: they only rebuild the sinks' state.
     let restore_through = recovery.restore_through;
+    // Epochs after it up to here may be half written: each is written again alone, never
+    // merged (see the sinks' rewrite invariant in `CassandraSink::write_epoch`).
+    let rewrite_through = recovery.replay_through;
     let sender = Arc::new(Mutex::new(Some(sender)));
     let report = Arc::new(Mutex::new(JobReport::default()));
     let failure: Arc<Mutex<Option<SinkError>>> = Arc::new(Mutex::new(None));
@@ -240,9 +243,10 @@ pub fn run(
                             }
                             continue;
                         }
-                        Ok(out) if coalesce => {
+                        Ok(out) if coalesce && rewrite_through.is_none_or(|q| out.epoch > q) => {
                             let mut waiting = vec![out];
-                            // Restored epochs all come before written ones: none is here.
+                            // Restored and rewritten epochs all come before the others
+                            // (epoch order): none is here.
                             waiting.extend(receiver.try_iter());
                             if waiting.len() > 1 {
                                 tracing::debug!(

@@ -203,6 +203,8 @@ struct BulkState {
     pending: Option<(EpochOutput, Committed)>,
     /// A bulk write is under way.
     busy: bool,
+    /// The pending epoch is a restart's rewrite: written at once, whatever the interval.
+    urgent: bool,
     /// No more epochs will come: the lane ends once idle.
     closing: bool,
     /// The first failure; nothing is written after it.
@@ -339,7 +341,7 @@ fn bulk_lane(writer: &Writer, lane: &BulkLane, interval: std::time::Duration) {
         let (output, committed) = {
             let mut state = lane.state.lock().expect("bulk lock");
             // Not before `next_start`, unless closing (then everything goes now).
-            while !state.closing && Instant::now() < next_start {
+            while !state.closing && !state.urgent && Instant::now() < next_start {
                 let wait = next_start.saturating_duration_since(Instant::now());
                 state = lane.changed.wait_timeout(state, wait).expect("bulk lock").0;
             }
@@ -347,6 +349,7 @@ fn bulk_lane(writer: &Writer, lane: &BulkLane, interval: std::time::Duration) {
                 if state.error.is_none() {
                     if let Some(job) = state.pending.take() {
                         state.busy = true;
+                        state.urgent = false;
                         break job;
                     }
                 }
@@ -746,6 +749,17 @@ impl Sink for CassandraSink {
         // The intent never goes back: while a restart writes again the epochs up to the intent
         // it found, that intent stands (should it stop again, they are written again).
         let intent = self.intent_floor.is_none_or(|floor| output.epoch > floor);
+        // A rewrite (an epoch up to that intent) is written alone, never merged with another
+        // epoch. The run that stopped may have written any of the epochs after its progress
+        // record, merged in ways the restart cannot know, and partly: a listing row or a
+        // histogram count of an intermediate epoch R may be in the tables. Written one by one,
+        // epoch e's deletes remove every row of R that e changes, so after the intent's epoch
+        // the tables hold exactly its state. A merged write of R's neighbours would cancel the
+        // intermediate row's insert against its delete and leave it there, stale.
+        let rewrite = !intent;
+        if rewrite {
+            self.flush()?;
+        }
         w.runtime.block_on(async {
             if intent {
                 w.write_progress(
@@ -788,7 +802,11 @@ impl Sink for CassandraSink {
                 None => rest,
             };
             state.pending = Some((merged, committed.clone()));
+            state.urgent = rewrite;
             self.bulk.changed.notify_all();
+        }
+        if rewrite {
+            self.flush()?;
         }
         self.stats = committed.stats;
         self.watermark = committed.watermark;
