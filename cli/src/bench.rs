@@ -150,6 +150,10 @@ pub struct ReplayArgs {
     /// Output directory.
     #[arg(long, default_value = "/var/tmp/rankmysteps-bench-out")]
     out: PathBuf,
+    /// Keep the inspector's introspection on (timely operator logging, held traces walked
+    /// every 500 ms), as a worker does by default: measures its cost.
+    #[arg(long)]
+    introspection: bool,
 }
 
 /// Runs a benchmark.
@@ -218,6 +222,7 @@ fn cpu_seconds() -> f64 {
 
 fn core_once(a: CoreOnceArgs) -> Result<(), CliError> {
     let spec = JobSpec {
+        introspection: None,
         workers: a.workers,
         settings: Settings {
             k: a.k,
@@ -392,6 +397,9 @@ fn replay(a: ReplayArgs) -> Result<(), CliError> {
     }
     let size = std::fs::metadata(&a.file).map(|m| m.len()).unwrap_or(0);
     let spec = JobSpec {
+        introspection: a
+            .introspection
+            .then(|| Arc::new(crate::introspect::Introspection::default())),
         workers: a.workers,
         settings: Settings::default(),
         parse: ParseConfig::default(),
@@ -524,6 +532,7 @@ fn window_once(a: WindowOnceArgs) -> Result<(), CliError> {
     let dedup_window = crate::config::parse_duration(&a.window)
         .ok_or_else(|| CliError::Setting(format!("--window: cannot read {:?}", a.window)))?;
     let spec = JobSpec {
+        introspection: None,
         workers: a.workers,
         settings: Settings {
             dedup_window,

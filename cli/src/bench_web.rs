@@ -92,6 +92,7 @@ pub fn writer(a: WebWriterArgs) -> Result<(), CliError> {
     let c = cassandra(&a.config, &a.keyspace)?;
     let sink = CassandraSink::connect(&c, JOB)?;
     let spec = JobSpec {
+        introspection: None,
         workers: 1,
         settings: Settings {
             k: 100,

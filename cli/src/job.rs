@@ -97,6 +97,9 @@ pub struct JobSpec {
     pub recovery: Option<crate::recovery::Recovery>,
     /// How the progress of a replay (a file, an archive, a restart's replay) is shown.
     pub progress: crate::progress::Display,
+    /// Where the workers publish what their arrangements and operators hold
+    /// ([`crate::introspect`]); `None`: no operator logging, and the traces are dropped.
+    pub introspection: Option<Arc<crate::introspect::Introspection>>,
 }
 
 /// What a finished job measured.
@@ -376,7 +379,12 @@ pub fn run(
                 let _ = sender.send(out);
             }
         };
-        worker.dataflow::<Epoch, _, _>(|scope| {
+        // Before the dataflow is built, so that its operators are seen.
+        let mut inspect = spec
+            .introspection
+            .as_ref()
+            .map(|into| crate::introspect::WorkerIntrospection::register(worker, into));
+        let traces = worker.dataflow::<Epoch, _, _>(|scope| {
             let parser = Parser::new(spec.parse.clone());
             let throttle = Throttle {
                 completed: probe.clone(),
@@ -442,7 +450,8 @@ pub fn run(
                 }
                 (Input::File { .. }, None) => unreachable!("file opened above"),
             };
-            let outputs = build(parsed.events, &settings);
+            let mut outputs = build(parsed.events, &settings);
+            let traces = outputs.traces.take();
             deliver(
                 outputs,
                 parsed.rejected,
@@ -451,9 +460,26 @@ pub fn run(
                 &probe,
                 on_epoch,
             );
+            traces
         });
+        if let (Some(inspect), Some(traces)) = (&mut inspect, traces) {
+            inspect.hold(rankmysteps_dataflow::state::LiveState::new(
+                traces, &settings, index, peers,
+            ));
+        }
+        // The last epoch every output of which was delivered (the probe is past it).
+        let completed = |probe: &ProbeHandle<Epoch>| {
+            probe.with_frontier(|f| f.first().and_then(|e| e.checked_sub(1)))
+        };
         while !probe.done() {
             worker.step_or_park(Some(Duration::from_millis(20)));
+            if let (Some(inspect), Some(into)) = (&mut inspect, &spec.introspection) {
+                inspect.after_step(completed(&probe), into, false);
+            }
+        }
+        if let (Some(inspect), Some(into)) = (&mut inspect, &spec.introspection) {
+            // At the end (the probe's frontier is empty): what the arrangements hold last.
+            inspect.after_step(None, into, true);
         }
     })
     .map_err(CliError::Worker)?;

@@ -8,6 +8,7 @@ pub mod bench_web;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod introspect;
 pub mod job;
 pub mod metrics;
 pub mod produce;

@@ -97,6 +97,65 @@ enum Command {
     /// port free; the web and metrics listeners are free. One line per check (ok / WARN / FAIL,
     /// what was found, the fix); exit status 1 if any check failed.
     Doctor(DoctorArgs),
+    /// Look inside running worker processes: what each named arrangement holds and how each
+    /// named operator spends its time.
+    ///
+    /// Asks every --addr (a process's --metrics address) for /debug/summary and prints, per
+    /// process, the arrangements (records = updates held, live keys at the last completed
+    /// epoch when walked, batches, estimated bytes) and the operators (activations, scheduling
+    /// time, share). An unreachable process is reported and the others still shown; the exit
+    /// status is then 1. --watch refreshes every second until Ctrl-C; --json prints
+    /// [{addr, summary | error}] for scripts.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// A process's metrics address (repeat for several processes).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9898")]
+    addr: Vec<String>,
+    /// Print what every process serves as JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Refresh every second (like top) until Ctrl-C.
+    #[arg(long, conflicts_with = "json")]
+    watch: bool,
+    /// Sort the tables by size (arrangements by records, operators by time) or by name.
+    #[arg(long, value_enum, default_value = "size")]
+    sort: InspectSort,
+    /// Operators shown per process.
+    #[arg(long, value_name = "N", default_value_t = 15)]
+    operators: usize,
+    /// Seconds to wait for each process.
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    timeout: f64,
+    #[command(subcommand)]
+    what: Option<InspectWhat>,
+}
+
+#[derive(clap::Subcommand)]
+enum InspectWhat {
+    /// What the dataflow thinks right now of a (day, user): the total at the last epoch the
+    /// user's worker completed (named), whether the day is final, and the standing at that
+    /// same epoch (rank of N, gaps, neighbours), read from the arrangements by the workers that
+    /// own the keys, asked in turn through each --addr.
+    Lookup {
+        /// The day (YYYY-MM-DD).
+        #[arg(long)]
+        day: String,
+        /// The user's UUID.
+        #[arg(long)]
+        user: String,
+        /// Users shown above and below (at most 50).
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        neighbours: usize,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum InspectSort {
+    Size,
+    Name,
 }
 
 #[derive(Args)]
@@ -238,9 +297,14 @@ struct WorkerArgs {
     /// follows.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Serve Prometheus metrics on this address ("off" to disable).
+    /// Serve Prometheus metrics on this address ("off" to disable), and the inspector's JSON
+    /// under /debug/ (what each worker's arrangements hold, its operators' times).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9898")]
     metrics: String,
+    /// Keep no introspection: no timely operator logging, no held trace handles, no /debug/
+    /// routes (saves the logging's cost; /metrics stays).
+    #[arg(long)]
+    no_introspection: bool,
     /// Show no progress of a restart's replay of the archive (by default: a bar on a
     /// terminal, else a plain line every 5 s, or every RANKMYSTEPS_PROGRESS_INTERVAL seconds).
     #[arg(long, short)]
@@ -366,6 +430,7 @@ fn main() {
         Command::Schema(args) => schema(args),
         Command::Bench(args) => rankmysteps::bench::bench(args).map_err(Into::into),
         Command::Doctor(args) => doctor(args),
+        Command::Inspect(args) => inspect(args),
     };
     if let Err(e) = result {
         eprintln!("rankmysteps: error: {e:#}");
@@ -474,6 +539,7 @@ fn run(args: RunArgs) -> Result<()> {
         sinks.push(Box::new(view));
     }
     let spec = JobSpec {
+        introspection: None,
         workers,
         settings: Settings {
             k,
@@ -577,16 +643,28 @@ fn worker(args: WorkerArgs) -> Result<()> {
     }
     let workers = args.workers.unwrap_or(config.cluster.threads).max(1);
     let metrics = Arc::new(rankmysteps::metrics::Metrics::default());
+    let introspection = (!args.no_introspection)
+        .then(|| Arc::new(rankmysteps::introspect::Introspection::default()));
     if args.metrics != "off" {
         let listener = std::net::TcpListener::bind(&args.metrics)
             .with_context(|| format!("--metrics: cannot listen on {}", args.metrics))?;
-        metrics.serve(listener);
+        metrics
+            .serve(listener, introspection.clone())
+            .with_context(|| format!("--metrics: cannot serve on {}", args.metrics))?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signal(&stop)?;
+    // The lag thread ends with the job (set after the job returns, however it ends).
+    let stop_lag = Arc::new(AtomicBool::new(false));
+    let mut lag_thread = None;
     if args.process == 0 {
         // Process 0 delivers the epochs, so it knows the positions the lag is measured from.
-        metrics.watch_lag(kafka.clone(), partitions, Duration::from_secs(2));
+        lag_thread = metrics.watch_lag(
+            kafka.clone(),
+            partitions,
+            Duration::from_secs(2),
+            stop_lag.clone(),
+        );
     }
     let grace = df.grace_micros()?;
     let skew = df.skew_micros()?;
@@ -685,6 +763,7 @@ fn worker(args: WorkerArgs) -> Result<()> {
         metrics: metrics.clone(),
     };
     let spec = JobSpec {
+        introspection: introspection.clone(),
         workers,
         settings: Settings {
             k: df.k,
@@ -719,7 +798,12 @@ fn worker(args: WorkerArgs) -> Result<()> {
         "rankmysteps: worker process {} consuming {} ({} partitions) with {} threads",
         args.process, kafka.topic, partitions, workers
     );
-    let report = job::run(spec, Box::new(sink), stop)?;
+    let report = job::run(spec, Box::new(sink), stop);
+    stop_lag.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(thread) = lag_thread {
+        let _ = thread.join();
+    }
+    let report = report?;
     eprintln!(
         "rankmysteps: stopped after {} epochs ({} more, {} archived records, replayed to restore the state): accepted {}, duplicate {}, rejected {}",
         report.epochs,
@@ -729,6 +813,59 @@ fn worker(args: WorkerArgs) -> Result<()> {
         report.stats.duplicate,
         report.stats.rejected_total()
     );
+    Ok(())
+}
+
+fn inspect(args: InspectArgs) -> Result<()> {
+    use rankmysteps::introspect::{gather, render, GatherResult, SortBy};
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let sort = match args.sort {
+        InspectSort::Size => SortBy::Size,
+        InspectSort::Name => SortBy::Name,
+    };
+    if let Some(InspectWhat::Lookup {
+        day,
+        user,
+        neighbours,
+    }) = &args.what
+    {
+        use rankmysteps::introspect::{lookup_cluster, render_lookup};
+        let found = lookup_cluster(&args.addr, day, user, *neighbours, timeout)
+            .map_err(|e| anyhow::anyhow!("lookup: {e}"))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&found)?);
+        } else {
+            print!("{}", render_lookup(&found));
+        }
+        return Ok(());
+    }
+    if args.watch {
+        let stop = Arc::new(AtomicBool::new(false));
+        stop_on_signal(&stop)?;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let gathered = gather(&args.addr, timeout);
+            // Clear the screen and go home, then the tables.
+            print!("\x1b[2J\x1b[H{}", render(&gathered, sort, args.operators));
+            println!("(every 1 s; Ctrl-C to stop)");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        return Ok(());
+    }
+    let gathered = gather(&args.addr, timeout);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&gathered)?);
+    } else {
+        print!("{}", render(&gathered, sort, args.operators));
+    }
+    if gathered
+        .iter()
+        .any(|g| matches!(g.result, GatherResult::Error { .. }))
+    {
+        std::process::exit(1);
+    }
     Ok(())
 }
 

@@ -1,35 +1,131 @@
-//! Prometheus metrics of a worker process, served as text on `/metrics`.
+//! Prometheus metrics of a worker process, served on `/metrics`.
+//!
+//! Rendered by `prometheus-client` (the Prometheus project's Rust client, OpenMetrics text) and
+//! served by axum on a runtime of its own: every connection is a task of its own, so a client
+//! that connects and never reads (or never sends its request) stalls nobody, not the job and
+//! not the other scrapers. Latencies are histograms, so a scraper can compute quantiles over
+//! any window instead of a maximum since start.
 
-use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use rankmysteps_dataflow::event::Reason;
 use rankmysteps_dataflow::output::EpochOutput;
 use rankmysteps_sinks::{Sink, SinkError};
 
-/// Counters and gauges, updated by the job and read by the HTTP endpoint.
-#[derive(Debug, Default)]
+use crate::introspect::Introspection;
+
+/// A metric's labels: one name and its value.
+type Label = [(&'static str, String); 1];
+
+/// Counters, gauges and histograms, updated by the job and rendered by the HTTP endpoint.
+#[derive(Debug)]
 pub struct Metrics {
-    events_in: AtomicU64,
-    accepted: AtomicU64,
-    duplicate: AtomicU64,
-    rejected: [AtomicU64; 6],
-    epochs: AtomicU64,
-    last_epoch: AtomicU64,
-    watermark_micros: AtomicI64,
-    /// Histogram-free latency summaries: last and max, in microseconds.
-    epoch_latency_last_us: AtomicU64,
-    epoch_latency_max_us: AtomicU64,
-    sink_write_last_us: AtomicU64,
-    sink_write_max_us: AtomicU64,
-    /// Consumer lag by partition (records), set by whoever measures it.
-    lag: Mutex<Vec<(u32, i64)>>,
+    registry: Registry,
+    events_in: Counter,
+    accepted: Counter,
+    duplicate: Counter,
+    rejected: Family<Label, Counter>,
+    epochs: Counter,
+    last_epoch: Gauge,
+    watermark_seconds: Gauge<f64, AtomicU64>,
+    /// End of an epoch's wall-clock interval → its delivery to the sinks.
+    epoch_latency: Histogram,
+    /// One sink write of an epoch (or of merged epochs).
+    sink_write: Histogram,
+    /// Records behind each partition's end, set by the lag thread.
+    lag: Family<Label, Gauge>,
     /// Next offset by partition as of the last delivered epoch.
-    positions: Mutex<std::collections::BTreeMap<u32, u64>>,
+    positions: Mutex<BTreeMap<u32, u64>>,
+}
+
+/// Seconds, from 1 ms to about 33 s (16 buckets, doubling).
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 16)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            events_in: Counter::default(),
+            accepted: Counter::default(),
+            duplicate: Counter::default(),
+            rejected: Family::default(),
+            epochs: Counter::default(),
+            last_epoch: Gauge::default(),
+            watermark_seconds: Gauge::default(),
+            epoch_latency: Histogram::new(latency_buckets()),
+            sink_write: Histogram::new(latency_buckets()),
+            lag: Family::default(),
+            positions: Mutex::new(BTreeMap::new()),
+        };
+        // Every reason is shown from the start (at 0), so rates exist before the first rejection.
+        for r in Reason::ALL {
+            let _ = m.rejected.get_or_create(&[("reason", r.code().to_owned())]);
+        }
+        let r = &mut m.registry;
+        // Counters get the `_total` suffix from the encoder.
+        r.register(
+            "rankmysteps_events_in",
+            "Records consumed",
+            m.events_in.clone(),
+        );
+        r.register(
+            "rankmysteps_events_accepted",
+            "Events accepted",
+            m.accepted.clone(),
+        );
+        r.register(
+            "rankmysteps_events_duplicate",
+            "Events skipped as duplicates",
+            m.duplicate.clone(),
+        );
+        r.register(
+            "rankmysteps_events_rejected",
+            "Records rejected, by reason",
+            m.rejected.clone(),
+        );
+        r.register(
+            "rankmysteps_epochs",
+            "Epochs delivered to the sinks",
+            m.epochs.clone(),
+        );
+        r.register(
+            "rankmysteps_last_epoch",
+            "Last delivered epoch",
+            m.last_epoch.clone(),
+        );
+        r.register(
+            "rankmysteps_watermark_seconds",
+            "Watermark (largest accepted event time), Unix seconds",
+            m.watermark_seconds.clone(),
+        );
+        r.register(
+            "rankmysteps_epoch_latency_seconds",
+            "Epoch latency: end of the epoch's wall-clock interval to its delivery to the sinks",
+            m.epoch_latency.clone(),
+        );
+        r.register(
+            "rankmysteps_sink_write_seconds",
+            "Time of one sink write (an epoch, or epochs merged while the sink was behind)",
+            m.sink_write.clone(),
+        );
+        r.register(
+            "rankmysteps_consumer_lag",
+            "Records behind the partition's end (measured every 2 s by process 0)",
+            m.lag.clone(),
+        );
+        m
+    }
 }
 
 impl Metrics {
@@ -37,16 +133,22 @@ impl Metrics {
     pub fn epoch(&self, out: &EpochOutput) {
         let s = &out.stats;
         let total = s.accepted + s.duplicate + s.rejected_total();
-        self.events_in.fetch_add(total, Ordering::Relaxed);
-        self.accepted.fetch_add(s.accepted, Ordering::Relaxed);
-        self.duplicate.fetch_add(s.duplicate, Ordering::Relaxed);
+        self.events_in.inc_by(total);
+        self.accepted.inc_by(s.accepted);
+        self.duplicate.inc_by(s.duplicate);
         for r in Reason::ALL {
-            self.rejected[r.index()].fetch_add(s.rejected(r), Ordering::Relaxed);
+            let n = s.rejected(r);
+            if n > 0 {
+                self.rejected
+                    .get_or_create(&[("reason", r.code().to_owned())])
+                    .inc_by(n);
+            }
         }
-        self.epochs.fetch_add(1, Ordering::Relaxed);
-        self.last_epoch.store(out.epoch, Ordering::Relaxed);
+        self.epochs.inc();
+        self.last_epoch
+            .set(i64::try_from(out.epoch).unwrap_or(i64::MAX));
         if let Some(w) = out.watermark {
-            self.watermark_micros.store(w, Ordering::Relaxed);
+            self.watermark_seconds.set(w as f64 / 1e6);
         }
         self.positions
             .lock()
@@ -55,165 +157,149 @@ impl Metrics {
     }
 
     /// Measures the consumer lag (partition end − next offset delivered) every `every`, from a
-    /// background thread with its own Kafka client.
+    /// background thread with its own Kafka client, until `stop` is set.
     pub fn watch_lag(
         self: &Arc<Self>,
         kafka: rankmysteps_sources::kafka::KafkaConfig,
         partitions: u32,
         every: Duration,
-    ) {
+        stop: Arc<AtomicBool>,
+    ) -> Option<std::thread::JoinHandle<()>> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let metrics = self.clone();
         let consumer: BaseConsumer = match kafka.client_config().create() {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "no lag metric: cannot create a Kafka client");
-                return;
+                return None;
             }
         };
-        let _ = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("rankmysteps-lag".into())
-            .spawn(move || loop {
-                let positions = metrics.positions.lock().expect("positions lock").clone();
-                let mut lag = Vec::new();
-                for p in 0..partitions {
-                    if let Ok((_, high)) =
-                        consumer.fetch_watermarks(&kafka.topic, p as i32, Duration::from_secs(5))
-                    {
-                        lag.push((p, high - positions.get(&p).copied().unwrap_or(0) as i64));
+            .spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let positions = metrics.positions.lock().expect("positions lock").clone();
+                    let mut lag = Vec::new();
+                    for p in 0..partitions {
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        if let Ok((_, high)) = consumer.fetch_watermarks(
+                            &kafka.topic,
+                            p as i32,
+                            Duration::from_secs(5),
+                        ) {
+                            lag.push((p, high - positions.get(&p).copied().unwrap_or(0) as i64));
+                        }
+                    }
+                    metrics.set_lag(lag);
+                    // Sleeps in short steps, so the thread ends soon after the job.
+                    let until = std::time::Instant::now() + every;
+                    while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(50));
                     }
                 }
-                metrics.set_lag(lag);
-                std::thread::sleep(every);
             });
+        match spawned {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "no lag metric: cannot start its thread");
+                None
+            }
+        }
     }
 
     /// Records the latency of an epoch (end of its wall-clock interval → delivery).
     pub fn epoch_latency(&self, d: Duration) {
-        let us = d.as_micros() as u64;
-        self.epoch_latency_last_us.store(us, Ordering::Relaxed);
-        self.epoch_latency_max_us.fetch_max(us, Ordering::Relaxed);
+        self.epoch_latency.observe(d.as_secs_f64());
     }
 
     /// Records how long a sink took to write an epoch.
     pub fn sink_write(&self, d: Duration) {
-        let us = d.as_micros() as u64;
-        self.sink_write_last_us.store(us, Ordering::Relaxed);
-        self.sink_write_max_us.fetch_max(us, Ordering::Relaxed);
+        self.sink_write.observe(d.as_secs_f64());
     }
 
     /// Sets the consumer lag of each partition.
     pub fn set_lag(&self, lag: Vec<(u32, i64)>) {
-        *self.lag.lock().expect("lag lock") = lag;
+        for (p, records) in lag {
+            self.lag
+                .get_or_create(&[("partition", p.to_string())])
+                .set(records);
+        }
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
-        let mut t = String::new();
-        let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                t,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        };
-        counter(
-            "rankmysteps_events_in_total",
-            "Records consumed.",
-            self.events_in.load(Ordering::Relaxed),
-        );
-        counter(
-            "rankmysteps_events_accepted_total",
-            "Events accepted.",
-            self.accepted.load(Ordering::Relaxed),
-        );
-        counter(
-            "rankmysteps_events_duplicate_total",
-            "Events skipped as duplicates.",
-            self.duplicate.load(Ordering::Relaxed),
-        );
-        counter(
-            "rankmysteps_epochs_total",
-            "Epochs delivered to the sinks.",
-            self.epochs.load(Ordering::Relaxed),
-        );
-        let _ = writeln!(t, "# HELP rankmysteps_events_rejected_total Records rejected, by reason.\n# TYPE rankmysteps_events_rejected_total counter");
-        for r in Reason::ALL {
-            let _ = writeln!(
-                t,
-                "rankmysteps_events_rejected_total{{reason=\"{}\"}} {}",
-                r.code(),
-                self.rejected[r.index()].load(Ordering::Relaxed)
-            );
-        }
-        let mut gauge = |name: &str, help: &str, value: f64| {
-            let _ = writeln!(
-                t,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        };
-        gauge(
-            "rankmysteps_last_epoch",
-            "Last delivered epoch.",
-            self.last_epoch.load(Ordering::Relaxed) as f64,
-        );
-        gauge(
-            "rankmysteps_watermark_seconds",
-            "Watermark (largest accepted event time), Unix seconds.",
-            self.watermark_micros.load(Ordering::Relaxed) as f64 / 1e6,
-        );
-        gauge(
-            "rankmysteps_epoch_latency_seconds",
-            "Last epoch's latency (end of epoch to delivery).",
-            self.epoch_latency_last_us.load(Ordering::Relaxed) as f64 / 1e6,
-        );
-        gauge(
-            "rankmysteps_epoch_latency_max_seconds",
-            "Largest epoch latency so far.",
-            self.epoch_latency_max_us.load(Ordering::Relaxed) as f64 / 1e6,
-        );
-        gauge(
-            "rankmysteps_sink_write_seconds",
-            "Last epoch's sink write time.",
-            self.sink_write_last_us.load(Ordering::Relaxed) as f64 / 1e6,
-        );
-        gauge(
-            "rankmysteps_sink_write_max_seconds",
-            "Largest sink write time so far.",
-            self.sink_write_max_us.load(Ordering::Relaxed) as f64 / 1e6,
-        );
-        let _ = writeln!(t, "# HELP rankmysteps_consumer_lag Records behind the partition's end.\n# TYPE rankmysteps_consumer_lag gauge");
-        for (p, lag) in self.lag.lock().expect("lag lock").iter() {
-            let _ = writeln!(t, "rankmysteps_consumer_lag{{partition=\"{p}\"}} {lag}");
-        }
-        t
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
     }
 
-    /// Serves `/metrics` on `listener` from a background thread.
-    pub fn serve(self: &Arc<Self>, listener: TcpListener) {
-        let metrics = self.clone();
+    /// Serves `/metrics` on `listener` from a background thread (its own runtime: axum on
+    /// tokio and hyper 1, the stack of the web page), and with `introspection` the `/debug/`
+    /// routes ([`crate::introspect`]).
+    pub fn serve(
+        self: &Arc<Self>,
+        listener: std::net::TcpListener,
+        introspection: Option<Arc<Introspection>>,
+    ) -> std::io::Result<()> {
+        listener.set_nonblocking(true)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let app = router(self.clone(), introspection);
         std::thread::Builder::new()
             .name("rankmysteps-metrics".into())
             .spawn(move || {
-                for stream in listener.incoming() {
-                    let Ok(mut stream) = stream else { continue };
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                    let mut request = [0u8; 1024];
-                    let n = stream.read(&mut request).unwrap_or(0);
-                    let line = String::from_utf8_lossy(&request[..n]);
-                    let (status, body) = if line.starts_with("GET /metrics") {
-                        ("200 OK", metrics.render())
-                    } else {
-                        ("404 Not Found", "see /metrics\n".to_owned())
-                    };
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                }
-            })
-            .expect("spawning the metrics thread");
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            if let Err(e) = axum::serve(listener, app).await {
+                                tracing::error!(error = %e, "the metrics server stopped");
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "the metrics server cannot start"),
+                    }
+                })
+            })?;
+        Ok(())
     }
+}
+
+/// `/metrics`, with `introspection` the `/debug/` routes (JSON); anything else is a JSON 404
+/// naming what is there.
+fn router(metrics: Arc<Metrics>, introspection: Option<Arc<Introspection>>) -> axum::Router {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let debug = introspection
+        .map(crate::introspect::routes)
+        .unwrap_or_default();
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .merge(debug)
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                axum::Json(serde_json::json!({"error": "not found: see /metrics and /debug/"})),
+            )
+                .into_response()
+        })
 }
 
 /// A [`Sink`] wrapper that times each write and counts each epoch.
@@ -248,28 +334,60 @@ impl Sink for Measured {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
     use super::*;
 
+    fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).unwrap();
+        body
+    }
+
     #[test]
-    fn renders_counters_and_serves_them() {
+    fn renders_counters_and_histograms_and_serves_them() {
         let metrics = Arc::new(Metrics::default());
         let mut out = EpochOutput::default();
         out.stats.accepted = 5;
         out.stats.rejected[Reason::Late.index()] = 2;
         metrics.epoch(&out);
+        metrics.epoch_latency(Duration::from_millis(30));
+        metrics.epoch_latency(Duration::from_millis(3));
+        metrics.set_lag(vec![(3, 17)]);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        metrics.serve(listener);
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).unwrap();
-        assert!(body.contains("rankmysteps_events_in_total 7"), "{body}");
+        metrics.serve(listener, None).unwrap();
+        // A client that connects and never sends nor reads does not stall the others.
+        let _silent = TcpStream::connect(addr).unwrap();
+        let body = get(addr, "/metrics");
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        for line in [
+            "rankmysteps_events_in_total 7",
+            "rankmysteps_events_rejected_total{reason=\"late\"} 2",
+            "rankmysteps_events_rejected_total{reason=\"future\"} 0",
+            "rankmysteps_consumer_lag{partition=\"3\"} 17",
+            "rankmysteps_epoch_latency_seconds_count 2",
+            // 3 ms falls in the (2 ms, 4 ms] bucket, 30 ms in (16 ms, 32 ms]: cumulative counts.
+            "rankmysteps_epoch_latency_seconds_bucket{le=\"0.004\"} 1",
+            "rankmysteps_epoch_latency_seconds_bucket{le=\"0.032\"} 2",
+            "# EOF",
+        ] {
+            assert!(body.lines().any(|l| l == line), "no {line:?} in {body}");
+        }
+        let missing = get(addr, "/nothing");
         assert!(
-            body.contains("rankmysteps_events_rejected_total{reason=\"late\"} 2"),
-            "{body}"
+            missing.starts_with("HTTP/1.1 404") && missing.contains("\"error\""),
+            "{missing}"
         );
     }
 }

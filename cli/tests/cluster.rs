@@ -75,10 +75,14 @@ fn two_processes_match_the_reference_across_a_crash() {
         .create()
         .unwrap();
 
+    let metrics = [
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    ];
     let start = || {
         (
-            worker(config, &["--process", "0"], None),
-            worker(config, &["--process", "1"], None),
+            worker(config, &["--process", "0", "--metrics", &metrics[0]], None),
+            worker(config, &["--process", "1", "--metrics", &metrics[1]], None),
         )
     };
     send(&producer, topic, &p1, 1, Duration::ZERO, |_| {});
@@ -106,6 +110,7 @@ fn two_processes_match_the_reference_across_a_crash() {
     let all: Vec<&Sent> = p1.iter().chain(&p2).chain(&p3).collect();
     wait_for(reader, topic, &mut b0, all.len() as u64);
     assert!(b1.0.try_wait().unwrap().is_none(), "process 1 exited early");
+    inspect_both(&metrics, &reference);
     // A clean stop of a cluster: every process is told (as a launcher does).
     Command::new("kill")
         .args(["-INT", &b1.0.id().to_string()])
@@ -116,4 +121,165 @@ fn two_processes_match_the_reference_across_a_crash() {
     assert!(status.success(), "process 1: {status:?}");
 
     verify(reader, topic, prefix, &reference, &all, k);
+}
+
+/// `rankmysteps inspect` on both running processes and one address where nothing listens:
+/// both report every named arrangement and operator, the live keys of `totals` over both
+/// processes are the (day, user) pairs of the open days, and the missing process is an entry
+/// with its error (exit status 1), not a failure of the others.
+fn inspect_both(metrics: &[String; 2], reference: &Reference) {
+    let open_keys: usize = reference
+        .days
+        .values()
+        .filter(|d| !d.is_final)
+        .map(|d| d.totals.len())
+        .sum();
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
+            .args([
+                "inspect",
+                "--json",
+                "--addr",
+                &metrics[0],
+                "--addr",
+                &metrics[1],
+            ])
+            .args(["--addr", &nobody])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "one process is unreachable");
+        let gathered: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let g = gathered.as_array().unwrap();
+        assert_eq!(g.len(), 3);
+        assert!(
+            g[2]["error"].as_str().unwrap().contains("cannot connect"),
+            "{}",
+            g[2]
+        );
+        let mut keys = Some(0);
+        for p in &g[..2] {
+            let s = &p["summary"];
+            let names: Vec<&str> = s["arrangements"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(names, ["totals", "histogram", "users", "by-total", "top-k"]);
+            for op in ["Admit", "Totals", "TopK", "Histogram", "Users", "Deliver"] {
+                assert!(
+                    s["operators"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|o| o["name"] == op),
+                    "no operator {op}: {s}"
+                );
+            }
+            assert_eq!(s["workers"].as_array().unwrap().len(), 2);
+            let totals = s["arrangements"][0]["keys"].as_u64();
+            keys = keys.zip(totals).map(|(a, b)| a + b as usize);
+        }
+        if keys == Some(open_keys) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "totals hold {keys:?} live keys, the open days {open_keys}: {gathered}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    lookups_equal_the_reference(metrics, reference);
+    // The table names every process, the unreachable one too.
+    let out = Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
+        .args(["inspect", "--addr", &metrics[0], "--addr", &nobody])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("ARRANGEMENT") && text.contains("totals") && text.contains("UNREACHABLE"),
+        "{text}"
+    );
+}
+
+/// `rankmysteps inspect lookup` through both processes, for every user of the open day (their
+/// workers and the day's are spread over both processes): the total and the standing equal the
+/// reference's, at the epoch the answer names; a closed day is answered as closed; an unknown
+/// user is not found.
+fn lookups_equal_the_reference(metrics: &[String; 2], reference: &Reference) {
+    use rankmysteps_dataflow::event::{format_day, format_user};
+    use rankmysteps_dataflow::ranking::{sort_listing, standing};
+    let lookup = |day: &str, user: &str| {
+        Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
+            .args([
+                "inspect",
+                "--json",
+                "--addr",
+                &metrics[0],
+                "--addr",
+                &metrics[1],
+            ])
+            .args(["lookup", "--day", day, "--user", user, "--neighbours", "2"])
+            .output()
+            .unwrap()
+    };
+    let (day, open) = reference.days.iter().find(|(_, d)| !d.is_final).unwrap();
+    let mut listing: Vec<_> = open.totals.iter().map(|(u, t)| (*u, *t)).collect();
+    sort_listing(&mut listing);
+    let mut across = 0;
+    for &(user, total) in &listing {
+        let out = lookup(&format_day(*day), &format_user(user));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let want = standing(&listing, user, 2).unwrap();
+        assert_eq!(got["total"], total, "{got}");
+        assert_eq!(got["final"], false);
+        let s = &got["standing"];
+        assert_eq!(
+            (s["rank"].as_u64(), s["users"].as_u64()),
+            (Some(want.rank), Some(want.users)),
+            "{got}"
+        );
+        assert_eq!(s["gap_up"].as_u64(), want.gap_up, "{got}");
+        assert_eq!(s["gap_down"].as_u64(), want.gap_down, "{got}");
+        let above: Vec<String> = want.above.iter().map(|a| format_user(a.0)).collect();
+        let got_above: Vec<&str> = s["above"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["user"].as_str().unwrap())
+            .collect();
+        assert_eq!(got_above, above, "{got}");
+        // The user's worker and the day's are in different processes (two threads each).
+        if got["user_worker"].as_u64().unwrap() / 2 != got["day_worker"].as_u64().unwrap() / 2 {
+            across += 1;
+        }
+    }
+    assert!(across > 0, "no lookup crossed processes");
+    let (closed, result) = reference.days.iter().find(|(_, d)| d.is_final).unwrap();
+    let user = format_user(*result.totals.keys().next().unwrap());
+    let out = lookup(&format_day(*closed), &user);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("closed"),
+        "{stderr}"
+    );
+    let out = lookup(&format_day(*day), "00000000-0000-0000-0000-00000000abcd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("no accepted event"),
+        "{stderr}"
+    );
+    let out = lookup("2026-02-30", &user);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("not a YYYY-MM-DD"),
+        "{stderr}"
+    );
 }

@@ -486,3 +486,56 @@ impl LiveState {
         out
     }
 }
+
+/// The size of one arrangement on one worker, as its trace holds it now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ArrangementSize {
+    /// The arrangement's name (as `arrange_named` gave it).
+    pub name: &'static str,
+    /// Batches in its spine (merges in progress count their inputs).
+    pub batches: usize,
+    /// Updates held: (key, value, time, diff) tuples, not distinct keys; they shrink when
+    /// merges consolidate and when closed days are retracted.
+    pub records: usize,
+    /// Bytes held, estimated as records × the in-memory size of one (key, value, time, diff)
+    /// tuple (differential reports no sizes; containers' spare capacity is not counted).
+    pub bytes: usize,
+    /// Live keys (for `top-k`: live rows) at the last completed epoch, when walked (an
+    /// O(records) walk of the trace, [`LiveState::held`]; `None` when not walked).
+    pub keys: Option<usize>,
+}
+
+impl LiveState {
+    /// The size of each arrangement of this worker (cheap: a walk of the spines' batches, not
+    /// of their records), in the order of [`LiveState::held`].
+    pub fn sizes(&mut self) -> Vec<ArrangementSize> {
+        use differential_dataflow::trace::implementations::spine_fueled::SpineBatch;
+        let t = &mut self.traces;
+        let mut out = Vec::new();
+        macro_rules! size {
+            ($name:expr, $trace:expr, $tuple:ty) => {{
+                let batches = $trace
+                    .batches_through(Antichain::new().borrow())
+                    .unwrap_or_default();
+                let records: usize = batches.iter().map(|b| b.len()).sum();
+                out.push(ArrangementSize {
+                    name: $name,
+                    batches: batches.len(),
+                    records,
+                    bytes: records * std::mem::size_of::<$tuple>(),
+                    keys: None,
+                });
+            }};
+        }
+        size!("totals", t.totals, ((Day, User), Epoch, (i64, i64)));
+        size!("histogram", t.histogram, ((Day, u64), Epoch, isize));
+        size!("users", t.users, (Day, Epoch, isize));
+        size!(
+            "by-total",
+            t.by_total,
+            ((Day, Reverse<u64>, User), Epoch, isize)
+        );
+        size!("top-k", t.top, (Day, TopRow, Epoch, isize));
+        out
+    }
+}

@@ -137,7 +137,11 @@ pub fn worker(config: &Path, args: &[&str], crash_after_writes: Option<u64>) -> 
         .args(["worker", "--config"])
         .arg(config)
         .args(args)
-        .args(["--metrics", "off"])
+        .args(if args.contains(&"--metrics") {
+            &[][..]
+        } else {
+            &["--metrics", "off"][..]
+        })
         .stdin(Stdio::null());
     if let Some(n) = crash_after_writes {
         command.env("RANKMYSTEPS_CRASH_AFTER_WRITES", n.to_string());

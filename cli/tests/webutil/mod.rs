@@ -126,6 +126,7 @@ pub fn spawn_job(
     sink: Box<dyn Sink>,
 ) -> std::thread::JoinHandle<()> {
     let spec = JobSpec {
+        introspection: None,
         workers: 2,
         settings: Settings {
             k,

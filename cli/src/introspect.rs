@@ -1,0 +1,1053 @@
+//! Introspection of a running job (design §12): what each worker's arrangements hold, how its
+//! operators spend their time, and how far it has got, published by the workers themselves
+//! between two steps (never by blocking one) and served as JSON under `/debug/` next to
+//! `/metrics`.
+//!
+//! Each worker keeps its arrangements' trace handles ([`LiveState`]) and advances their
+//! compaction frontier to its last completed epoch at every step, so holding them never stops
+//! merges; every [`PUBLISH_EVERY`] it walks the spines (batches only, not records) and copies
+//! what it found, with its operators' scheduling totals from timely's own logging (registered
+//! before the dataflow is built), into the process's [`Introspection`].
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rankmysteps_dataflow::event::{Day, Epoch, User};
+use rankmysteps_dataflow::pipeline::{route_day, route_user};
+use rankmysteps_dataflow::ranking::{Standing, TopRow};
+use rankmysteps_dataflow::state::{ArrangementSize, LiveState, LookupError, TotalAt};
+use serde::Serialize;
+use timely::logging::{StartStop, TimelyEvent, TimelyEventBuilder};
+
+/// How often a worker publishes what it holds.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+
+/// Every how many publications the live keys are counted too (a walk of every record)...
+pub const WALK_EVERY: u64 = 10;
+
+/// ...unless the arrangements hold fewer records than this: then at every publication.
+pub const WALK_ALWAYS_BELOW: usize = 200_000;
+
+/// What the workers of this process last published, read by the `/debug/` routes.
+#[derive(Default)]
+pub struct Introspection {
+    workers: Mutex<BTreeMap<usize, WorkerView>>,
+    /// Workers in the whole cluster (set by the first worker to register).
+    peers: Mutex<usize>,
+    /// Each local worker's lookup inbox.
+    inboxes: Mutex<BTreeMap<usize, std::sync::mpsc::Sender<Request>>>,
+}
+
+impl std::fmt::Debug for Introspection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Introspection")
+            .field("peers", &*self.peers.lock().expect("peers lock"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// One worker's view of itself.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WorkerView {
+    /// The worker's index in the cluster.
+    pub worker: usize,
+    /// The last epoch whose outputs were delivered, as this worker's probe says.
+    pub completed_epoch: Option<Epoch>,
+    /// Its named arrangements.
+    pub arrangements: Vec<ArrangementSize>,
+    /// Its operators, by scheduling time (largest first).
+    pub operators: Vec<OperatorView>,
+    /// Milliseconds since this view was taken (filled in when served).
+    pub age_ms: u64,
+    #[serde(skip)]
+    taken: Option<Instant>,
+}
+
+/// One operator of one worker, from timely's `Operates` and `Schedule` events.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OperatorView {
+    /// Timely's worker-unique operator id.
+    pub id: usize,
+    /// Its name (the dataflow names every operator it builds).
+    pub name: String,
+    /// Its address: the path of scope indices from the root.
+    pub address: Vec<usize>,
+    /// Times it was scheduled.
+    pub activations: u64,
+    /// Total time it ran, nanoseconds.
+    pub elapsed_ns: u64,
+    /// It has shut down (its dataflow ended).
+    pub shut_down: bool,
+}
+
+/// Totals over the workers of this process.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    /// Per arrangement name: sums over workers.
+    pub arrangements: Vec<ArrangementSize>,
+    /// Per operator name: sums over workers, by scheduling time (largest first).
+    pub operators: Vec<OperatorView>,
+    /// The least completed epoch over the workers (what every one of them has delivered).
+    pub completed_epoch: Option<Epoch>,
+    /// The workers, each as it published itself.
+    pub workers: Vec<WorkerView>,
+}
+
+impl Introspection {
+    /// Stores `view` as its worker's latest.
+    pub fn publish(&self, mut view: WorkerView) {
+        view.taken = Some(Instant::now());
+        self.workers
+            .lock()
+            .expect("introspection lock")
+            .insert(view.worker, view);
+    }
+
+    /// Every worker's latest view, and the sums over them.
+    pub fn summary(&self) -> Summary {
+        let mut workers: Vec<WorkerView> = self
+            .workers
+            .lock()
+            .expect("introspection lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut arrangements: Vec<ArrangementSize> = Vec::new();
+        let mut operators: BTreeMap<String, OperatorView> = BTreeMap::new();
+        for w in &mut workers {
+            w.age_ms = w.taken.map_or(0, |t| t.elapsed().as_millis() as u64);
+            for a in &w.arrangements {
+                match arrangements.iter_mut().find(|x| x.name == a.name) {
+                    Some(x) => {
+                        x.batches += a.batches;
+                        x.records += a.records;
+                        x.bytes += a.bytes;
+                        x.keys = match (x.keys, a.keys) {
+                            (Some(x), Some(a)) => Some(x + a),
+                            _ => None,
+                        };
+                    }
+                    None => arrangements.push(a.clone()),
+                }
+            }
+            for o in &w.operators {
+                let x = operators
+                    .entry(o.name.clone())
+                    .or_insert_with(|| OperatorView {
+                        id: o.id,
+                        name: o.name.clone(),
+                        address: o.address.clone(),
+                        shut_down: o.shut_down,
+                        ..OperatorView::default()
+                    });
+                x.shut_down &= o.shut_down;
+                x.activations += o.activations;
+                x.elapsed_ns += o.elapsed_ns;
+            }
+        }
+        let mut operators: Vec<OperatorView> = operators.into_values().collect();
+        operators.sort_by_key(|o| std::cmp::Reverse(o.elapsed_ns));
+        let completed_epoch = if workers.iter().any(|w| w.completed_epoch.is_none()) {
+            None
+        } else {
+            workers.iter().filter_map(|w| w.completed_epoch).min()
+        };
+        Summary {
+            arrangements,
+            operators,
+            completed_epoch,
+            workers,
+        }
+    }
+}
+
+/// Scheduling totals of one worker's operators, fed by timely's `"timely"` log stream.
+#[derive(Debug, Default)]
+struct OperatorLog {
+    operators: BTreeMap<usize, (OperatorView, Option<Duration>)>,
+}
+
+/// The worker's side: its traces, its operator log, and when it last published.
+pub struct WorkerIntrospection {
+    index: usize,
+    state: Option<LiveState>,
+    log: Rc<RefCell<OperatorLog>>,
+    last: Option<Instant>,
+    completed: Option<Epoch>,
+    publishes: u64,
+    inbox: std::sync::mpsc::Receiver<Request>,
+}
+
+impl WorkerIntrospection {
+    /// Registers timely's operator logging on `worker`: call it before building the dataflow
+    /// (operators built before are never seen).
+    pub fn register(
+        worker: &mut timely::worker::Worker,
+        into: &Introspection,
+    ) -> WorkerIntrospection {
+        let (sender, inbox) = std::sync::mpsc::channel();
+        into.inboxes
+            .lock()
+            .expect("inboxes lock")
+            .insert(worker.index(), sender);
+        *into.peers.lock().expect("peers lock") = worker.peers();
+        let log = Rc::new(RefCell::new(OperatorLog::default()));
+        if let Some(mut registry) = worker.log_register() {
+            let log = log.clone();
+            registry.insert::<TimelyEventBuilder, _>(
+                "timely",
+                move |_now, data: &mut Option<Vec<(Duration, TimelyEvent)>>| {
+                    let Some(events) = data else { return };
+                    let mut log = log.borrow_mut();
+                    for (time, event) in events.drain(..) {
+                        match event {
+                            TimelyEvent::Operates(e) => {
+                                log.operators.insert(
+                                    e.id,
+                                    (
+                                        OperatorView {
+                                            id: e.id,
+                                            name: e.name,
+                                            address: e.addr,
+                                            ..OperatorView::default()
+                                        },
+                                        None,
+                                    ),
+                                );
+                            }
+                            TimelyEvent::Schedule(e) => {
+                                if let Some((op, started)) = log.operators.get_mut(&e.id) {
+                                    match e.start_stop {
+                                        StartStop::Start => *started = Some(time),
+                                        StartStop::Stop => {
+                                            if let Some(s) = started.take() {
+                                                op.activations += 1;
+                                                op.elapsed_ns +=
+                                                    time.saturating_sub(s).as_nanos() as u64;
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                            TimelyEvent::Shutdown(e) => {
+                                // Kept, marked: the job builds one dataflow, so what it ran
+                                // stays bounded and readable after it ends.
+                                if let Some((op, _)) = log.operators.get_mut(&e.id) {
+                                    op.shut_down = true;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                },
+            );
+        }
+        WorkerIntrospection {
+            index: worker.index(),
+            state: None,
+            log,
+            last: None,
+            completed: None,
+            publishes: 0,
+            inbox,
+        }
+    }
+
+    /// Keeps the worker's arrangements for inspection (see the module docs).
+    pub fn hold(&mut self, state: LiveState) {
+        self.state = Some(state);
+    }
+
+    /// After each step: advances the traces' compaction to `completed` (the last completed
+    /// epoch, if the probe names one), and publishes to `into` when it is time (or with
+    /// `force`, at the end).
+    pub fn after_step(&mut self, completed: Option<Epoch>, into: &Introspection, force: bool) {
+        if let Some(c) = completed {
+            self.completed = self.completed.max(Some(c));
+            if let Some(state) = &mut self.state {
+                state.advance(c.saturating_sub(LOOKUP_WINDOW));
+            }
+        }
+        self.answer();
+        if !force && self.last.is_some_and(|t| t.elapsed() < PUBLISH_EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let mut operators: Vec<OperatorView> = self
+            .log
+            .borrow()
+            .operators
+            .values()
+            .map(|(o, _)| o.clone())
+            .collect();
+        operators.sort_by_key(|o| std::cmp::Reverse(o.elapsed_ns));
+        self.publishes += 1;
+        let mut arrangements = Vec::new();
+        if let Some(state) = &mut self.state {
+            arrangements = state.sizes();
+            // The live keys need a walk of every record: at every publication while the
+            // arrangements are small (a few milliseconds), else every WALK_EVERY-th one; at the
+            // end (`force` with no epoch: every epoch is complete) at the last time.
+            let small = arrangements.iter().map(|a| a.records).sum::<usize>() < WALK_ALWAYS_BELOW;
+            let at = if force && completed.is_none() {
+                Some(Epoch::MAX)
+            } else {
+                self.completed
+                    .filter(|_| force || small || self.publishes % WALK_EVERY == 1)
+            };
+            if let Some(at) = at {
+                for held in state.held(at) {
+                    if let Some(a) = arrangements.iter_mut().find(|a| a.name == held.name) {
+                        a.keys = Some(held.keys);
+                    }
+                }
+            }
+        }
+        into.publish(WorkerView {
+            worker: self.index,
+            completed_epoch: self.completed,
+            arrangements,
+            operators,
+            ..WorkerView::default()
+        });
+    }
+}
+
+/// What `rankmysteps inspect` found at one process's address.
+#[derive(Clone, Debug, Serialize)]
+pub struct Gathered {
+    /// The address asked (`HOST:PORT` of the process's `--metrics`).
+    pub addr: String,
+    /// Its `/debug/summary`, or why there is none.
+    #[serde(flatten)]
+    pub result: GatherResult,
+}
+
+/// A process's summary, or the error that stands for it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum GatherResult {
+    /// The process answered.
+    Summary {
+        /// Its `/debug/summary` as served.
+        summary: serde_json::Value,
+    },
+    /// It did not.
+    Error {
+        /// What went wrong, for a person.
+        error: String,
+    },
+}
+
+/// Asks every address for its `/debug/summary`; an unreachable process is an entry with its
+/// error (the others are still gathered).
+pub fn gather(addrs: &[String], timeout: Duration) -> Vec<Gathered> {
+    addrs
+        .iter()
+        .map(|addr| Gathered {
+            addr: addr.clone(),
+            result: match fetch_summary(addr, timeout) {
+                Ok(summary) => GatherResult::Summary { summary },
+                Err(error) => GatherResult::Error { error },
+            },
+        })
+        .collect()
+}
+
+fn fetch_summary(addr: &str, timeout: Duration) -> Result<serde_json::Value, String> {
+    use std::net::ToSocketAddrs;
+    let socket = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to no address"))?;
+    let mut connection =
+        rankmysteps_web::client::Connection::open(socket, timeout).map_err(|e| {
+            format!(
+                "cannot connect to {addr}: {e} (is the process running, with --metrics {addr}?)"
+            )
+        })?;
+    let response = connection
+        .get("/debug/summary")
+        .map_err(|e| format!("{addr}: {e}"))?;
+    match response.status {
+        200 => Ok(response.json()),
+        404 => Err(format!(
+            "{addr} serves no /debug/ (a process started with --no-introspection, or not a rankmysteps worker)"
+        )),
+        status => Err(format!("{addr}: HTTP {status}: {}", response.text())),
+    }
+}
+
+/// How `inspect` sorts its tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortBy {
+    /// Arrangements by records, operators by scheduling time (the default).
+    Size,
+    /// Operators and arrangements by name.
+    Name,
+}
+
+/// The summary tables of `inspect`, one block per process (unreachable ones say why).
+pub fn render(gathered: &[Gathered], sort: SortBy, operators: usize) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    for g in gathered {
+        let s = match &g.result {
+            GatherResult::Error { error } => {
+                let _ = writeln!(t, "process {}: UNREACHABLE: {error}\n", g.addr);
+                continue;
+            }
+            GatherResult::Summary { summary } => summary,
+        };
+        let workers = s["workers"].as_array().map_or(0, Vec::len);
+        let age = s["workers"]
+            .as_array()
+            .and_then(|w| w.iter().filter_map(|w| w["age_ms"].as_u64()).max())
+            .unwrap_or(0);
+        let _ = writeln!(
+            t,
+            "process {}: {workers} workers, completed epoch {}, views {age} ms old",
+            g.addr,
+            s["completed_epoch"]
+                .as_u64()
+                .map_or("none yet".to_owned(), |e| e.to_string())
+        );
+        let mut arrangements: Vec<&serde_json::Value> = s["arrangements"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default();
+        match sort {
+            SortBy::Size => arrangements.sort_by_key(|a| std::cmp::Reverse(a["records"].as_u64())),
+            SortBy::Name => arrangements.sort_by_key(|a| a["name"].as_str().map(str::to_owned)),
+        }
+        let _ = writeln!(
+            t,
+            "  {:<18} {:>12} {:>12} {:>8} {:>12}",
+            "ARRANGEMENT", "RECORDS", "LIVE KEYS", "BATCHES", "BYTES (est.)"
+        );
+        for a in arrangements {
+            let _ = writeln!(
+                t,
+                "  {:<18} {:>12} {:>12} {:>8} {:>12}",
+                a["name"].as_str().unwrap_or("?"),
+                a["records"].as_u64().unwrap_or(0),
+                a["keys"].as_u64().map_or("-".to_owned(), |k| k.to_string()),
+                a["batches"].as_u64().unwrap_or(0),
+                human_bytes(a["bytes"].as_u64().unwrap_or(0)),
+            );
+        }
+        let mut ops: Vec<&serde_json::Value> = s["operators"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default();
+        // A scope's time includes its operators': shares are of the operators' own time.
+        let is_scope = |o: &serde_json::Value| o["address"].as_array().is_some_and(|a| a.len() < 2);
+        let total_ns: u64 = ops
+            .iter()
+            .filter(|o| !is_scope(o))
+            .filter_map(|o| o["elapsed_ns"].as_u64())
+            .sum();
+        match sort {
+            SortBy::Size => ops.sort_by_key(|o| std::cmp::Reverse(o["elapsed_ns"].as_u64())),
+            SortBy::Name => ops.sort_by_key(|o| o["name"].as_str().map(str::to_owned)),
+        }
+        let _ = writeln!(
+            t,
+            "  {:<28} {:>12} {:>12} {:>7}",
+            "OPERATOR", "ACTIVATIONS", "TIME (ms)", "SHARE"
+        );
+        for o in ops.iter().take(operators) {
+            let ns = o["elapsed_ns"].as_u64().unwrap_or(0);
+            let share = if is_scope(o) {
+                "scope".to_owned()
+            } else {
+                format!("{:.1}%", 100.0 * ns as f64 / total_ns.max(1) as f64)
+            };
+            let _ = writeln!(
+                t,
+                "  {:<28} {:>12} {:>12.1} {:>7}",
+                o["name"].as_str().unwrap_or("?"),
+                o["activations"].as_u64().unwrap_or(0),
+                ns as f64 / 1e6,
+                share,
+            );
+        }
+        if ops.len() > operators {
+            let _ = writeln!(
+                t,
+                "  ({} more operators; --operators N)",
+                ops.len() - operators
+            );
+        }
+        t.push('\n');
+    }
+    t
+}
+
+fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// Epochs a worker keeps readable behind its last completed one, so that a standing (a total
+/// read on the user's worker at epoch t, then the rank on the day's worker at the same t) can
+/// be answered although the day's worker has moved on meanwhile.
+pub const LOOKUP_WINDOW: Epoch = 16;
+
+/// A lookup in live state, answered by the worker that owns the key between two steps.
+#[derive(Clone, Debug)]
+pub enum Query {
+    /// The (day, user) total at the owner's last completed epoch.
+    Total {
+        /// The day.
+        day: Day,
+        /// The user.
+        user: User,
+    },
+    /// The standing of a user with `total` (read at `at`) on the day's worker.
+    Standing {
+        /// The day.
+        day: Day,
+        /// The user.
+        user: User,
+        /// The user's total at `at`.
+        total: u64,
+        /// Neighbours each side.
+        neighbours: usize,
+        /// The epoch of the total.
+        at: Epoch,
+    },
+    /// The day's top-k at the day's worker's last completed epoch.
+    Top {
+        /// The day.
+        day: Day,
+    },
+}
+
+/// The answer to a [`Query`].
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// To [`Query::Total`].
+    Total(Result<TotalAt, LookupError>),
+    /// To [`Query::Standing`]: at which epoch, and the standing if the user is ranked.
+    Standing(Result<(Epoch, Option<Standing>), LookupError>),
+    /// To [`Query::Top`]: at which epoch, and the rows.
+    Top(Result<(Epoch, Vec<TopRow>), LookupError>),
+}
+
+struct Request {
+    query: Query,
+    reply: tokio::sync::oneshot::Sender<Answer>,
+}
+
+/// Where a lookup goes wrong before a worker answers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AskError {
+    /// The owning worker is not in this process.
+    Elsewhere {
+        /// The worker that owns the key.
+        worker: usize,
+    },
+    /// The worker did not answer in time (or its job ended).
+    NoAnswer,
+}
+
+impl Introspection {
+    /// The worker that owns `user`'s totals and the one that owns `day`'s ranking (`None`
+    /// before the workers started).
+    pub fn owners(&self, day: Day, user: User) -> Option<(usize, usize)> {
+        let peers = *self.peers.lock().expect("peers lock");
+        (peers > 0).then(|| {
+            (
+                (route_user(user) % peers as u64) as usize,
+                (route_day(day) % peers as u64) as usize,
+            )
+        })
+    }
+
+    /// The worker that owns `day`'s ranking.
+    pub fn day_owner(&self, day: Day) -> Option<usize> {
+        let peers = *self.peers.lock().expect("peers lock");
+        (peers > 0).then(|| (route_day(day) % peers as u64) as usize)
+    }
+
+    /// Asks `worker` (of this process) `query`, waiting at most `timeout` for its next step.
+    pub async fn ask(
+        &self,
+        worker: usize,
+        query: Query,
+        timeout: Duration,
+    ) -> Result<Answer, AskError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        {
+            let inboxes = self.inboxes.lock().expect("inboxes lock");
+            let inbox = inboxes.get(&worker).ok_or(AskError::Elsewhere { worker })?;
+            inbox
+                .send(Request { query, reply })
+                .map_err(|_| AskError::NoAnswer)?;
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(answer)) => Ok(answer),
+            _ => Err(AskError::NoAnswer),
+        }
+    }
+}
+
+impl WorkerIntrospection {
+    /// Answers the lookups waiting for this worker (between two steps).
+    fn answer(&mut self) {
+        while let Ok(request) = self.inbox.try_recv() {
+            let answer = match (&mut self.state, self.completed) {
+                (None, _) | (_, None) => match request.query {
+                    Query::Total { .. } => Answer::Total(Err(LookupError::NotYet)),
+                    Query::Standing { .. } => Answer::Standing(Err(LookupError::NotYet)),
+                    Query::Top { .. } => Answer::Top(Err(LookupError::NotYet)),
+                },
+                (Some(state), Some(completed)) => match request.query {
+                    Query::Total { day, user } => Answer::Total(state.total(day, user, completed)),
+                    Query::Standing {
+                        day,
+                        user,
+                        total,
+                        neighbours,
+                        at,
+                    } => Answer::Standing(
+                        state
+                            .standing(day, user, total, neighbours, at)
+                            .map(|s| (at, s)),
+                    ),
+                    Query::Top { day } => {
+                        Answer::Top(state.top(day, completed).map(|rows| (completed, rows)))
+                    }
+                },
+            };
+            // The asker may have given up: nothing to do then.
+            let _ = request.reply.send(answer);
+        }
+    }
+}
+
+/// How long a lookup waits for a worker's step (a worker parks at most 20 ms when idle, but a
+/// busy one answers only after its current step).
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most neighbours a lookup returns each side.
+pub const MAX_NEIGHBOURS: usize = 50;
+
+/// The query string of `/debug/lookup` and `/debug/lookup/standing`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupParams {
+    /// `YYYY-MM-DD`.
+    day: Option<String>,
+    /// A UUID (or the integer form of design §1).
+    user: Option<String>,
+    /// Neighbours each side (default 3, at most [`MAX_NEIGHBOURS`]).
+    neighbours: Option<usize>,
+    /// `/debug/lookup/standing` only: the user's total at `at`.
+    total: Option<u64>,
+    /// `/debug/lookup/standing` only: the epoch of `total`.
+    at: Option<Epoch>,
+}
+
+type Reply = (axum::http::StatusCode, axum::Json<serde_json::Value>);
+
+fn reply(status: u16, body: serde_json::Value) -> Reply {
+    (
+        axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::OK),
+        axum::Json(body),
+    )
+}
+
+fn error(status: u16, message: String) -> Reply {
+    reply(status, serde_json::json!({ "error": message }))
+}
+
+/// The day, user and neighbours of a lookup, or the 400 that says what is wrong.
+fn key(p: &LookupParams) -> Result<(Day, User, usize), Reply> {
+    use rankmysteps_dataflow::event::{parse_day, parse_user};
+    let day = p
+        .day
+        .as_deref()
+        .ok_or_else(|| error(400, "day=YYYY-MM-DD is required".into()))?;
+    let day = parse_day(day)
+        .ok_or_else(|| error(400, format!("day {day:?} is not a YYYY-MM-DD date")))?;
+    let user = p
+        .user
+        .as_deref()
+        .ok_or_else(|| error(400, "user=UUID is required".into()))?;
+    let user =
+        parse_user(user).ok_or_else(|| error(400, format!("user {user:?} is not a UUID")))?;
+    let neighbours = p.neighbours.unwrap_or(3);
+    if neighbours > MAX_NEIGHBOURS {
+        return Err(error(
+            400,
+            format!("neighbours must be at most {MAX_NEIGHBOURS}, not {neighbours}"),
+        ));
+    }
+    Ok((day, user, neighbours))
+}
+
+/// The reply for a lookup error of a worker.
+fn lookup_error(e: LookupError, what: &str) -> Reply {
+    match e {
+        LookupError::Closed => error(
+            410,
+            format!("the day has closed and left live state: its final {what} is in the sinks"),
+        ),
+        LookupError::NotYet => error(503, "no epoch is complete yet: ask again".into()),
+        LookupError::Compacted { since } => error(
+            503,
+            format!("the epoch asked was compacted away (readable from {since}): ask again"),
+        ),
+        LookupError::NotOwner { owner } => misdirected(owner),
+    }
+}
+
+fn misdirected(worker: usize) -> Reply {
+    reply(
+        421,
+        serde_json::json!({
+            "error": format!("the key is owned by worker {worker}, which is not in this process: ask the process that runs it"),
+            "owner_worker": worker,
+        }),
+    )
+}
+
+fn ask_error(e: AskError) -> Reply {
+    match e {
+        AskError::Elsewhere { worker } => misdirected(worker),
+        AskError::NoAnswer => error(503, "the worker did not answer in time".into()),
+    }
+}
+
+fn standing_json(s: &Standing) -> serde_json::Value {
+    use rankmysteps_dataflow::event::format_user;
+    let neighbour = |&(u, steps, rank): &(User, u64, u64)| serde_json::json!({"user": format_user(u), "steps": steps, "rank": rank});
+    serde_json::json!({
+        "rank": s.rank,
+        "steps": s.steps,
+        "users": s.users,
+        "gap_up": s.gap_up,
+        "gap_down": s.gap_down,
+        "above": s.above.iter().map(neighbour).collect::<Vec<_>>(),
+        "below": s.below.iter().map(neighbour).collect::<Vec<_>>(),
+    })
+}
+
+/// `/debug/lookup?day=D&user=U&neighbours=N`: the user's total at the last epoch its worker
+/// completed, whether the day is final then, and the standing at that same epoch when the
+/// day's worker is in this process too (else `standing` is null and `day_worker` says whom to
+/// ask, with `/debug/lookup/standing`).
+async fn lookup(i: Arc<Introspection>, p: LookupParams) -> Reply {
+    use rankmysteps_dataflow::event::{format_day, format_user};
+    use rankmysteps_dataflow::state::DayStatus;
+    let (day, user, neighbours) = match key(&p) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let Some((user_worker, day_worker)) = i.owners(day, user) else {
+        return error(503, "the workers have not started yet".into());
+    };
+    let total = match i
+        .ask(user_worker, Query::Total { day, user }, ASK_TIMEOUT)
+        .await
+    {
+        Ok(Answer::Total(Ok(t))) => t,
+        Ok(Answer::Total(Err(e))) => return lookup_error(e, "total"),
+        Ok(_) => return error(500, "a worker answered another question".into()),
+        Err(e) => return ask_error(e),
+    };
+    let Some(steps) = total.total else {
+        return error(
+            404,
+            format!(
+                "user {} has no accepted event on {} (at epoch {})",
+                format_user(user),
+                format_day(day),
+                total.epoch
+            ),
+        );
+    };
+    let standing =
+        match standing_at(&i, day_worker, day, user, steps, neighbours, total.epoch).await {
+            Ok(s) => s,
+            Err(r) if r.0 == axum::http::StatusCode::MISDIRECTED_REQUEST => None,
+            Err(r) => return r,
+        };
+    reply(
+        200,
+        serde_json::json!({
+            "day": format_day(day),
+            "user": format_user(user),
+            "epoch": total.epoch,
+            "total": steps,
+            "final": total.status == DayStatus::Final,
+            "user_worker": user_worker,
+            "day_worker": day_worker,
+            "standing": standing.as_ref().map(standing_json),
+        }),
+    )
+}
+
+/// The standing at `at` from `worker`, retried while that worker has not completed `at` yet.
+async fn standing_at(
+    i: &Introspection,
+    worker: usize,
+    day: Day,
+    user: User,
+    total: u64,
+    neighbours: usize,
+    at: Epoch,
+) -> Result<Option<Standing>, Reply> {
+    let deadline = Instant::now() + ASK_TIMEOUT;
+    loop {
+        let query = Query::Standing {
+            day,
+            user,
+            total,
+            neighbours,
+            at,
+        };
+        match i.ask(worker, query, ASK_TIMEOUT).await {
+            Ok(Answer::Standing(Ok((_, s)))) => return Ok(s),
+            Ok(Answer::Standing(Err(LookupError::NotYet))) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(Answer::Standing(Err(e))) => return Err(lookup_error(e, "standing")),
+            Ok(_) => return Err(error(500, "a worker answered another question".into())),
+            Err(e) => return Err(ask_error(e)),
+        }
+    }
+}
+
+/// `/debug/lookup/standing?day=D&user=U&total=T&at=E&neighbours=N`: the second half of a
+/// lookup whose day's worker is in this process.
+async fn lookup_standing(i: Arc<Introspection>, p: LookupParams) -> Reply {
+    let (day, user, neighbours) = match key(&p) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let (Some(total), Some(at)) = (p.total, p.at) else {
+        return error(400, "total=T and at=EPOCH are required".into());
+    };
+    let Some(worker) = i.day_owner(day) else {
+        return error(503, "the workers have not started yet".into());
+    };
+    match standing_at(&i, worker, day, user, total, neighbours, at).await {
+        Ok(Some(s)) => reply(
+            200,
+            serde_json::json!({"epoch": at, "standing": standing_json(&s)}),
+        ),
+        Ok(None) => error(
+            404,
+            format!("no user with total {total} on that day at epoch {at}"),
+        ),
+        Err(r) => r,
+    }
+}
+
+/// The `/debug/` routes of `introspection` (JSON; bad input gets a JSON error with a reason).
+pub fn routes(introspection: Arc<Introspection>) -> axum::Router {
+    use axum::extract::{Query as Q, State};
+    use axum::routing::get;
+    type S = State<Arc<Introspection>>;
+    let params = |p: Result<Q<LookupParams>, axum::extract::rejection::QueryRejection>| {
+        p.map(|Q(p)| p)
+            .map_err(|e| error(400, format!("bad query string: {}", e.body_text())))
+    };
+    axum::Router::new()
+        .route(
+            "/debug/",
+            get(|| async {
+                axum::Json(serde_json::json!({
+                    "routes": {
+                        "/debug/summary": "arrangements and operators summed over this process's workers, and each worker's own",
+                        "/debug/arrangements": "per named arrangement: batches, records (updates), live keys and estimated bytes",
+                        "/debug/operators": "per named operator: activations and scheduling time",
+                        "/debug/lookup?day=D&user=U&neighbours=N": "a user's total, finality and standing in live state, at the epoch named",
+                        "/debug/lookup/standing?day=D&user=U&total=T&at=E&neighbours=N": "the standing half of a lookup, from the process of the day's worker",
+                    }
+                }))
+            }),
+        )
+        .route(
+            "/debug/summary",
+            get(|State(i): S| async move { axum::Json(i.summary()) }),
+        )
+        .route(
+            "/debug/arrangements",
+            get(|State(i): S| async move {
+                let s = i.summary();
+                axum::Json(serde_json::json!({
+                    "completed_epoch": s.completed_epoch,
+                    "arrangements": s.arrangements,
+                    "workers": s.workers.iter().map(|w| serde_json::json!({
+                        "worker": w.worker,
+                        "completed_epoch": w.completed_epoch,
+                        "age_ms": w.age_ms,
+                        "arrangements": w.arrangements,
+                    })).collect::<Vec<_>>(),
+                }))
+            }),
+        )
+        .route(
+            "/debug/operators",
+            get(|State(i): S| async move {
+                let s = i.summary();
+                axum::Json(serde_json::json!({
+                    "operators": s.operators,
+                    "workers": s.workers.iter().map(|w| serde_json::json!({
+                        "worker": w.worker,
+                        "age_ms": w.age_ms,
+                        "operators": w.operators,
+                    })).collect::<Vec<_>>(),
+                }))
+            }),
+        )
+        .route(
+            "/debug/lookup",
+            get(move |State(i): S, p| async move {
+                match params(p) {
+                    Ok(p) => lookup(i, p).await,
+                    Err(r) => r,
+                }
+            }),
+        )
+        .route(
+            "/debug/lookup/standing",
+            get(move |State(i): S, p| async move {
+                match params(p) {
+                    Ok(p) => lookup_standing(i, p).await,
+                    Err(r) => r,
+                }
+            }),
+        )
+        .with_state(introspection)
+}
+
+/// `rankmysteps inspect lookup`: asks each process at `addrs` for the (day, user) lookup until
+/// the one running the user's worker answers, then, if the day's worker runs elsewhere, the
+/// process that runs it for the standing at the same epoch. The JSON of `/debug/lookup`, with
+/// `standing` filled in, or an error for a person.
+pub fn lookup_cluster(
+    addrs: &[String],
+    day: &str,
+    user: &str,
+    neighbours: usize,
+    timeout: Duration,
+) -> Result<serde_json::Value, String> {
+    let plain = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !plain(day) || !plain(user) {
+        return Err("--day and --user take a YYYY-MM-DD date and a UUID".into());
+    }
+    let mut unreachable = Vec::new();
+    let mut found = None;
+    for addr in addrs {
+        match get_json(
+            addr,
+            &format!("/debug/lookup?day={day}&user={user}&neighbours={neighbours}"),
+            timeout,
+        ) {
+            Ok((200, body)) => {
+                found = Some(body);
+                break;
+            }
+            Ok((421, _)) => {}
+            Ok((status, body)) => return Err(format!("{addr}: {}", describe(status, &body))),
+            Err(e) => unreachable.push(e),
+        }
+    }
+    let Some(mut found) = found else {
+        let mut message = format!("no process of {} runs the user's worker", addrs.join(", "));
+        if !unreachable.is_empty() {
+            message.push_str(&format!(" (unreachable: {})", unreachable.join("; ")));
+        }
+        return Err(message);
+    };
+    if found["standing"].is_null() {
+        let (total, at) = (&found["total"], &found["epoch"]);
+        for addr in addrs {
+            match get_json(
+                addr,
+                &format!(
+                    "/debug/lookup/standing?day={day}&user={user}&neighbours={neighbours}&total={total}&at={at}"
+                ),
+                timeout,
+            ) {
+                Ok((200, body)) => {
+                    found["standing"] = body["standing"].clone();
+                    return Ok(found);
+                }
+                Ok((421, _)) | Err(_) => {}
+                Ok((status, body)) => return Err(format!("{addr}: {}", describe(status, &body))),
+            }
+        }
+        return Err(format!(
+            "no process of {} runs the day's worker {} (the standing is not known here)",
+            addrs.join(", "),
+            found["day_worker"]
+        ));
+    }
+    Ok(found)
+}
+
+fn describe(status: u16, body: &serde_json::Value) -> String {
+    match body["error"].as_str() {
+        Some(e) => format!("{e} (HTTP {status})"),
+        None => format!("HTTP {status}: {body}"),
+    }
+}
+
+fn get_json(addr: &str, path: &str, timeout: Duration) -> Result<(u16, serde_json::Value), String> {
+    use std::net::ToSocketAddrs;
+    let socket = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to no address"))?;
+    let mut connection = rankmysteps_web::client::Connection::open(socket, timeout)
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let response = connection.get(path).map_err(|e| format!("{addr}: {e}"))?;
+    Ok((response.status, response.json()))
+}
+
+/// A lookup's JSON for a person.
+pub fn render_lookup(found: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let s = &found["standing"];
+    let _ = writeln!(
+        t,
+        "{} user {}: {} steps at epoch {} ({}); rank {} of {}, {} to the next total up, {} to the next down",
+        found["day"].as_str().unwrap_or("?"),
+        found["user"].as_str().unwrap_or("?"),
+        found["total"],
+        found["epoch"],
+        if found["final"] == true { "final" } else { "open" },
+        s["rank"],
+        s["users"],
+        s["gap_up"].as_u64().map_or("none (first)".to_owned(), |g| g.to_string()),
+        s["gap_down"].as_u64().map_or("none (last)".to_owned(), |g| g.to_string()),
+    );
+    for (label, side) in [("above", &s["above"]), ("below", &s["below"])] {
+        for n in side.as_array().into_iter().flatten() {
+            let _ = writeln!(
+                t,
+                "  {label}: rank {:>6}  {:>10} steps  {}",
+                n["rank"],
+                n["steps"],
+                n["user"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    t
+}

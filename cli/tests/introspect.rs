@@ -1,0 +1,201 @@
+//! The inspector's view of a job (`rankmysteps::introspect`, served under `/debug/`): after a
+//! known input, each named arrangement holds the known number of live keys, summed over two
+//! workers; a closed day leaves them; the named operators are there with their scheduling
+//! times; the HTTP routes serve the same. No service needed (a file replay in this process).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rankmysteps::introspect::{Introspection, Summary};
+use rankmysteps::job::{self, Input, JobSpec};
+use rankmysteps_dataflow::pipeline::Settings;
+use rankmysteps_sinks::local::{LocalDirSink, LocalOptions};
+use rankmysteps_sources::parse::ParseConfig;
+
+/// Runs `rankmysteps run --input` on `lines` (epochs of `epoch_events` lines, top-10, two
+/// workers) and returns what the workers published last.
+fn inspect(dir: &Path, lines: &[String], epoch_events: u64) -> Arc<Introspection> {
+    let input = dir.join("input.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let introspection = Arc::new(Introspection::default());
+    let spec = JobSpec {
+        introspection: Some(introspection.clone()),
+        workers: 2,
+        settings: Settings {
+            k: 10,
+            grace: 24 * 3_600_000_000,
+            ..Settings::default()
+        },
+        parse: ParseConfig {
+            max_steps: 100_000,
+            max_clock_skew: 3_600_000_000,
+            time_zone: jiff::tz::TimeZone::get("America/Los_Angeles").unwrap(),
+        },
+        input: Input::File {
+            path: input,
+            epoch_events,
+        },
+        max_epochs_ahead: 4,
+        cluster: None,
+        metrics: None,
+        archive: None,
+        coalesce: false,
+        recovery: None,
+        progress: rankmysteps::progress::Display::Off,
+    };
+    let sink = LocalDirSink::create(&dir.join("out"), LocalOptions::default()).unwrap();
+    job::run(spec, Box::new(sink), Arc::new(AtomicBool::new(false))).unwrap();
+    introspection
+}
+
+/// `n` users' events on `date` (10:00 UTC), user i with 10 × (i + 1) steps.
+fn day(date: &str, first_user: u64, n: u64) -> Vec<String> {
+    (first_user..first_user + n)
+        .map(|u| {
+            format!(
+                "{{\"uuid\":{u},\"timestamp\":\"{date}T10:00:00Z\",\"steps\":{}}}",
+                10 * (u - first_user + 1)
+            )
+        })
+        .collect()
+}
+
+/// (name → live keys) summed over the workers.
+fn keys(summary: &Summary) -> Vec<(&'static str, Option<usize>)> {
+    summary
+        .arrangements
+        .iter()
+        .map(|a| (a.name, a.keys))
+        .collect()
+}
+
+#[test]
+fn arrangements_hold_the_open_days_and_operators_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    // One open day, 50 users with distinct totals, one epoch.
+    let s = inspect(dir.path(), &day("2026-01-10", 1, 50), 1000).summary();
+    assert_eq!(s.workers.len(), 2);
+    assert_eq!(
+        keys(&s),
+        vec![
+            ("totals", Some(50)),
+            ("histogram", Some(50)),
+            ("users", Some(1)),
+            ("by-total", Some(50)),
+            ("top-k", Some(10)),
+        ]
+    );
+    for a in &s.arrangements {
+        assert!(a.records >= a.keys.unwrap() && a.batches > 0, "{a:?}");
+        assert!(a.bytes >= a.records * 8, "{a:?}");
+    }
+    for name in ["Totals", "TopK", "Histogram", "Users", "Deliver"] {
+        let op = s
+            .operators
+            .iter()
+            .find(|o| o.name == name)
+            .unwrap_or_else(|| panic!("no operator {name} in {:?}", s.operators));
+        assert!(op.activations > 0 && op.elapsed_ns > 0, "{op:?}");
+    }
+
+    // Then 30 users on the 13th, in a second epoch: W passes the close of the 10th (the 12th at
+    // 12:00 with 24 h of grace), whose records leave every arrangement.
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = day("2026-01-10", 1, 50);
+    lines.extend(day("2026-01-13", 1000, 30));
+    let s = inspect(dir.path(), &lines, 50).summary();
+    assert_eq!(
+        keys(&s),
+        vec![
+            ("totals", Some(30)),
+            ("histogram", Some(30)),
+            ("users", Some(1)),
+            ("by-total", Some(30)),
+            ("top-k", Some(10)),
+        ]
+    );
+    assert!(s.completed_epoch.is_some());
+}
+
+fn get(addr: std::net::SocketAddr, path: &str) -> (String, serde_json::Value) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), serde_json::from_str(body).unwrap())
+}
+
+#[test]
+fn debug_routes_serve_the_same_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let introspection = inspect(dir.path(), &day("2026-01-10", 1, 20), 1000);
+    let metrics = Arc::new(rankmysteps::metrics::Metrics::default());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    metrics
+        .serve(listener, Some(introspection.clone()))
+        .unwrap();
+    let (head, body) = get(addr, "/debug/arrangements");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let totals = body["arrangements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "totals")
+        .unwrap();
+    assert_eq!(totals["keys"], 20, "{body}");
+    assert_eq!(body["workers"].as_array().unwrap().len(), 2);
+    let (_, body) = get(addr, "/debug/operators");
+    assert!(
+        body["operators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["name"] == "TopK" && o["activations"].as_u64() > Some(0)),
+        "{body}"
+    );
+    let (_, body) = get(addr, "/debug/summary");
+    assert_eq!(body["workers"].as_array().unwrap().len(), 2);
+    let (head, body) = get(addr, "/debug/nothing");
+    assert!(head.starts_with("HTTP/1.1 404") && body["error"].is_string());
+    // Bad lookups get a 400 with the reason; the job has ended, so a good one gets no answer.
+    let user = "00000000-0000-0000-0000-000000000001";
+    for (query, reason) in [
+        (format!("day=2026-01-10&user={user}x"), "not a UUID"),
+        (format!("day=2026-13-10&user={user}"), "not a YYYY-MM-DD"),
+        ("day=2026-01-10".to_owned(), "user=UUID is required"),
+        (
+            format!("day=2026-01-10&user={user}&neighbours=51"),
+            "at most 50",
+        ),
+        (
+            format!("day=2026-01-10&user={user}&neighbours=-1"),
+            "bad query string",
+        ),
+        (
+            format!("day=2026-01-10&user={user}&colour=red"),
+            "bad query string",
+        ),
+    ] {
+        let (head, body) = get(addr, &format!("/debug/lookup?{query}"));
+        assert!(head.starts_with("HTTP/1.1 400"), "{query}: {head}");
+        assert!(
+            body["error"].as_str().unwrap().contains(reason),
+            "{query}: {body}"
+        );
+    }
+    let (head, body) = get(addr, &format!("/debug/lookup?day=2026-01-10&user={user}"));
+    assert!(head.starts_with("HTTP/1.1 503"), "{head} {body}");
+}
