@@ -28,7 +28,7 @@ pub const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 /// Every how many publications the live keys are counted too (a walk of every record)...
 pub const WALK_EVERY: u64 = 10;
 
-/// ...unless the arrangements hold fewer records than this: then at every publication.
+/// ...unless the arrangements hold fewer updates than this: then at every publication.
 pub const WALK_ALWAYS_BELOW: usize = 200_000;
 
 /// What the workers of this process last published, read by the `/debug/` routes.
@@ -123,9 +123,9 @@ impl Introspection {
                 match arrangements.iter_mut().find(|x| x.name == a.name) {
                     Some(x) => {
                         x.batches += a.batches;
-                        x.records += a.records;
+                        x.updates += a.updates;
                         x.bytes += a.bytes;
-                        x.keys = match (x.keys, a.keys) {
+                        x.live_keys = match (x.live_keys, a.live_keys) {
                             (Some(x), Some(a)) => Some(x + a),
                             _ => None,
                         };
@@ -291,7 +291,7 @@ impl WorkerIntrospection {
             // The live keys need a walk of every record: at every publication while the
             // arrangements are small (a few milliseconds), else every WALK_EVERY-th one; at the
             // end (`force` with no epoch: every epoch is complete) at the last time.
-            let small = arrangements.iter().map(|a| a.records).sum::<usize>() < WALK_ALWAYS_BELOW;
+            let small = arrangements.iter().map(|a| a.updates).sum::<usize>() < WALK_ALWAYS_BELOW;
             let at = if force && completed.is_none() {
                 Some(Epoch::MAX)
             } else {
@@ -301,7 +301,7 @@ impl WorkerIntrospection {
             if let Some(at) = at {
                 for held in state.held(at) {
                     if let Some(a) = arrangements.iter_mut().find(|a| a.name == held.name) {
-                        a.keys = Some(held.keys);
+                        a.live_keys = Some(held.keys);
                     }
                 }
             }
@@ -385,7 +385,7 @@ fn fetch_summary(addr: &str, timeout: Duration) -> Result<serde_json::Value, Str
 /// How `inspect` sorts its tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SortBy {
-    /// Arrangements by records, operators by scheduling time (the default).
+    /// Arrangements by updates, operators by scheduling time (the default).
     Size,
     /// Operators and arrangements by name.
     Name,
@@ -421,21 +421,23 @@ pub fn render(gathered: &[Gathered], sort: SortBy, operators: usize) -> String {
             .map(|a| a.iter().collect())
             .unwrap_or_default();
         match sort {
-            SortBy::Size => arrangements.sort_by_key(|a| std::cmp::Reverse(a["records"].as_u64())),
+            SortBy::Size => arrangements.sort_by_key(|a| std::cmp::Reverse(a["updates"].as_u64())),
             SortBy::Name => arrangements.sort_by_key(|a| a["name"].as_str().map(str::to_owned)),
         }
         let _ = writeln!(
             t,
             "  {:<18} {:>12} {:>12} {:>8} {:>12}",
-            "ARRANGEMENT", "RECORDS", "LIVE KEYS", "BATCHES", "BYTES (est.)"
+            "ARRANGEMENT", "UPDATES", "LIVE KEYS", "BATCHES", "BYTES (est.)"
         );
         for a in arrangements {
             let _ = writeln!(
                 t,
                 "  {:<18} {:>12} {:>12} {:>8} {:>12}",
                 a["name"].as_str().unwrap_or("?"),
-                a["records"].as_u64().unwrap_or(0),
-                a["keys"].as_u64().map_or("-".to_owned(), |k| k.to_string()),
+                a["updates"].as_u64().unwrap_or(0),
+                a["live_keys"]
+                    .as_u64()
+                    .map_or("-".to_owned(), |k| k.to_string()),
                 a["batches"].as_u64().unwrap_or(0),
                 human_bytes(a["bytes"].as_u64().unwrap_or(0)),
             );
@@ -871,7 +873,7 @@ pub fn routes(introspection: Arc<Introspection>) -> axum::Router {
                 axum::Json(serde_json::json!({
                     "routes": {
                         "/debug/summary": "arrangements and operators summed over this process's workers, and each worker's own",
-                        "/debug/arrangements": "per named arrangement: batches, records (updates), live keys and estimated bytes",
+                        "/debug/arrangements": "per named arrangement: batches, updates, live keys and estimated bytes",
                         "/debug/operators": "per named operator: activations and scheduling time",
                         "/debug/lookup?day=D&user=U&neighbours=N": "a user's total, finality and standing in live state, at the epoch named",
                         "/debug/lookup/standing?day=D&user=U&total=T&at=E&neighbours=N": "the standing half of a lookup, from the process of the day's worker",

@@ -101,8 +101,8 @@ enum Command {
     /// named operator spends its time.
     ///
     /// Asks every --addr (a process's --metrics address) for /debug/summary and prints, per
-    /// process, the arrangements (records = updates held, live keys at the last completed
-    /// epoch when walked, batches, estimated bytes) and the operators (activations, scheduling
+    /// process, the arrangements (updates held, live keys at the last completed epoch found
+    /// by walking the trace, batches, estimated bytes) and the operators (activations, scheduling
     /// time, share). An unreachable process is reported and the others still shown; the exit
     /// status is then 1. --watch refreshes every second until Ctrl-C; --json prints
     /// [{addr, summary | error}] for scripts.
@@ -120,7 +120,7 @@ struct InspectArgs {
     /// Refresh every second (like top) until Ctrl-C.
     #[arg(long, conflicts_with = "json")]
     watch: bool,
-    /// Sort the tables by size (arrangements by records, operators by time) or by name.
+    /// Sort the tables by size (arrangements by updates, operators by time) or by name.
     #[arg(long, value_enum, default_value = "size")]
     sort: InspectSort,
     /// Operators shown per process.

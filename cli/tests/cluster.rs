@@ -179,7 +179,7 @@ fn inspect_both(metrics: &[String; 2], reference: &Reference) {
                 );
             }
             assert_eq!(s["workers"].as_array().unwrap().len(), 2);
-            let totals = s["arrangements"][0]["keys"].as_u64();
+            let totals = s["arrangements"][0]["live_keys"].as_u64();
             keys = keys.zip(totals).map(|(a, b)| a + b as usize);
         }
         if keys == Some(open_keys) {

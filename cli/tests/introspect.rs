@@ -69,7 +69,7 @@ fn keys(summary: &Summary) -> Vec<(&'static str, Option<usize>)> {
     summary
         .arrangements
         .iter()
-        .map(|a| (a.name, a.keys))
+        .map(|a| (a.name, a.live_keys))
         .collect()
 }
 
@@ -90,8 +90,8 @@ fn arrangements_hold_the_open_days_and_operators_are_named() {
         ]
     );
     for a in &s.arrangements {
-        assert!(a.records >= a.keys.unwrap() && a.batches > 0, "{a:?}");
-        assert!(a.bytes >= a.records * 8, "{a:?}");
+        assert!(a.updates >= a.live_keys.unwrap() && a.batches > 0, "{a:?}");
+        assert!(a.bytes >= a.updates * 8, "{a:?}");
     }
     for name in ["Totals", "TopK", "Histogram", "Users", "Deliver"] {
         let op = s
@@ -155,7 +155,7 @@ fn debug_routes_serve_the_same_as_json() {
         .iter()
         .find(|a| a["name"] == "totals")
         .unwrap();
-    assert_eq!(totals["keys"], 20, "{body}");
+    assert_eq!(totals["live_keys"], 20, "{body}");
     assert_eq!(body["workers"].as_array().unwrap().len(), 2);
     let (_, body) = get(addr, "/debug/operators");
     assert!(

@@ -494,15 +494,16 @@ pub struct ArrangementSize {
     pub name: &'static str,
     /// Batches in its spine (merges in progress count their inputs).
     pub batches: usize,
-    /// Updates held: (key, value, time, diff) tuples, not distinct keys; they shrink when
+    /// Updates held (what differential's logging counts as records): (key, value, time,
+    /// diff) tuples, not distinct keys; they shrink when
     /// merges consolidate and when closed days are retracted.
-    pub records: usize,
-    /// Bytes held, estimated as records × the in-memory size of one (key, value, time, diff)
+    pub updates: usize,
+    /// Bytes held, estimated as updates × the in-memory size of one (key, value, time, diff)
     /// tuple (differential reports no sizes; containers' spare capacity is not counted).
     pub bytes: usize,
     /// Live keys (for `top-k`: live rows) at the last completed epoch, when walked (an
     /// O(records) walk of the trace, [`LiveState::held`]; `None` when not walked).
-    pub keys: Option<usize>,
+    pub live_keys: Option<usize>,
 }
 
 impl LiveState {
@@ -517,13 +518,13 @@ impl LiveState {
                 let batches = $trace
                     .batches_through(Antichain::new().borrow())
                     .unwrap_or_default();
-                let records: usize = batches.iter().map(|b| b.len()).sum();
+                let updates: usize = batches.iter().map(|b| b.len()).sum();
                 out.push(ArrangementSize {
                     name: $name,
                     batches: batches.len(),
-                    records,
-                    bytes: records * std::mem::size_of::<$tuple>(),
-                    keys: None,
+                    updates,
+                    bytes: updates * std::mem::size_of::<$tuple>(),
+                    live_keys: None,
                 });
             }};
         }
