@@ -4,10 +4,13 @@
 //! `/metrics`.
 //!
 //! Each worker keeps its arrangements' trace handles ([`LiveState`]) and advances their
-//! compaction frontier to its last completed epoch at every step, so holding them never stops
-//! merges; every [`PUBLISH_EVERY`] it walks the spines (batches only, not records) and copies
-//! what it found, with its operators' scheduling totals from timely's own logging (registered
-//! before the dataflow is built), into the process's [`Introspection`].
+//! compaction frontier to [`LOOKUP_WINDOW`] epochs behind its last completed one at every
+//! step, so holding them never stops merges; every [`PUBLISH_EVERY`] it walks the spines
+//! (batches only, not records) and copies what it found, with its operators' scheduling totals
+//! from timely's own logging (registered before the dataflow is built), into the process's
+//! [`Introspection`]. Counting live keys walks every record, so it is done only when a request
+//! asks for it ([`Introspection::walked`]) and at the end. Lookups ([`Query`]) wait in a
+//! channel per worker, which the worker drains after each step.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -25,11 +28,8 @@ use timely::logging::{StartStop, TimelyEvent, TimelyEventBuilder};
 /// How often a worker publishes what it holds.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
-/// Every how many publications the live keys are counted too (a walk of every record)...
-pub const WALK_EVERY: u64 = 10;
-
-/// ...unless the arrangements hold fewer updates than this: then at every publication.
-pub const WALK_ALWAYS_BELOW: usize = 200_000;
+/// How long a `/debug/` request waits for the workers to walk their traces for it.
+pub const WALK_WAIT: Duration = Duration::from_secs(2);
 
 /// What the workers of this process last published, read by the `/debug/` routes.
 #[derive(Default)]
@@ -39,6 +39,9 @@ pub struct Introspection {
     peers: Mutex<usize>,
     /// Each local worker's lookup inbox.
     inboxes: Mutex<BTreeMap<usize, std::sync::mpsc::Sender<Request>>>,
+    /// Walks of the traces requested so far: a worker whose last walk answered an older
+    /// request walks (and publishes) at its next step.
+    wanted: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Introspection {
@@ -56,6 +59,10 @@ pub struct WorkerView {
     pub worker: usize,
     /// The last epoch whose outputs were delivered, as this worker's probe says.
     pub completed_epoch: Option<Epoch>,
+    /// The epoch at which its arrangements' live keys were last counted.
+    pub live_keys_epoch: Option<Epoch>,
+    /// The request generation that walk answered (see [`Introspection::walked`]).
+    pub walked: u64,
     /// Its named arrangements.
     pub arrangements: Vec<ArrangementSize>,
     /// Its operators, by scheduling time (largest first).
@@ -104,6 +111,30 @@ impl Introspection {
             .lock()
             .expect("introspection lock")
             .insert(view.worker, view);
+    }
+
+    /// Asks every local worker to count its live keys, and waits (at most [`WALK_WAIT`]) for
+    /// their views to show it: what a `/debug/` request for sizes does first.
+    pub async fn walked(&self) {
+        let generation = self
+            .wanted
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let local = self.inboxes.lock().expect("inboxes lock").len();
+        let deadline = Instant::now() + WALK_WAIT;
+        while Instant::now() < deadline {
+            let done = self
+                .workers
+                .lock()
+                .expect("introspection lock")
+                .values()
+                .filter(|w| w.walked >= generation)
+                .count();
+            if done >= local {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Every worker's latest view, and the sums over them.
@@ -177,7 +208,11 @@ pub struct WorkerIntrospection {
     log: Rc<RefCell<OperatorLog>>,
     last: Option<Instant>,
     completed: Option<Epoch>,
-    publishes: u64,
+    /// The last walk's live keys per arrangement, its epoch, and the request generation it
+    /// answered.
+    live_keys: Vec<(&'static str, usize)>,
+    live_keys_epoch: Option<Epoch>,
+    walked: u64,
     inbox: std::sync::mpsc::Receiver<Request>,
 }
 
@@ -251,7 +286,9 @@ impl WorkerIntrospection {
             log,
             last: None,
             completed: None,
-            publishes: 0,
+            live_keys: Vec::new(),
+            live_keys_epoch: None,
+            walked: 0,
             inbox,
         }
     }
@@ -272,7 +309,11 @@ impl WorkerIntrospection {
             }
         }
         self.answer();
-        if !force && self.last.is_some_and(|t| t.elapsed() < PUBLISH_EVERY) {
+        // Live keys need a walk of every record (about 0.1 s per million): only when a
+        // request asked for them since the last walk, and at the end.
+        let wanted = into.wanted.load(std::sync::atomic::Ordering::SeqCst);
+        let walk = force || wanted > self.walked;
+        if !walk && self.last.is_some_and(|t| t.elapsed() < PUBLISH_EVERY) {
             return;
         }
         self.last = Some(Instant::now());
@@ -284,31 +325,37 @@ impl WorkerIntrospection {
             .map(|(o, _)| o.clone())
             .collect();
         operators.sort_by_key(|o| std::cmp::Reverse(o.elapsed_ns));
-        self.publishes += 1;
         let mut arrangements = Vec::new();
         if let Some(state) = &mut self.state {
             arrangements = state.sizes();
-            // The live keys need a walk of every record: at every publication while the
-            // arrangements are small (a few milliseconds), else every WALK_EVERY-th one; at the
-            // end (`force` with no epoch: every epoch is complete) at the last time.
-            let small = arrangements.iter().map(|a| a.updates).sum::<usize>() < WALK_ALWAYS_BELOW;
+            // At the end (`force` with no epoch: every epoch is complete) at the last time.
             let at = if force && completed.is_none() {
                 Some(Epoch::MAX)
             } else {
                 self.completed
-                    .filter(|_| force || small || self.publishes % WALK_EVERY == 1)
             };
-            if let Some(at) = at {
-                for held in state.held(at) {
-                    if let Some(a) = arrangements.iter_mut().find(|a| a.name == held.name) {
-                        a.live_keys = Some(held.keys);
-                    }
-                }
+            if let Some(at) = at.filter(|_| walk) {
+                self.live_keys = state
+                    .held(at)
+                    .into_iter()
+                    .map(|h| (h.name, h.keys))
+                    .collect();
+                self.live_keys_epoch = Some(at).filter(|&a| a != Epoch::MAX).or(self.completed);
+                self.walked = wanted;
+            }
+            for a in &mut arrangements {
+                a.live_keys = self
+                    .live_keys
+                    .iter()
+                    .find(|(name, _)| *name == a.name)
+                    .map(|&(_, k)| k);
             }
         }
         into.publish(WorkerView {
             worker: self.index,
             completed_epoch: self.completed,
+            live_keys_epoch: self.live_keys_epoch,
+            walked: self.walked,
             arrangements,
             operators,
             ..WorkerView::default()
@@ -502,7 +549,7 @@ fn human_bytes(b: u64) -> String {
 /// Epochs a worker keeps readable behind its last completed one, so that a standing (a total
 /// read on the user's worker at epoch t, then the rank on the day's worker at the same t) can
 /// be answered although the day's worker has moved on meanwhile.
-pub const LOOKUP_WINDOW: Epoch = 16;
+pub const LOOKUP_WINDOW: Epoch = 2;
 
 /// A lookup in live state, answered by the worker that owns the key between two steps.
 #[derive(Clone, Debug)]
@@ -883,11 +930,15 @@ pub fn routes(introspection: Arc<Introspection>) -> axum::Router {
         )
         .route(
             "/debug/summary",
-            get(|State(i): S| async move { axum::Json(i.summary()) }),
+            get(|State(i): S| async move {
+                i.walked().await;
+                axum::Json(i.summary())
+            }),
         )
         .route(
             "/debug/arrangements",
             get(|State(i): S| async move {
+                i.walked().await;
                 let s = i.summary();
                 axum::Json(serde_json::json!({
                     "completed_epoch": s.completed_epoch,
@@ -895,6 +946,7 @@ pub fn routes(introspection: Arc<Introspection>) -> axum::Router {
                     "workers": s.workers.iter().map(|w| serde_json::json!({
                         "worker": w.worker,
                         "completed_epoch": w.completed_epoch,
+                        "live_keys_epoch": w.live_keys_epoch,
                         "age_ms": w.age_ms,
                         "arrangements": w.arrangements,
                     })).collect::<Vec<_>>(),
@@ -1044,9 +1096,9 @@ pub fn render_lookup(found: &serde_json::Value) -> String {
         for n in side.as_array().into_iter().flatten() {
             let _ = writeln!(
                 t,
-                "  {label}: rank {:>6}  {:>10} steps  {}",
-                n["rank"],
-                n["steps"],
+                "  {label}: rank {:>7}  {:>10} steps  {}",
+                n["rank"].as_u64().unwrap_or(0),
+                n["steps"].as_u64().unwrap_or(0),
                 n["user"].as_str().unwrap_or("?")
             );
         }
