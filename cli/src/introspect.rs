@@ -405,27 +405,14 @@ pub fn gather(addrs: &[String], timeout: Duration) -> Vec<Gathered> {
 }
 
 fn fetch_summary(addr: &str, timeout: Duration) -> Result<serde_json::Value, String> {
-    use std::net::ToSocketAddrs;
-    let socket = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr} resolves to no address"))?;
-    let mut connection =
-        rankmysteps_web::client::Connection::open(socket, timeout).map_err(|e| {
-            format!(
-                "cannot connect to {addr}: {e} (is the process running, with --metrics {addr}?)"
-            )
-        })?;
-    let response = connection
-        .get("/debug/summary")
-        .map_err(|e| format!("{addr}: {e}"))?;
-    match response.status {
-        200 => Ok(response.json()),
+    let (status, body) = get_json(addr, "/debug/summary", timeout)
+        .map_err(|e| format!("{e} (is the process running, with --metrics {addr}?)"))?;
+    match status {
+        200 => Ok(body),
         404 => Err(format!(
             "{addr} serves no /debug/ (a process started with --no-introspection, or not a rankmysteps worker)"
         )),
-        status => Err(format!("{addr}: HTTP {status}: {}", response.text())),
+        status => Err(format!("{addr}: {}", describe(status, &body))),
     }
 }
 

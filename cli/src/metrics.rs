@@ -334,25 +334,11 @@ impl Sink for Measured {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
 
-    use super::*;
+    use rankmysteps_web::client::get;
 
-    fn get(addr: std::net::SocketAddr, path: &str) -> String {
-        let mut stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).unwrap();
-        body
-    }
+    use super::*;
 
     #[test]
     fn renders_counters_and_histograms_and_serves_them() {
@@ -369,8 +355,9 @@ mod tests {
         metrics.serve(listener, None).unwrap();
         // A client that connects and never sends nor reads does not stall the others.
         let _silent = TcpStream::connect(addr).unwrap();
-        let body = get(addr, "/metrics");
-        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        let response = get(addr, "/metrics").unwrap();
+        let body = response.text();
+        assert_eq!(response.status, 200, "{body}");
         for line in [
             "rankmysteps_events_in_total 7",
             "rankmysteps_events_rejected_total{reason=\"late\"} 2",
@@ -384,10 +371,11 @@ mod tests {
         ] {
             assert!(body.lines().any(|l| l == line), "no {line:?} in {body}");
         }
-        let missing = get(addr, "/nothing");
+        let missing = get(addr, "/nothing").unwrap();
         assert!(
-            missing.starts_with("HTTP/1.1 404") && missing.contains("\"error\""),
-            "{missing}"
+            missing.status == 404 && missing.json()["error"].is_string(),
+            "{}",
+            missing.text()
         );
     }
 }
