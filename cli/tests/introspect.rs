@@ -9,10 +9,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use rankmysteps::introspect::{Introspection, Summary};
-use rankmysteps::job::{self, Input, JobSpec};
-use rankmysteps_dataflow::pipeline::Settings;
+use rankmysteps::job::{self, JobSpec};
 use rankmysteps_sinks::local::{LocalDirSink, LocalOptions};
-use rankmysteps_sources::parse::ParseConfig;
+
+mod webutil;
 
 /// Runs `rankmysteps run --input` on `lines` (epochs of `epoch_events` lines, top-10, two
 /// workers) and returns what the workers published last.
@@ -22,28 +22,7 @@ fn inspect(dir: &Path, lines: &[String], epoch_events: u64) -> Arc<Introspection
     let introspection = Arc::new(Introspection::default());
     let spec = JobSpec {
         introspection: Some(introspection.clone()),
-        workers: 2,
-        settings: Settings {
-            k: 10,
-            grace: 24 * 3_600_000_000,
-            ..Settings::default()
-        },
-        parse: ParseConfig {
-            max_steps: 100_000,
-            max_clock_skew: 3_600_000_000,
-            time_zone: jiff::tz::TimeZone::get("America/Los_Angeles").unwrap(),
-        },
-        input: Input::File {
-            path: input,
-            epoch_events,
-        },
-        max_epochs_ahead: 4,
-        cluster: None,
-        metrics: None,
-        archive: None,
-        coalesce: false,
-        recovery: None,
-        progress: rankmysteps::progress::Display::Off,
+        ..webutil::file_job(&input, epoch_events, 10)
     };
     let sink = LocalDirSink::create(&dir.join("out"), LocalOptions::default()).unwrap();
     job::run(spec, Box::new(sink), Arc::new(AtomicBool::new(false))).unwrap();

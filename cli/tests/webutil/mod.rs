@@ -117,15 +117,10 @@ impl Sink for Gated {
     }
 }
 
-/// The job of `rankmysteps run --input` on `input` into `sink`, in this process (the real
-/// dataflow), on a thread of its own.
-pub fn spawn_job(
-    input: &Path,
-    epoch_events: u64,
-    k: usize,
-    sink: Box<dyn Sink>,
-) -> std::thread::JoinHandle<()> {
-    let spec = JobSpec {
+/// The job of `rankmysteps run --input` on `input` (`epoch_events`-line epochs, top-`k`, two
+/// workers, the default settings), as the CLI builds it.
+pub fn file_job(input: &Path, epoch_events: u64, k: usize) -> JobSpec {
+    JobSpec {
         introspection: None,
         workers: 2,
         settings: Settings {
@@ -150,7 +145,17 @@ pub fn spawn_job(
         coalesce: false,
         recovery: None,
         progress: rankmysteps::progress::Display::Off,
-    };
+    }
+}
+
+/// [`file_job`] into `sink`, in this process (the real dataflow), on a thread of its own.
+pub fn spawn_job(
+    input: &Path,
+    epoch_events: u64,
+    k: usize,
+    sink: Box<dyn Sink>,
+) -> std::thread::JoinHandle<()> {
+    let spec = file_job(input, epoch_events, k);
     std::thread::spawn(move || {
         job::run(spec, sink, Arc::new(AtomicBool::new(false))).unwrap();
     })
