@@ -67,6 +67,8 @@ pub struct WorkerView {
     pub arrangements: Vec<ArrangementSize>,
     /// Its operators, by scheduling time (largest first).
     pub operators: Vec<OperatorView>,
+    /// Its dataflow's channels, by id, with what this worker sent and received on them.
+    pub channels: Vec<ChannelView>,
     /// Milliseconds since this view was taken (filled in when served).
     pub age_ms: u64,
     #[serde(skip)]
@@ -90,6 +92,85 @@ pub struct OperatorView {
     pub shut_down: bool,
 }
 
+/// One channel of the dataflow graph, from timely's `Channels` and `Messages` events.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChannelView {
+    /// Timely's channel id (the same on every worker).
+    pub id: usize,
+    /// The address of the scope the channel is in.
+    pub scope: Vec<usize>,
+    /// (operator index within the scope, output port); index 0 is the scope's own inputs.
+    pub source: (usize, usize),
+    /// (operator index within the scope, input port); index 0 is the scope's own outputs.
+    pub target: (usize, usize),
+    /// Messages and records sent on it (by this worker, or summed over workers).
+    pub messages_sent: u64,
+    /// See `messages_sent`.
+    pub records_sent: u64,
+    /// Messages and records received on it.
+    pub messages_received: u64,
+    /// See `messages_received`.
+    pub records_received: u64,
+}
+
+/// The dataflow graph of a process: its operators (by address) and channels, with the
+/// messages and records that went through each channel, summed over the workers.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Graph {
+    /// Every operator, with its address (the same on every worker).
+    pub operators: Vec<OperatorView>,
+    /// Every channel.
+    pub channels: Vec<ChannelView>,
+}
+
+impl Graph {
+    /// The graph in Graphviz's dot language: one node per operator inside the dataflow, one
+    /// edge per channel, labelled with the records sent on it.
+    pub fn dot(&self) -> String {
+        use std::fmt::Write as _;
+        let node = |address: &[usize]| {
+            address
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join("_")
+        };
+        let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+        let mut t = String::from(
+            "digraph dataflow {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
+        );
+        for o in &self.operators {
+            let _ = writeln!(
+                t,
+                "  op_{} [label=\"{}\\n{:.1} ms, {} activations\"];",
+                node(&o.address),
+                quote(&o.name),
+                o.elapsed_ns as f64 / 1e6,
+                o.activations
+            );
+        }
+        for c in &self.channels {
+            // Index 0 within a scope stands for the scope itself (its inputs and outputs).
+            let end = |index: usize| {
+                let mut address = c.scope.clone();
+                if index > 0 {
+                    address.push(index);
+                }
+                node(&address)
+            };
+            let _ = writeln!(
+                t,
+                "  op_{} -> op_{} [label=\"{} records\"];",
+                end(c.source.0),
+                end(c.target.0),
+                c.records_sent
+            );
+        }
+        t.push_str("}\n");
+        t
+    }
+}
+
 /// Totals over the workers of this process.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
@@ -111,6 +192,44 @@ impl Introspection {
             .lock()
             .expect("introspection lock")
             .insert(view.worker, view);
+    }
+
+    /// The dataflow graph: operators and channels (the same on every worker), with their times,
+    /// activations, messages and records summed over this process's workers.
+    pub fn graph(&self) -> Graph {
+        let workers = self.workers.lock().expect("introspection lock");
+        let mut operators: BTreeMap<Vec<usize>, OperatorView> = BTreeMap::new();
+        let mut channels: BTreeMap<usize, ChannelView> = BTreeMap::new();
+        for w in workers.values() {
+            for o in &w.operators {
+                let x = operators
+                    .entry(o.address.clone())
+                    .or_insert_with(|| OperatorView {
+                        activations: 0,
+                        elapsed_ns: 0,
+                        ..o.clone()
+                    });
+                x.activations += o.activations;
+                x.elapsed_ns += o.elapsed_ns;
+            }
+            for c in &w.channels {
+                let x = channels.entry(c.id).or_insert_with(|| ChannelView {
+                    messages_sent: 0,
+                    records_sent: 0,
+                    messages_received: 0,
+                    records_received: 0,
+                    ..c.clone()
+                });
+                x.messages_sent += c.messages_sent;
+                x.records_sent += c.records_sent;
+                x.messages_received += c.messages_received;
+                x.records_received += c.records_received;
+            }
+        }
+        Graph {
+            operators: operators.into_values().collect(),
+            channels: channels.into_values().collect(),
+        }
     }
 
     /// Asks every local worker to count its live keys, and waits (at most [`WALK_WAIT`]) for
@@ -199,6 +318,7 @@ impl Introspection {
 #[derive(Debug, Default)]
 struct OperatorLog {
     operators: BTreeMap<usize, (OperatorView, Option<Duration>)>,
+    channels: BTreeMap<usize, ChannelView>,
 }
 
 /// The worker's side: its traces, its operator log, and when it last published.
@@ -267,6 +387,30 @@ impl WorkerIntrospection {
                                     }
                                 }
                             }
+                            TimelyEvent::Channels(e) => {
+                                log.channels.insert(
+                                    e.id,
+                                    ChannelView {
+                                        id: e.id,
+                                        scope: e.scope_addr,
+                                        source: e.source,
+                                        target: e.target,
+                                        ..ChannelView::default()
+                                    },
+                                );
+                            }
+                            TimelyEvent::Messages(e) => {
+                                if let Some(c) = log.channels.get_mut(&e.channel) {
+                                    let records = e.record_count.max(0) as u64;
+                                    if e.is_send {
+                                        c.messages_sent += 1;
+                                        c.records_sent += records;
+                                    } else {
+                                        c.messages_received += 1;
+                                        c.records_received += records;
+                                    }
+                                }
+                            }
                             TimelyEvent::Shutdown(e) => {
                                 // Kept, marked: the job builds one dataflow, so what it ran
                                 // stays bounded and readable after it ends.
@@ -325,6 +469,7 @@ impl WorkerIntrospection {
             .map(|(o, _)| o.clone())
             .collect();
         operators.sort_by_key(|o| std::cmp::Reverse(o.elapsed_ns));
+        let channels: Vec<ChannelView> = self.log.borrow().channels.values().cloned().collect();
         let mut arrangements = Vec::new();
         if let Some(state) = &mut self.state {
             arrangements = state.sizes();
@@ -358,6 +503,7 @@ impl WorkerIntrospection {
             walked: self.walked,
             arrangements,
             operators,
+            channels,
             ..WorkerView::default()
         });
     }
@@ -891,6 +1037,14 @@ async fn lookup_standing(i: Arc<Introspection>, p: LookupParams) -> Reply {
     }
 }
 
+/// The query string of `/debug/graph`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphParams {
+    /// `dot` for Graphviz; absent for JSON.
+    format: Option<String>,
+}
+
 /// The `/debug/` routes of `introspection` (JSON; bad input gets a JSON error with a reason).
 pub fn routes(introspection: Arc<Introspection>) -> axum::Router {
     use axum::extract::{Query as Q, State};
@@ -909,6 +1063,7 @@ pub fn routes(introspection: Arc<Introspection>) -> axum::Router {
                         "/debug/summary": "arrangements and operators summed over this process's workers, and each worker's own",
                         "/debug/arrangements": "per named arrangement: batches, updates, live keys and estimated bytes",
                         "/debug/operators": "per named operator: activations and scheduling time",
+                        "/debug/graph": "the dataflow graph (operators, channels with messages and records); ?format=dot for Graphviz",
                         "/debug/lookup?day=D&user=U&neighbours=N": "a user's total, finality and standing in live state, at the epoch named",
                         "/debug/lookup/standing?day=D&user=U&total=T&at=E&neighbours=N": "the standing half of a lookup, from the process of the day's worker",
                     }
@@ -953,6 +1108,28 @@ pub fn routes(introspection: Arc<Introspection>) -> axum::Router {
                     })).collect::<Vec<_>>(),
                 }))
             }),
+        )
+        .route(
+            "/debug/graph",
+            get(
+                |State(i): S, q: Result<Q<GraphParams>, axum::extract::rejection::QueryRejection>| async move {
+                    use axum::response::IntoResponse;
+                    match q {
+                        Ok(Q(GraphParams { format: Some(f) })) if f == "dot" => (
+                            [(axum::http::header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],
+                            i.graph().dot(),
+                        )
+                            .into_response(),
+                        Ok(Q(GraphParams { format: None })) => axum::Json(i.graph()).into_response(),
+                        Ok(Q(GraphParams { format: Some(f) })) => {
+                            error(400, format!("format {f:?}: use format=dot, or none for JSON"))
+                                .into_response()
+                        }
+                        Err(e) => error(400, format!("bad query string: {}", e.body_text()))
+                            .into_response(),
+                    }
+                },
+            ),
         )
         .route(
             "/debug/lookup",
@@ -1059,6 +1236,30 @@ fn get_json(addr: &str, path: &str, timeout: Duration) -> Result<(u16, serde_jso
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     let response = connection.get(path).map_err(|e| format!("{addr}: {e}"))?;
     Ok((response.status, response.json()))
+}
+
+/// The body of `GET path` from the first of `addrs` that answers it with 200 (the others'
+/// errors, if none does).
+pub fn get_text(addrs: &[String], path: &str, timeout: Duration) -> Result<String, String> {
+    use std::net::ToSocketAddrs;
+    let mut errors = Vec::new();
+    for addr in addrs {
+        let socket = match addr.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(s)) => s,
+            _ => {
+                errors.push(format!("cannot resolve {addr}"));
+                continue;
+            }
+        };
+        match rankmysteps_web::client::Connection::open(socket, timeout)
+            .and_then(|mut c| c.get(path))
+        {
+            Ok(r) if r.status == 200 => return Ok(r.text()),
+            Ok(r) => errors.push(format!("{addr}: {}", describe(r.status, &r.json()))),
+            Err(e) => errors.push(format!("cannot connect to {addr}: {e}")),
+        }
+    }
+    Err(errors.join("; "))
 }
 
 /// A lookup's JSON for a person.

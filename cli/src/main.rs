@@ -150,6 +150,10 @@ enum InspectWhat {
         #[arg(long, value_name = "N", default_value_t = 3)]
         neighbours: usize,
     },
+    /// The dataflow graph of the first --addr that answers, in Graphviz's dot language
+    /// (operators with their time and activations, channels with the records sent on them);
+    /// with --json as JSON. E.g. `rankmysteps inspect graph | dot -Tsvg > graph.svg`.
+    Graph,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -840,6 +844,17 @@ fn inspect(args: InspectArgs) -> Result<()> {
         } else {
             print!("{}", render_lookup(&found));
         }
+        return Ok(());
+    }
+    if let Some(InspectWhat::Graph) = &args.what {
+        let path = if args.json {
+            "/debug/graph"
+        } else {
+            "/debug/graph?format=dot"
+        };
+        let text = rankmysteps::introspect::get_text(&args.addr, path, timeout)
+            .map_err(|e| anyhow::anyhow!("graph: {e}"))?;
+        print!("{text}");
         return Ok(());
     }
     if args.watch {

@@ -133,6 +133,45 @@ fn debug_routes_serve_the_same_as_json() {
             .any(|o| o["name"] == "TopK" && o["activations"].as_u64() > Some(0)),
         "{body}"
     );
+    // The graph: every named operator, channels carrying the records.
+    let (head, graph) = get(addr, "/debug/graph");
+    assert_eq!(head, 200);
+    let names: Vec<&str> = graph["operators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "FileSource",
+        "Admit",
+        "Totals",
+        "TopK",
+        "Histogram",
+        "Users",
+        "Deliver",
+    ] {
+        assert!(names.contains(&name), "no {name} in {names:?}");
+    }
+    let channels = graph["channels"].as_array().unwrap();
+    assert!(channels.len() >= names.len() - 2, "{graph}");
+    assert!(
+        channels
+            .iter()
+            .any(|c| c["records_sent"].as_u64() >= Some(20)),
+        "{graph}"
+    );
+    let dot = rankmysteps_web::client::get(addr, "/debug/graph?format=dot").unwrap();
+    let text = dot.text();
+    assert!(
+        dot.status == 200 && text.starts_with("digraph dataflow {"),
+        "{text}"
+    );
+    assert!(
+        text.contains("label=\"Totals\\n") && text.contains(" -> "),
+        "{text}"
+    );
+    assert_eq!(get(addr, "/debug/graph?format=svg").0, 400);
     let (_, body) = get(addr, "/debug/summary");
     assert_eq!(body["workers"].as_array().unwrap().len(), 2);
     let (head, body) = get(addr, "/debug/nothing");
