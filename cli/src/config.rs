@@ -44,6 +44,11 @@ pub struct Cluster {
     /// Worker threads per process.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// One `host:port` per process, in process order, for its `/metrics` and `/debug/` (the
+    /// inspector): process i listens on the i-th unless `--metrics` says otherwise, and
+    /// `inspect --config` and `doctor` find every process there. Empty: 127.0.0.1:9898.
+    #[serde(default)]
+    pub metrics: Vec<String>,
 }
 
 fn default_threads() -> usize {
@@ -55,6 +60,7 @@ impl Default for Cluster {
         Cluster {
             hosts: Vec::new(),
             threads: default_threads(),
+            metrics: Vec::new(),
         }
     }
 }
@@ -206,6 +212,17 @@ impl ClusterConfig {
             }
             config_err(detail)
         })?;
+        let c = &config.cluster;
+        if !c.metrics.is_empty() && c.metrics.len() != c.hosts.len().max(1) {
+            return Err(CliError::Config {
+                path: path.to_owned(),
+                detail: format!(
+                    "[cluster] metrics lists {} addresses for {} processes (hosts): one per process, in the same order",
+                    c.metrics.len(),
+                    c.hosts.len().max(1)
+                ),
+            });
+        }
         config.dataflow.grace_micros()?;
         config.dataflow.skew_micros()?;
         config.dataflow.dedup_window_micros()?;
@@ -372,6 +389,24 @@ mod tests {
             text,
             vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
         )
+    }
+
+    #[test]
+    fn metrics_addresses_are_one_per_process() {
+        let file = "[cluster]\nhosts = [\"a:1\", \"b:1\"]\nmetrics = [\"127.0.0.1:1\"]\n";
+        let e = with_env(file, &[]).unwrap_err().to_string();
+        assert!(e.contains("1 addresses for 2 processes"), "{e}");
+        let c = with_env(
+            file,
+            &[("RANKMYSTEPS__CLUSTER__METRICS", "127.0.0.1:1, 127.0.0.1:2")],
+        )
+        .unwrap();
+        assert_eq!(c.cluster.metrics, ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert!(with_env("[cluster]\nhosts = [\"a:1\"]\n", &[])
+            .unwrap()
+            .cluster
+            .metrics
+            .is_empty());
     }
 
     #[test]

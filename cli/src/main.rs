@@ -111,8 +111,11 @@ enum Command {
 
 #[derive(Args)]
 struct InspectArgs {
-    /// A process's metrics address (repeat for several processes).
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9898")]
+    /// Every process of this deployment, at the addresses of its [cluster] metrics.
+    #[arg(long, value_name = "FILE", conflicts_with = "addr")]
+    config: Option<PathBuf>,
+    /// A process's metrics address (repeat for several processes) [default: 127.0.0.1:9898].
+    #[arg(long, value_name = "HOST:PORT")]
     addr: Vec<String>,
     /// Print what every process serves as JSON instead of tables.
     #[arg(long)]
@@ -167,8 +170,9 @@ struct DoctorArgs {
     /// The deployment description.
     #[arg(long, value_name = "FILE", default_value = "cluster.toml")]
     config: PathBuf,
-    /// Metrics addresses the processes will listen on (repeat for several).
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9898")]
+    /// Metrics addresses the processes will listen on (repeat for several) [default: [cluster]
+    /// metrics, else 127.0.0.1:9898].
+    #[arg(long, value_name = "HOST:PORT")]
     metrics: Vec<String>,
     /// Seconds to wait for each service to answer.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
@@ -302,9 +306,10 @@ struct WorkerArgs {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Serve Prometheus metrics on this address ("off" to disable), and the inspector's JSON
-    /// under /debug/ (what each worker's arrangements hold, its operators' times).
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9898")]
-    metrics: String,
+    /// under /debug/ (what each worker's arrangements hold, its operators' times) [default:
+    /// this process's entry of [cluster] metrics, else 127.0.0.1:9898].
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<String>,
     /// Keep no introspection: no timely operator logging, no held trace handles, no /debug/
     /// routes (saves the logging's cost; /metrics stays).
     #[arg(long)]
@@ -649,12 +654,17 @@ fn worker(args: WorkerArgs) -> Result<()> {
     let metrics = Arc::new(rankmysteps::metrics::Metrics::default());
     let introspection = (!args.no_introspection)
         .then(|| Arc::new(rankmysteps::introspect::Introspection::default()));
-    if args.metrics != "off" {
-        let listener = std::net::TcpListener::bind(&args.metrics)
-            .with_context(|| format!("--metrics: cannot listen on {}", args.metrics))?;
+    let metrics_addr = args
+        .metrics
+        .clone()
+        .or_else(|| config.cluster.metrics.get(args.process).cloned())
+        .unwrap_or_else(|| DEFAULT_METRICS.to_owned());
+    if metrics_addr != "off" {
+        let listener = std::net::TcpListener::bind(&metrics_addr)
+            .with_context(|| format!("metrics: cannot listen on {metrics_addr}"))?;
         metrics
             .serve(listener, introspection.clone())
-            .with_context(|| format!("--metrics: cannot serve on {}", args.metrics))?;
+            .with_context(|| format!("metrics: cannot serve on {metrics_addr}"))?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signal(&stop)?;
@@ -820,12 +830,29 @@ fn worker(args: WorkerArgs) -> Result<()> {
     Ok(())
 }
 
+/// Where a process serves /metrics and /debug/ when nothing says otherwise.
+const DEFAULT_METRICS: &str = "127.0.0.1:9898";
+
 fn inspect(args: InspectArgs) -> Result<()> {
     use rankmysteps::introspect::{gather, render, GatherResult, SortBy};
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         bail!("--timeout must be a positive number of seconds");
     }
     let timeout = Duration::from_secs_f64(args.timeout);
+    let mut args = args;
+    if let Some(path) = &args.config {
+        let config = ClusterConfig::load(path)?;
+        if config.cluster.metrics.is_empty() {
+            bail!(
+                "{}: [cluster] metrics lists no addresses: add one per process, or give --addr",
+                path.display()
+            );
+        }
+        args.addr = config.cluster.metrics;
+    }
+    if args.addr.is_empty() {
+        args.addr.push(DEFAULT_METRICS.to_owned());
+    }
     let sort = match args.sort {
         InspectSort::Size => SortBy::Size,
         InspectSort::Name => SortBy::Name,
@@ -890,10 +917,17 @@ fn doctor(args: DoctorArgs) -> Result<()> {
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         bail!("--timeout must be a positive number of seconds");
     }
+    let metrics = if !args.metrics.is_empty() {
+        args.metrics
+    } else if !config.cluster.metrics.is_empty() {
+        config.cluster.metrics.clone()
+    } else {
+        vec![DEFAULT_METRICS.to_owned()]
+    };
     let checks = diagnose(&DoctorSpec {
         config,
         config_path: args.config.display().to_string(),
-        metrics: args.metrics,
+        metrics,
         timeout: Duration::from_secs_f64(args.timeout),
     });
     let ok = checks.iter().all(|c| c.status != Status::Fail);

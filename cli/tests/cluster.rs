@@ -32,10 +32,16 @@ fn free_port() -> u16 {
 #[test]
 fn two_processes_match_the_reference_across_a_crash() {
     let k = 5;
+    let metrics = [
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    ];
     let hosts = format!(
-        "hosts = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]",
+        "hosts = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\nmetrics = [\"{}\", \"{}\"]",
         free_port(),
-        free_port()
+        free_port(),
+        metrics[0],
+        metrics[1]
     );
     let dep = common::Deployment::new("cluster", 6, 2, k, Some(&hosts));
     let (topic, prefix, config, reader) = (&dep.topic, &dep.prefix, &dep.config, &dep.reader);
@@ -75,10 +81,7 @@ fn two_processes_match_the_reference_across_a_crash() {
         .create()
         .unwrap();
 
-    let metrics = [
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    ];
+    assert_eq!(cluster.cluster.metrics, metrics);
     let start = || {
         (
             worker(config, &["--process", "0", "--metrics", &metrics[0]], None),
@@ -111,6 +114,30 @@ fn two_processes_match_the_reference_across_a_crash() {
     wait_for(reader, topic, &mut b0, all.len() as u64);
     assert!(b1.0.try_wait().unwrap().is_none(), "process 1 exited early");
     inspect_both(&metrics, &reference);
+    // `inspect --config` finds both processes from [cluster] metrics.
+    let out = Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
+        .args(["inspect", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gathered: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let addrs: Vec<&str> = gathered
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| {
+            g["summary"]["workers"]
+                .as_array()
+                .is_some_and(|w| w.len() == 2)
+        })
+        .map(|g| g["addr"].as_str().unwrap())
+        .collect();
+    assert_eq!(addrs, [metrics[0].as_str(), metrics[1].as_str()]);
     // A clean stop of a cluster: every process is told (as a launcher does).
     Command::new("kill")
         .args(["-INT", &b1.0.id().to_string()])
