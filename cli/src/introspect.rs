@@ -42,6 +42,25 @@ pub struct Introspection {
     /// Walks of the traces requested so far: a worker whose last walk answered an older
     /// request walks (and publishes) at its next step.
     wanted: std::sync::atomic::AtomicU64,
+    /// Where the workers' log events are also written (`worker --capture`).
+    capture: Option<Arc<Capture>>,
+}
+
+impl Introspection {
+    /// Ends the capture, if any, once the job has ended ([`Capture::finish`]).
+    pub fn finish(&self) {
+        if let Some(capture) = &self.capture {
+            capture.finish();
+        }
+    }
+
+    /// An introspection whose workers also write every log event to `capture`.
+    pub fn with_capture(capture: Arc<Capture>) -> Introspection {
+        Introspection {
+            capture: Some(capture),
+            ..Introspection::default()
+        }
+    }
 }
 
 impl std::fmt::Debug for Introspection {
@@ -321,6 +340,73 @@ struct OperatorLog {
     channels: BTreeMap<usize, ChannelView>,
 }
 
+impl OperatorLog {
+    /// Folds one of timely's log events (at `time` since the worker started) into the log.
+    fn apply(&mut self, time: Duration, event: TimelyEvent) {
+        match event {
+            TimelyEvent::Operates(e) => {
+                self.operators.insert(
+                    e.id,
+                    (
+                        OperatorView {
+                            id: e.id,
+                            name: e.name,
+                            address: e.addr,
+                            ..OperatorView::default()
+                        },
+                        None,
+                    ),
+                );
+            }
+            TimelyEvent::Schedule(e) => {
+                if let Some((op, started)) = self.operators.get_mut(&e.id) {
+                    match e.start_stop {
+                        StartStop::Start => *started = Some(time),
+                        StartStop::Stop => {
+                            if let Some(s) = started.take() {
+                                op.activations += 1;
+                                op.elapsed_ns += time.saturating_sub(s).as_nanos() as u64;
+                            }
+                        }
+                    }
+                }
+            }
+            TimelyEvent::Channels(e) => {
+                self.channels.insert(
+                    e.id,
+                    ChannelView {
+                        id: e.id,
+                        scope: e.scope_addr,
+                        source: e.source,
+                        target: e.target,
+                        ..ChannelView::default()
+                    },
+                );
+            }
+            TimelyEvent::Messages(e) => {
+                if let Some(c) = self.channels.get_mut(&e.channel) {
+                    let records = e.record_count.max(0) as u64;
+                    if e.is_send {
+                        c.messages_sent += 1;
+                        c.records_sent += records;
+                    } else {
+                        c.messages_received += 1;
+                        c.records_received += records;
+                    }
+                }
+            }
+            TimelyEvent::Shutdown(e) => {
+                // Kept, marked: the job builds one dataflow, so what it ran
+                // stays bounded and readable after it ends.
+                if let Some((op, _)) = self.operators.get_mut(&e.id) {
+                    op.shut_down = true;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The worker's side: its traces, its operator log, and when it last published.
 pub struct WorkerIntrospection {
     index: usize,
@@ -352,74 +438,17 @@ impl WorkerIntrospection {
         let log = Rc::new(RefCell::new(OperatorLog::default()));
         if let Some(mut registry) = worker.log_register() {
             let log = log.clone();
+            let (capture, index) = (into.capture.clone(), worker.index());
             registry.insert::<TimelyEventBuilder, _>(
                 "timely",
-                move |_now, data: &mut Option<Vec<(Duration, TimelyEvent)>>| {
+                move |now, data: &mut Option<Vec<(Duration, TimelyEvent)>>| {
                     let Some(events) = data else { return };
+                    if let Some(capture) = &capture {
+                        capture.send(index, *now, events);
+                    }
                     let mut log = log.borrow_mut();
                     for (time, event) in events.drain(..) {
-                        match event {
-                            TimelyEvent::Operates(e) => {
-                                log.operators.insert(
-                                    e.id,
-                                    (
-                                        OperatorView {
-                                            id: e.id,
-                                            name: e.name,
-                                            address: e.addr,
-                                            ..OperatorView::default()
-                                        },
-                                        None,
-                                    ),
-                                );
-                            }
-                            TimelyEvent::Schedule(e) => {
-                                if let Some((op, started)) = log.operators.get_mut(&e.id) {
-                                    match e.start_stop {
-                                        StartStop::Start => *started = Some(time),
-                                        StartStop::Stop => {
-                                            if let Some(s) = started.take() {
-                                                op.activations += 1;
-                                                op.elapsed_ns +=
-                                                    time.saturating_sub(s).as_nanos() as u64;
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                            TimelyEvent::Channels(e) => {
-                                log.channels.insert(
-                                    e.id,
-                                    ChannelView {
-                                        id: e.id,
-                                        scope: e.scope_addr,
-                                        source: e.source,
-                                        target: e.target,
-                                        ..ChannelView::default()
-                                    },
-                                );
-                            }
-                            TimelyEvent::Messages(e) => {
-                                if let Some(c) = log.channels.get_mut(&e.channel) {
-                                    let records = e.record_count.max(0) as u64;
-                                    if e.is_send {
-                                        c.messages_sent += 1;
-                                        c.records_sent += records;
-                                    } else {
-                                        c.messages_received += 1;
-                                        c.records_received += records;
-                                    }
-                                }
-                            }
-                            TimelyEvent::Shutdown(e) => {
-                                // Kept, marked: the job builds one dataflow, so what it ran
-                                // stays bounded and readable after it ends.
-                                if let Some((op, _)) = log.operators.get_mut(&e.id) {
-                                    op.shut_down = true;
-                                }
-                            }
-                            _ => {}
-                        }
+                        log.apply(time, event);
                     }
                 },
             );
@@ -1292,4 +1321,150 @@ pub fn render_lookup(found: &serde_json::Value) -> String {
         }
     }
     t
+}
+
+/// One captured batch: the worker, the batch's time, and its events.
+type CapturedBatch = (usize, Duration, Vec<(Duration, TimelyEvent)>);
+
+/// The container of a capture file's events: (time, worker, event).
+type CapturedEvents = Vec<(Duration, usize, TimelyEvent)>;
+
+/// `worker --capture FILE`: every timely log event of this process's workers, written by a
+/// thread of its own (never under a worker) in timely's event format: each record a
+/// little-endian u64 length and the bincode of a
+/// `timely::dataflow::operators::core::capture::Event<Duration, Vec<(Duration, usize,
+/// TimelyEvent)>>` (`Messages` only; the `usize` is the worker), as timely's `EventWriter`
+/// frames them, so `EventReader` reads it too. A write error is logged and ends the capture,
+/// not the job.
+pub struct Capture {
+    sender: Mutex<Option<std::sync::mpsc::Sender<CapturedBatch>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture").finish_non_exhaustive()
+    }
+}
+
+impl Capture {
+    /// Creates `path` (replacing it) and starts the writer thread.
+    pub fn create(path: &std::path::Path) -> std::io::Result<Arc<Capture>> {
+        let file = std::fs::File::create(path)?;
+        let (sender, receiver) = std::sync::mpsc::channel::<CapturedBatch>();
+        let path = path.to_owned();
+        let writer = std::thread::Builder::new()
+            .name("rankmysteps-capture".into())
+            .spawn(move || {
+                use std::io::Write as _;
+                let mut out = std::io::BufWriter::new(file);
+                let write = |out: &mut std::io::BufWriter<std::fs::File>, batch: CapturedBatch| {
+                    let (worker, now, events) = batch;
+                    let events: CapturedEvents =
+                        events.into_iter().map(|(t, e)| (t, worker, e)).collect();
+                    let event: timely::dataflow::operators::core::capture::Event<
+                        Duration,
+                        CapturedEvents,
+                    > = timely::dataflow::operators::core::capture::Event::Messages(
+                        timely::progress::Stamp::from_elem(now),
+                        events,
+                    );
+                    let len = bincode::serialized_size(&event).map_err(std::io::Error::other)?;
+                    out.write_all(&len.to_le_bytes())?;
+                    bincode::serialize_into(&mut *out, &event).map_err(std::io::Error::other)
+                };
+                for batch in receiver {
+                    if let Err(e) = write(&mut out, batch) {
+                        tracing::error!(error = %e, path = %path.display(), "capture failed; no more events are captured");
+                        return;
+                    }
+                }
+                if let Err(e) = out.flush() {
+                    tracing::error!(error = %e, path = %path.display(), "capture failed at the end");
+                }
+            })?;
+        Ok(Arc::new(Capture {
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
+        }))
+    }
+
+    /// Ends the capture once the job has ended: closes the channel and waits until the writer
+    /// has written and flushed everything (else the process could exit mid-record).
+    pub fn finish(&self) {
+        self.sender.lock().expect("capture lock").take();
+        if let Some(writer) = self.writer.lock().expect("capture lock").take() {
+            let _ = writer.join();
+        }
+    }
+
+    /// Hands a copy of a worker's batch to the writer thread.
+    fn send(&self, worker: usize, now: Duration, events: &[(Duration, TimelyEvent)]) {
+        // The writer may have stopped after an error (or the capture ended): the job goes on.
+        if let Some(sender) = &*self.sender.lock().expect("capture lock") {
+            let _ = sender.send((worker, now, events.to_vec()));
+        }
+    }
+}
+
+/// `inspect --replay FILE`: the operators and the graph of a capture file, as the process that
+/// wrote it would have shown them (arrangement sizes are not in timely's log: none).
+pub fn replay(path: &std::path::Path) -> Result<Introspection, String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut input = std::io::BufReader::new(file);
+    let mut logs: BTreeMap<usize, OperatorLog> = BTreeMap::new();
+    let mut records = 0u64;
+    loop {
+        let mut len = [0u8; 8];
+        match input.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+        let len = u64::from_le_bytes(len);
+        if len > 1 << 30 {
+            return Err(format!(
+                "{}: record {records} claims {len} bytes: not a capture file of rankmysteps worker --capture",
+                path.display()
+            ));
+        }
+        let mut bytes = vec![0u8; len as usize];
+        if let Err(e) = input.read_exact(&mut bytes) {
+            // A process that died mid-write leaves a last record cut short: the rest stands.
+            tracing::warn!(
+                path = %path.display(),
+                records,
+                error = %e,
+                "the capture ends mid-record (its process did not stop cleanly): replaying what precedes"
+            );
+            break;
+        }
+        let event: timely::dataflow::operators::core::capture::Event<Duration, CapturedEvents> =
+            bincode::deserialize(&bytes).map_err(|e| {
+                format!("{}: record {records} does not decode ({e}): not a capture file of rankmysteps worker --capture", path.display())
+            })?;
+        if let timely::dataflow::operators::core::capture::Event::Messages(_, events) = event {
+            for (time, worker, event) in events {
+                logs.entry(worker).or_default().apply(time, event);
+            }
+        }
+        records += 1;
+    }
+    if logs.is_empty() {
+        return Err(format!("{}: no events", path.display()));
+    }
+    let introspection = Introspection::default();
+    for (worker, log) in logs {
+        let mut operators: Vec<OperatorView> =
+            log.operators.into_values().map(|(o, _)| o).collect();
+        operators.sort_by_key(|o| std::cmp::Reverse(o.elapsed_ns));
+        introspection.publish(WorkerView {
+            worker,
+            operators,
+            channels: log.channels.into_values().collect(),
+            ..WorkerView::default()
+        });
+    }
+    Ok(introspection)
 }

@@ -114,6 +114,10 @@ struct InspectArgs {
     /// Every process of this deployment, at the addresses of its [cluster] metrics.
     #[arg(long, value_name = "FILE", conflicts_with = "addr")]
     config: Option<PathBuf>,
+    /// Show the operators and the graph of a capture file (`worker --capture`) instead of a
+    /// running process.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["addr", "config", "watch"])]
+    replay: Option<PathBuf>,
     /// A process's metrics address (repeat for several processes) [default: 127.0.0.1:9898].
     #[arg(long, value_name = "HOST:PORT")]
     addr: Vec<String>,
@@ -314,6 +318,10 @@ struct WorkerArgs {
     /// routes (saves the logging's cost; /metrics stays).
     #[arg(long)]
     no_introspection: bool,
+    /// Also write every timely log event of this process's workers to FILE (timely's event
+    /// format; `rankmysteps inspect --replay FILE` shows the operators and the graph from it).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_introspection")]
+    capture: Option<PathBuf>,
     /// Show no progress of a restart's replay of the archive (by default: a bar on a
     /// terminal, else a plain line every 5 s, or every RANKMYSTEPS_PROGRESS_INTERVAL seconds).
     #[arg(long, short)]
@@ -652,8 +660,17 @@ fn worker(args: WorkerArgs) -> Result<()> {
     }
     let workers = args.workers.unwrap_or(config.cluster.threads).max(1);
     let metrics = Arc::new(rankmysteps::metrics::Metrics::default());
-    let introspection = (!args.no_introspection)
-        .then(|| Arc::new(rankmysteps::introspect::Introspection::default()));
+    let introspection = match (&args.capture, args.no_introspection) {
+        (_, true) => None,
+        (None, false) => Some(Arc::new(rankmysteps::introspect::Introspection::default())),
+        (Some(path), false) => {
+            let capture = rankmysteps::introspect::Capture::create(path)
+                .with_context(|| format!("--capture: cannot create {}", path.display()))?;
+            Some(Arc::new(
+                rankmysteps::introspect::Introspection::with_capture(capture),
+            ))
+        }
+    };
     let metrics_addr = args
         .metrics
         .clone()
@@ -813,6 +830,9 @@ fn worker(args: WorkerArgs) -> Result<()> {
         args.process, kafka.topic, partitions, workers
     );
     let report = job::run(spec, Box::new(sink), stop);
+    if let Some(introspection) = &introspection {
+        introspection.finish();
+    }
     stop_lag.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(thread) = lag_thread {
         let _ = thread.join();
@@ -839,6 +859,36 @@ fn inspect(args: InspectArgs) -> Result<()> {
         bail!("--timeout must be a positive number of seconds");
     }
     let timeout = Duration::from_secs_f64(args.timeout);
+    let sort = match args.sort {
+        InspectSort::Size => SortBy::Size,
+        InspectSort::Name => SortBy::Name,
+    };
+    if let Some(path) = &args.replay {
+        let replayed = rankmysteps::introspect::replay(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        match &args.what {
+            Some(InspectWhat::Lookup { .. }) => {
+                bail!("--replay: a capture holds the log events, not the live state a lookup reads")
+            }
+            Some(InspectWhat::Graph) if args.json => {
+                println!("{}", serde_json::to_string_pretty(&replayed.graph())?)
+            }
+            Some(InspectWhat::Graph) => print!("{}", replayed.graph().dot()),
+            None => {
+                let gathered = vec![rankmysteps::introspect::Gathered {
+                    addr: path.display().to_string(),
+                    result: GatherResult::Summary {
+                        summary: serde_json::to_value(replayed.summary())?,
+                    },
+                }];
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&gathered)?);
+                } else {
+                    print!("{}", render(&gathered, sort, args.operators));
+                }
+            }
+        }
+        return Ok(());
+    }
     let mut args = args;
     if let Some(path) = &args.config {
         let config = ClusterConfig::load(path)?;
@@ -853,10 +903,6 @@ fn inspect(args: InspectArgs) -> Result<()> {
     if args.addr.is_empty() {
         args.addr.push(DEFAULT_METRICS.to_owned());
     }
-    let sort = match args.sort {
-        InspectSort::Size => SortBy::Size,
-        InspectSort::Name => SortBy::Name,
-    };
     if let Some(InspectWhat::Lookup {
         day,
         user,

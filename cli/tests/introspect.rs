@@ -17,9 +17,19 @@ mod webutil;
 /// Runs `rankmysteps run --input` on `lines` (epochs of `epoch_events` lines, top-10, two
 /// workers) and returns what the workers published last.
 fn inspect(dir: &Path, lines: &[String], epoch_events: u64) -> Arc<Introspection> {
+    inspect_with(dir, lines, epoch_events, Introspection::default())
+}
+
+/// [`inspect`] into `introspection` (e.g. one that captures).
+fn inspect_with(
+    dir: &Path,
+    lines: &[String],
+    epoch_events: u64,
+    introspection: Introspection,
+) -> Arc<Introspection> {
     let input = dir.join("input.jsonl");
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let introspection = Arc::new(Introspection::default());
+    let introspection = Arc::new(introspection);
     let spec = JobSpec {
         introspection: Some(introspection.clone()),
         ..webutil::file_job(&input, epoch_events, 10)
@@ -204,4 +214,60 @@ fn debug_routes_serve_the_same_as_json() {
     }
     let (head, body) = get(addr, &format!("/debug/lookup?day=2026-01-10&user={user}"));
     assert_eq!(head, 503, "{body}");
+}
+
+/// `worker --capture`'s file replays to the operators and the graph the live job showed.
+#[test]
+fn a_capture_replays_to_the_same_operators_and_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("capture.timely");
+    let capture = rankmysteps::introspect::Capture::create(&path).unwrap();
+    let live = inspect_with(
+        dir.path(),
+        &day("2026-01-10", 1, 30),
+        10,
+        Introspection::with_capture(capture),
+    );
+    // As the worker does after its job: everything written and flushed.
+    live.finish();
+    let (live_graph, live_summary) = (live.graph(), live.summary());
+    let replayed = rankmysteps::introspect::replay(&path).unwrap();
+    let names = |ops: &[rankmysteps::introspect::OperatorView]| {
+        let mut n: Vec<(Vec<usize>, String)> = ops
+            .iter()
+            .map(|o| (o.address.clone(), o.name.clone()))
+            .collect();
+        n.sort();
+        n
+    };
+    let graph = replayed.graph();
+    assert_eq!(names(&graph.operators), names(&live_graph.operators));
+    assert_eq!(
+        graph.dot().lines().count(),
+        live_graph.dot().lines().count()
+    );
+    let summary = replayed.summary();
+    assert_eq!(summary.workers.len(), 2);
+    let totals = summary
+        .operators
+        .iter()
+        .find(|o| o.name == "Totals")
+        .unwrap();
+    let live_totals = live_summary
+        .operators
+        .iter()
+        .find(|o| o.name == "Totals")
+        .unwrap();
+    // The capture has every event the live view had, and perhaps the last few after it.
+    assert!(totals.activations >= live_totals.activations && totals.activations > 0);
+    assert!(summary.arrangements.is_empty());
+    // A last record cut short (a process that died mid-write): what precedes it replays.
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+    let cut = rankmysteps::introspect::replay(&path).unwrap();
+    assert!(!cut.graph().operators.is_empty());
+    // Not a capture file: a clear error.
+    std::fs::write(&path, b"not a capture").unwrap();
+    let e = rankmysteps::introspect::replay(&path).unwrap_err();
+    assert!(e.contains("not a capture file"), "{e}");
 }
