@@ -535,12 +535,17 @@ fn run(args: RunArgs) -> Result<()> {
             min_write_interval: Duration::from_millis(args.write_interval_ms),
         },
     )?;
-    // The page serves the directory the sink has just emptied.
-    let server = if args.serve || (streaming && !args.no_serve) {
+    // The page serves the directory the sink has just emptied, and the inspector's /debug/
+    // of this job beside it.
+    let serving = args.serve || (streaming && !args.no_serve);
+    let introspection =
+        serving.then(|| Arc::new(rankmysteps::introspect::Introspection::default()));
+    let server = if serving {
         let listen = args.listen.clone().unwrap_or_else(|| config.web_listen());
         // A default generator run falls back to a free port rather than failing.
         let fallback = !args.serve && args.listen.is_none();
-        let server = rankmysteps::serve::local(&args.out, &listen, fallback)?;
+        let server =
+            rankmysteps::serve::local(&args.out, &listen, fallback, introspection.clone())?;
         eprintln!("rankmysteps: leaderboard at {}", server.url());
         Some(server)
     } else {
@@ -556,7 +561,7 @@ fn run(args: RunArgs) -> Result<()> {
         sinks.push(Box::new(view));
     }
     let spec = JobSpec {
-        introspection: None,
+        introspection,
         workers,
         settings: Settings {
             k,

@@ -8,10 +8,16 @@ use rankmysteps_web::{CassandraStore, LocalStore, Server, WebError};
 use crate::config::ClusterConfig;
 use crate::error::CliError;
 
-/// Serves the local output directory `out` on `listen`. With `fallback`, a taken port is not an
-/// error: the page is served on a free port of the same host instead (the default generator
-/// run, so that a second `rankmysteps run` still starts).
-pub fn local(out: &Path, listen: &str, fallback: bool) -> Result<Server, CliError> {
+/// Serves the local output directory `out` on `listen`, and with `introspection` the embedded
+/// job's `/debug/` routes beside the page. With `fallback`, a taken port is not an error: the
+/// page is served on a free port of the same host instead (the default generator run, so that
+/// a second `rankmysteps run` still starts).
+pub fn local(
+    out: &Path,
+    listen: &str,
+    fallback: bool,
+    introspection: Option<Arc<crate::introspect::Introspection>>,
+) -> Result<Server, CliError> {
     let listener = match rankmysteps_web::bind(listen) {
         Ok(l) => l,
         Err(WebError::AddrInUse { .. }) if fallback => {
@@ -21,7 +27,11 @@ pub fn local(out: &Path, listen: &str, fallback: bool) -> Result<Server, CliErro
         }
         Err(e) => return Err(e.into()),
     };
-    Ok(Server::start(Arc::new(LocalStore::new(out)), listener)?)
+    let store = Arc::new(LocalStore::new(out));
+    Ok(match introspection {
+        Some(i) => Server::start_with_routes(store, listener, crate::introspect::routes(i))?,
+        None => Server::start(store, listener)?,
+    })
 }
 
 /// Serves the Cassandra tables of `config`'s `[cassandra]` on `listen`, following the progress

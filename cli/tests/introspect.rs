@@ -271,3 +271,24 @@ fn a_capture_replays_to_the_same_operators_and_graph() {
     let e = rankmysteps::introspect::replay(&path).unwrap_err();
     assert!(e.contains("not a capture file"), "{e}");
 }
+
+/// `run --serve`: the page's server also serves the embedded job's `/debug/` (one HTTP stack).
+#[test]
+fn the_embedded_page_serves_the_inspector_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let introspection = inspect(dir.path(), &day("2026-01-10", 1, 12), 1000);
+    let server = rankmysteps::serve::local(
+        &dir.path().join("out"),
+        "127.0.0.1:0",
+        false,
+        Some(introspection),
+    )
+    .unwrap();
+    let (status, body) = get(server.addr(), "/debug/arrangements");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["arrangements"][0]["live_keys"], 12, "{body}");
+    let (status, days) = get(server.addr(), "/api/days");
+    assert_eq!(status, 200, "{days}");
+    let (status, body) = get(server.addr(), "/debug/nothing");
+    assert!(status == 404 && body["error"].is_string(), "{body}");
+}

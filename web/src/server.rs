@@ -379,12 +379,32 @@ impl Server {
         Server::start_with(store, listener, POLL, 2)
     }
 
+    /// [`Server::start`] with more routes beside the page's (e.g. the inspector's `/debug/`
+    /// of an embedded job; they must not have a fallback of their own).
+    pub fn start_with_routes(
+        store: Arc<dyn Store>,
+        listener: std::net::TcpListener,
+        routes: Router,
+    ) -> Result<Server, WebError> {
+        Server::start_inner(store, listener, POLL, 2, Some(routes))
+    }
+
     /// [`Server::start`] polling the store every `poll`, on `threads` runtime threads.
     pub fn start_with(
         store: Arc<dyn Store>,
         listener: std::net::TcpListener,
         poll: Duration,
         threads: usize,
+    ) -> Result<Server, WebError> {
+        Server::start_inner(store, listener, poll, threads, None)
+    }
+
+    fn start_inner(
+        store: Arc<dyn Store>,
+        listener: std::net::TcpListener,
+        poll: Duration,
+        threads: usize,
+        routes: Option<Router>,
     ) -> Result<Server, WebError> {
         let addr = listener
             .local_addr()
@@ -405,7 +425,10 @@ impl Server {
                 .map_err(|e| WebError::Internal(e.to_string()))?
         };
         runtime.spawn(hub.clone().run());
-        let app = router(hub.clone());
+        let app = match routes {
+            Some(routes) => router(hub.clone()).merge(routes),
+            None => router(hub.clone()),
+        };
         runtime.spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "web server stopped");
