@@ -18,6 +18,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use differential_dataflow::logging::{DifferentialEvent, DifferentialEventBuilder};
 use rankmysteps_dataflow::event::{Day, Epoch, User};
 use rankmysteps_dataflow::pipeline::{route_day, route_user};
 use rankmysteps_dataflow::ranking::{Standing, TopRow};
@@ -88,6 +89,8 @@ pub struct WorkerView {
     pub operators: Vec<OperatorView>,
     /// Its dataflow's channels, by id, with what this worker sent and received on them.
     pub channels: Vec<ChannelView>,
+    /// Its arrangements' batches and merges, by arrangement operator.
+    pub merges: Vec<MergeView>,
     /// Milliseconds since this view was taken (filled in when served).
     pub age_ms: u64,
     #[serde(skip)]
@@ -130,6 +133,31 @@ pub struct ChannelView {
     pub messages_received: u64,
     /// See `messages_received`.
     pub records_received: u64,
+}
+
+/// What differential's `"differential/arrange"` log says of one arrangement operator: the
+/// batches it built and the merges of its spine.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MergeView {
+    /// The arrangement operator's name (`totals`, `by-total`, ...).
+    pub name: String,
+    /// Batches built from new updates, and their updates.
+    pub batches_built: u64,
+    /// See `batches_built`.
+    pub records_built: u64,
+    /// Merges begun and completed.
+    pub merges_started: u64,
+    /// See `merges_started`.
+    pub merges_completed: u64,
+    /// Updates that went into completed merges, and that came out (the difference is what
+    /// consolidation removed).
+    pub merged_in: u64,
+    /// See `merged_in`.
+    pub merged_out: u64,
+    /// Merges that could not complete in time (`MergeShortfall`), and by how much in all.
+    pub shortfalls: u64,
+    /// See `shortfalls`.
+    pub shortfall: u64,
 }
 
 /// The dataflow graph of a process: its operators (by address) and channels, with the
@@ -197,6 +225,8 @@ pub struct Summary {
     pub arrangements: Vec<ArrangementSize>,
     /// Per operator name: sums over workers, by scheduling time (largest first).
     pub operators: Vec<OperatorView>,
+    /// Per arrangement operator name: batches and merges summed over workers.
+    pub merges: Vec<MergeView>,
     /// The least completed epoch over the workers (what every one of them has delivered).
     pub completed_epoch: Option<Epoch>,
     /// The workers, each as it published itself.
@@ -317,6 +347,22 @@ impl Introspection {
                 x.elapsed_ns += o.elapsed_ns;
             }
         }
+        let mut merges: BTreeMap<String, MergeView> = BTreeMap::new();
+        for m in workers.iter().flat_map(|w| &w.merges) {
+            let x = merges.entry(m.name.clone()).or_insert_with(|| MergeView {
+                name: m.name.clone(),
+                ..MergeView::default()
+            });
+            x.batches_built += m.batches_built;
+            x.records_built += m.records_built;
+            x.merges_started += m.merges_started;
+            x.merges_completed += m.merges_completed;
+            x.merged_in += m.merged_in;
+            x.merged_out += m.merged_out;
+            x.shortfalls += m.shortfalls;
+            x.shortfall += m.shortfall;
+        }
+        let merges = merges.into_values().collect();
         let mut operators: Vec<OperatorView> = operators.into_values().collect();
         operators.sort_by_key(|o| std::cmp::Reverse(o.elapsed_ns));
         let completed_epoch = if workers.iter().any(|w| w.completed_epoch.is_none()) {
@@ -327,6 +373,7 @@ impl Introspection {
         Summary {
             arrangements,
             operators,
+            merges,
             completed_epoch,
             workers,
         }
@@ -338,9 +385,51 @@ impl Introspection {
 struct OperatorLog {
     operators: BTreeMap<usize, (OperatorView, Option<Duration>)>,
     channels: BTreeMap<usize, ChannelView>,
+    /// By arrangement operator id.
+    merges: BTreeMap<usize, MergeView>,
 }
 
 impl OperatorLog {
+    /// Folds one of differential's arrangement log events into the log.
+    fn apply_differential(&mut self, event: DifferentialEvent) {
+        let (operator, update): (usize, Box<dyn FnOnce(&mut MergeView)>) = match event {
+            DifferentialEvent::Batch(e) => (
+                e.operator,
+                Box::new(move |m: &mut MergeView| {
+                    m.batches_built += 1;
+                    m.records_built += e.length as u64;
+                }),
+            ),
+            DifferentialEvent::Merge(e) => (
+                e.operator,
+                Box::new(move |m: &mut MergeView| match e.complete {
+                    None => m.merges_started += 1,
+                    Some(out) => {
+                        m.merges_completed += 1;
+                        m.merged_in += (e.length1 + e.length2) as u64;
+                        m.merged_out += out as u64;
+                    }
+                }),
+            ),
+            DifferentialEvent::MergeShortfall(e) => (
+                e.operator,
+                Box::new(move |m: &mut MergeView| {
+                    m.shortfalls += 1;
+                    m.shortfall += e.shortfall as u64;
+                }),
+            ),
+            _ => return,
+        };
+        let name = self
+            .operators
+            .get(&operator)
+            .map_or_else(|| format!("operator {operator}"), |(o, _)| o.name.clone());
+        update(self.merges.entry(operator).or_insert_with(|| MergeView {
+            name,
+            ..MergeView::default()
+        }));
+    }
+
     /// Folds one of timely's log events (at `time` since the worker started) into the log.
     fn apply(&mut self, time: Duration, event: TimelyEvent) {
         match event {
@@ -453,6 +542,19 @@ impl WorkerIntrospection {
                 },
             );
         }
+        if let Some(mut registry) = worker.log_register() {
+            let log = log.clone();
+            registry.insert::<DifferentialEventBuilder, _>(
+                "differential/arrange",
+                move |_now, data: &mut Option<Vec<(Duration, DifferentialEvent)>>| {
+                    let Some(events) = data else { return };
+                    let mut log = log.borrow_mut();
+                    for (_, event) in events.drain(..) {
+                        log.apply_differential(event);
+                    }
+                },
+            );
+        }
         WorkerIntrospection {
             index: worker.index(),
             state: None,
@@ -499,6 +601,7 @@ impl WorkerIntrospection {
             .collect();
         operators.sort_by_key(|o| std::cmp::Reverse(o.elapsed_ns));
         let channels: Vec<ChannelView> = self.log.borrow().channels.values().cloned().collect();
+        let merges: Vec<MergeView> = self.log.borrow().merges.values().cloned().collect();
         let mut arrangements = Vec::new();
         if let Some(state) = &mut self.state {
             arrangements = state.sizes();
@@ -533,6 +636,7 @@ impl WorkerIntrospection {
             arrangements,
             operators,
             channels,
+            merges,
             ..WorkerView::default()
         });
     }
@@ -635,20 +739,27 @@ pub fn render(gathered: &[Gathered], sort: SortBy, operators: usize) -> String {
         }
         let _ = writeln!(
             t,
-            "  {:<18} {:>12} {:>12} {:>8} {:>12}",
-            "ARRANGEMENT", "UPDATES", "LIVE KEYS", "BATCHES", "BYTES (est.)"
+            "  {:<18} {:>12} {:>12} {:>8} {:>12} {:>8} {:>12}",
+            "ARRANGEMENT", "UPDATES", "LIVE KEYS", "BATCHES", "BYTES (est.)", "MERGES", "MERGED"
         );
         for a in arrangements {
+            let name = a["name"].as_str().unwrap_or("?");
+            let merges = s["merges"]
+                .as_array()
+                .and_then(|m| m.iter().find(|m| m["name"] == name));
+            let field = |f: &str| merges.and_then(|m| m[f].as_u64()).unwrap_or(0);
             let _ = writeln!(
                 t,
-                "  {:<18} {:>12} {:>12} {:>8} {:>12}",
-                a["name"].as_str().unwrap_or("?"),
+                "  {:<18} {:>12} {:>12} {:>8} {:>12} {:>8} {:>12}",
+                name,
                 a["updates"].as_u64().unwrap_or(0),
                 a["live_keys"]
                     .as_u64()
                     .map_or("-".to_owned(), |k| k.to_string()),
                 a["batches"].as_u64().unwrap_or(0),
                 human_bytes(a["bytes"].as_u64().unwrap_or(0)),
+                field("merges_completed"),
+                field("merged_in"),
             );
         }
         let mut ops: Vec<&serde_json::Value> = s["operators"]

@@ -80,6 +80,17 @@ fn arrangements_hold_the_open_days_and_operators_are_named() {
         assert!(a.updates >= a.live_keys.unwrap() && a.batches > 0, "{a:?}");
         assert!(a.bytes >= a.updates * 8, "{a:?}");
     }
+    // Differential's log: every arrangement built batches of the updates it holds.
+    for name in ["totals", "histogram", "users", "by-total", "top-k"] {
+        let m = s.merges.iter().find(|m| m.name == name);
+        let m = m.unwrap_or_else(|| panic!("no merges of {name}: {:?}", s.merges));
+        let held = s.arrangements.iter().find(|a| a.name == name).unwrap();
+        assert!(
+            m.batches_built > 0 && m.records_built >= held.live_keys.unwrap() as u64,
+            "{m:?}"
+        );
+        assert!(m.merged_out <= m.merged_in, "{m:?}");
+    }
     for name in ["Totals", "TopK", "Histogram", "Users", "Deliver"] {
         let op = s
             .operators
