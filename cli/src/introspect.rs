@@ -45,9 +45,16 @@ pub struct Introspection {
     wanted: std::sync::atomic::AtomicU64,
     /// Where the workers' log events are also written (`worker --capture`).
     capture: Option<Arc<Capture>>,
+    /// The process's metrics, for the consumer lag they measure.
+    lag: Mutex<Option<Arc<crate::metrics::Metrics>>>,
 }
 
 impl Introspection {
+    /// Shows the consumer lag that `metrics` measures in the summary.
+    pub fn with_lag_of(&self, metrics: Arc<crate::metrics::Metrics>) {
+        *self.lag.lock().expect("lag lock") = Some(metrics);
+    }
+
     /// Ends the capture, if any, once the job has ended ([`Capture::finish`]).
     pub fn finish(&self) {
         if let Some(capture) = &self.capture {
@@ -79,6 +86,11 @@ pub struct WorkerView {
     pub worker: usize,
     /// The last epoch whose outputs were delivered, as this worker's probe says.
     pub completed_epoch: Option<Epoch>,
+    /// The epoch this worker's source is at (its input frontier; `None` once it is done).
+    pub input_epoch: Option<Epoch>,
+    /// How many epochs the source runs ahead of the last completed one (bounded by
+    /// `max_epochs_ahead`).
+    pub source_ahead: Option<u64>,
     /// The epoch at which its arrangements' live keys were last counted.
     pub live_keys_epoch: Option<Epoch>,
     /// The request generation that walk answered (see [`Introspection::walked`]).
@@ -229,6 +241,9 @@ pub struct Summary {
     pub merges: Vec<MergeView>,
     /// The least completed epoch over the workers (what every one of them has delivered).
     pub completed_epoch: Option<Epoch>,
+    /// Records behind each partition's end, `(partition, records)`, as the process measures it
+    /// (process 0 of a Kafka job; empty elsewhere).
+    pub consumer_lag: Vec<(u32, i64)>,
     /// The workers, each as it published itself.
     pub workers: Vec<WorkerView>,
 }
@@ -370,10 +385,18 @@ impl Introspection {
         } else {
             workers.iter().filter_map(|w| w.completed_epoch).min()
         };
+        let consumer_lag = self
+            .lag
+            .lock()
+            .expect("lag lock")
+            .as_ref()
+            .map(|m| m.lag())
+            .unwrap_or_default();
         Summary {
             arrangements,
             operators,
             merges,
+            consumer_lag,
             completed_epoch,
             workers,
         }
@@ -509,6 +532,8 @@ pub struct WorkerIntrospection {
     live_keys_epoch: Option<Epoch>,
     walked: u64,
     inbox: std::sync::mpsc::Receiver<Request>,
+    /// The epoch the worker's source is at ([`WorkerIntrospection::source_at`]).
+    source: Rc<std::cell::Cell<Option<Epoch>>>,
 }
 
 impl WorkerIntrospection {
@@ -565,7 +590,14 @@ impl WorkerIntrospection {
             live_keys_epoch: None,
             walked: 0,
             inbox,
+            source: Rc::new(std::cell::Cell::new(None)),
         }
+    }
+
+    /// The cell the worker's source updates with the epoch it is at (see the sources'
+    /// `Throttle::at`).
+    pub fn source_at(&self) -> Rc<std::cell::Cell<Option<Epoch>>> {
+        self.source.clone()
     }
 
     /// Keeps the worker's arrangements for inspection (see the module docs).
@@ -628,9 +660,12 @@ impl WorkerIntrospection {
                     .map(|&(_, k)| k);
             }
         }
+        let input_epoch = self.source.get();
         into.publish(WorkerView {
             worker: self.index,
             completed_epoch: self.completed,
+            input_epoch,
+            source_ahead: input_epoch.map(|i| i.saturating_sub(self.completed.unwrap_or(0))),
             live_keys_epoch: self.live_keys_epoch,
             walked: self.walked,
             arrangements,
@@ -721,13 +756,27 @@ pub fn render(gathered: &[Gathered], sort: SortBy, operators: usize) -> String {
             .as_array()
             .and_then(|w| w.iter().filter_map(|w| w["age_ms"].as_u64()).max())
             .unwrap_or(0);
+        let ahead = s["workers"]
+            .as_array()
+            .and_then(|w| w.iter().filter_map(|w| w["source_ahead"].as_u64()).max());
+        let lag: i64 = s["consumer_lag"]
+            .as_array()
+            .map_or(0, |l| l.iter().filter_map(|p| p[1].as_i64()).sum());
         let _ = writeln!(
             t,
-            "process {}: {workers} workers, completed epoch {}, views {age} ms old",
+            "process {}: {workers} workers, completed epoch {}{}{}, views {age} ms old",
             g.addr,
             s["completed_epoch"]
                 .as_u64()
-                .map_or("none yet".to_owned(), |e| e.to_string())
+                .map_or("none yet".to_owned(), |e| e.to_string()),
+            ahead.map_or(String::new(), |a| format!(
+                ", sources up to {a} epochs ahead"
+            )),
+            if s["consumer_lag"].as_array().is_some_and(|l| !l.is_empty()) {
+                format!(", consumer lag {lag} records")
+            } else {
+                String::new()
+            },
         );
         let mut arrangements: Vec<&serde_json::Value> = s["arrangements"]
             .as_array()

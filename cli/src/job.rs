@@ -389,6 +389,7 @@ pub fn run(
             let throttle = Throttle {
                 completed: probe.clone(),
                 max_epochs_ahead: spec.max_epochs_ahead,
+                at: inspect.as_ref().map(|i| i.source_at()),
             };
             let parsed = match (&spec.input, &file2) {
                 (Input::File { .. }, Some(file)) => parse_source(

@@ -676,6 +676,9 @@ fn worker(args: WorkerArgs) -> Result<()> {
             ))
         }
     };
+    if let Some(i) = &introspection {
+        i.with_lag_of(metrics.clone());
+    }
     let metrics_addr = args
         .metrics
         .clone()

@@ -43,6 +43,8 @@ pub struct Metrics {
     sink_write: Histogram,
     /// Records behind each partition's end, set by the lag thread.
     lag: Family<Label, Gauge>,
+    /// The same, as last measured, for the inspector.
+    lag_now: Mutex<Vec<(u32, i64)>>,
     /// Next offset by partition as of the last delivered epoch.
     positions: Mutex<BTreeMap<u32, u64>>,
 }
@@ -66,6 +68,7 @@ impl Default for Metrics {
             epoch_latency: Histogram::new(latency_buckets()),
             sink_write: Histogram::new(latency_buckets()),
             lag: Family::default(),
+            lag_now: Mutex::new(Vec::new()),
             positions: Mutex::new(BTreeMap::new()),
         };
         // Every reason is shown from the start (at 0), so rates exist before the first rejection.
@@ -150,6 +153,11 @@ impl Metrics {
         if let Some(w) = out.watermark {
             self.watermark_seconds.set(w as f64 / 1e6);
         }
+        self.positions(out);
+    }
+
+    /// Records where an epoch's records end, by partition (what the lag is measured from).
+    pub fn positions(&self, out: &EpochOutput) {
         self.positions
             .lock()
             .expect("positions lock")
@@ -214,6 +222,11 @@ impl Metrics {
         self.epoch_latency.observe(d.as_secs_f64());
     }
 
+    /// The consumer lag as last measured, `(partition, records)`.
+    pub fn lag(&self) -> Vec<(u32, i64)> {
+        self.lag_now.lock().expect("lag lock").clone()
+    }
+
     /// Records how long a sink took to write an epoch.
     pub fn sink_write(&self, d: Duration) {
         self.sink_write.observe(d.as_secs_f64());
@@ -221,6 +234,7 @@ impl Metrics {
 
     /// Sets the consumer lag of each partition.
     pub fn set_lag(&self, lag: Vec<(u32, i64)>) {
+        self.lag_now.lock().expect("lag lock").clone_from(&lag);
         for (p, records) in lag {
             self.lag
                 .get_or_create(&[("partition", p.to_string())])
@@ -320,6 +334,9 @@ impl Sink for Measured {
     }
 
     fn restore(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
+        // A restart's restored epochs were counted before it, but the lag is measured from
+        // their positions too (else it shows the whole topic until the next new epoch).
+        self.metrics.positions(output);
         self.inner.restore(output)
     }
 

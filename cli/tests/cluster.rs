@@ -209,12 +209,23 @@ fn inspect_both(metrics: &[String; 2], reference: &Reference) {
             let totals = s["arrangements"][0]["live_keys"].as_u64();
             keys = keys.zip(totals).map(|(a, b)| a + b as usize);
         }
-        if keys == Some(open_keys) {
+        // Process 0 measures the consumer lag of the six partitions: none once all is read.
+        let lag = g[0]["summary"]["consumer_lag"].as_array().unwrap();
+        let caught_up = lag.len() == 6 && lag.iter().all(|p| p[1] == 0);
+        for w in g[..2]
+            .iter()
+            .flat_map(|p| p["summary"]["workers"].as_array().unwrap())
+        {
+            // A streaming source is always at an epoch, at or after the last completed one.
+            let (input, completed) = (w["input_epoch"].as_u64(), w["completed_epoch"].as_u64());
+            assert!(input.is_some() && input >= completed, "{w}");
+        }
+        if keys == Some(open_keys) && caught_up {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "totals hold {keys:?} live keys, the open days {open_keys}: {gathered}"
+            "totals hold {keys:?} live keys, the open days {open_keys} (and the lag): {gathered}"
         );
         std::thread::sleep(Duration::from_millis(300));
     }

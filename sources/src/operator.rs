@@ -35,6 +35,9 @@ pub struct Throttle {
     pub completed: ProbeHandle<Epoch>,
     /// How many epochs a source may run ahead of `completed`.
     pub max_epochs_ahead: u64,
+    /// Where the source shows the epoch it is at (its input frontier), for the inspector: read
+    /// on the same worker thread, between steps.
+    pub at: Option<std::rc::Rc<std::cell::Cell<Option<Epoch>>>>,
 }
 
 /// Builds the source operator named `name` (see the module docs). `grace` is the dataflow's
@@ -89,8 +92,16 @@ pub fn parse_source_archived<'scope, S: ChunkSource>(
                     activator.activate_after(Duration::from_millis(5));
                 }
             }
-            let Some(held) = caps.as_mut() else { return };
+            let Some(held) = caps.as_mut() else {
+                if let Some(at) = &throttle.at {
+                    at.set(None);
+                }
+                return;
+            };
             let current = *held[0].time();
+            if let Some(at) = &throttle.at {
+                at.set(Some(current));
+            }
             // Flow control: wait while too far ahead of what has been delivered.
             if throttle
                 .completed
