@@ -1243,12 +1243,46 @@ pub fn routes(introspection: Arc<Introspection>) -> axum::Router {
         p.map(|Q(p)| p)
             .map_err(|e| error(400, format!("bad query string: {}", e.body_text())))
     };
+    let asset = |content_type: &'static str, body: &'static str| {
+        move || async move {
+            (
+                [
+                    (axum::http::header::CONTENT_TYPE, content_type),
+                    (
+                        axum::http::header::CONTENT_SECURITY_POLICY,
+                        "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'",
+                    ),
+                    (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                ],
+                body,
+            )
+        }
+    };
     axum::Router::new()
+        .route(
+            "/debug/ui",
+            get(asset(
+                "text/html; charset=utf-8",
+                include_str!("inspector/index.html"),
+            )),
+        )
+        .route(
+            "/debug/ui.js",
+            get(asset(
+                "text/javascript; charset=utf-8",
+                include_str!("inspector/ui.js"),
+            )),
+        )
+        .route(
+            "/debug/ui.css",
+            get(asset("text/css; charset=utf-8", include_str!("inspector/ui.css"))),
+        )
         .route(
             "/debug/",
             get(|| async {
                 axum::Json(serde_json::json!({
                     "routes": {
+                        "/debug/ui": "the inspector page: arrangement sizes over time, operators, the graph, a lookup box",
                         "/debug/summary": "arrangements and operators summed over this process's workers, and each worker's own",
                         "/debug/arrangements": "per named arrangement: batches, updates, live keys and estimated bytes",
                         "/debug/operators": "per named operator: activations and scheduling time",

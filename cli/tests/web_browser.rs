@@ -418,3 +418,113 @@ fn user_box_day_picker_chart_and_errors() {
         c.close().await.unwrap();
     });
 }
+
+/// The inspector page (`/debug/ui`, served beside the leaderboard by `run`): its arrangements
+/// table shows what `/debug/arrangements` gives, its graph draws the named operators, and its
+/// lookup box shows the API's error for a bad key. Screenshot: `inspector-1280.png`.
+#[test]
+fn inspector_page_shows_arrangements_graph_and_lookup_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path());
+    let out = dir.path().join("out");
+    let introspection = Arc::new(rankmysteps::introspect::Introspection::default());
+    let spec = rankmysteps::job::JobSpec {
+        introspection: Some(introspection.clone()),
+        ..file_job(&input, 20, 10)
+    };
+    let sink = rankmysteps_sinks::local::LocalDirSink::create(
+        &out,
+        rankmysteps_sinks::local::LocalOptions::default(),
+    )
+    .unwrap();
+    rankmysteps::job::run(
+        spec,
+        Box::new(sink),
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )
+    .unwrap();
+    let server =
+        rankmysteps::serve::local(&out, "127.0.0.1:0", false, Some(introspection)).unwrap();
+    let api = get(server.addr(), "/debug/arrangements").unwrap().json();
+    let want: Vec<(String, String)> = api["arrangements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap().to_owned(),
+                a["live_keys"].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(want.len(), 5, "{api}");
+    let driver = Driver::start();
+    runtime().block_on(async {
+        let c = driver.client(1280, 900).await;
+        c.goto(&format!("http://{}/debug/ui", server.addr()))
+            .await
+            .unwrap();
+        let rows = eventually(
+            Duration::from_secs(20),
+            "the arrangements table",
+            || async {
+                let v = c
+                    .execute(
+                        "return Array.from(document.querySelectorAll('#arrangements tbody tr'))\
+                     .map(tr => [tr.children[0].textContent, tr.children[2].textContent]);",
+                        vec![],
+                    )
+                    .await
+                    .ok()?;
+                let rows: Vec<(String, String)> = v
+                    .as_array()?
+                    .iter()
+                    .map(|r| {
+                        (
+                            r[0].as_str().unwrap_or("").to_owned(),
+                            r[1].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect();
+                (rows.len() == 5).then_some(rows)
+            },
+        )
+        .await;
+        assert_eq!(rows, want);
+        let graph = eventually(Duration::from_secs(10), "the graph", || async {
+            let t = text(&c, "#graph svg").await;
+            t.contains("Totals").then_some(t)
+        })
+        .await;
+        for name in ["Admit", "TopK", "Deliver", "FileSource"] {
+            assert!(graph.contains(name), "no {name} in the graph: {graph}");
+        }
+        assert!(text(&c, "#status").await.contains("2 workers"));
+        c.find(Locator::Css("#day"))
+            .await
+            .unwrap()
+            .send_keys("2026-11-30")
+            .await
+            .unwrap();
+        c.find(Locator::Css("#user"))
+            .await
+            .unwrap()
+            .send_keys("not-a-uuid")
+            .await
+            .unwrap();
+        c.find(Locator::Css("#lookup button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let error = eventually(Duration::from_secs(10), "the lookup's error", || async {
+            let t = text(&c, "#answer .error").await;
+            (!t.is_empty()).then_some(t)
+        })
+        .await;
+        assert!(error.contains("not a UUID"), "{error}");
+        screenshot(&c, "inspector-1280.png").await;
+        c.close().await.unwrap();
+    });
+}
