@@ -303,3 +303,34 @@ fn the_embedded_page_serves_the_inspector_too() {
     let (status, body) = get(server.addr(), "/debug/nothing");
     assert!(status == 404 && body["error"].is_string(), "{body}");
 }
+
+/// A held inspection does not stop compaction: the same 20 users change in each of 80 epochs,
+/// and the traces the workers hold for the inspector end up with a bounded number of updates,
+/// not one per user per epoch (which they would hold if the handles never advanced).
+#[test]
+fn held_traces_keep_compacting() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..80u64)
+        .flat_map(|epoch| {
+            (1..=20u64).map(move |u| {
+                format!(
+                    "{{\"uuid\":{u},\"timestamp\":\"2026-01-10T10:{:02}:00Z\",\"steps\":{}}}",
+                    epoch % 60,
+                    u + epoch
+                )
+            })
+        })
+        .collect();
+    let s = inspect(dir.path(), &lines, 20).summary();
+    let totals = s.arrangements.iter().find(|a| a.name == "totals").unwrap();
+    assert_eq!(totals.live_keys, Some(20));
+    // 80 epochs × 20 changed users would be 3 200 updates (a retraction and an insertion
+    // each) without compaction.
+    assert!(totals.updates <= 20 * 2 * 8, "{totals:?}");
+    let by_total = s
+        .arrangements
+        .iter()
+        .find(|a| a.name == "by-total")
+        .unwrap();
+    assert!(by_total.updates <= 20 * 2 * 8, "{by_total:?}");
+}
