@@ -150,8 +150,8 @@ pub struct ReplayArgs {
     /// Output directory.
     #[arg(long, default_value = "/var/tmp/rankmysteps-bench-out")]
     out: PathBuf,
-    /// Keep the inspector's introspection on (timely operator logging, held traces walked
-    /// every 500 ms), as a worker does by default: measures its cost.
+    /// Keep the inspector's introspection on (timely's and differential's logging, held trace
+    /// handles, sizes published every 500 ms), as a worker does by default: measures its cost.
     #[arg(long)]
     introspection: bool,
 }

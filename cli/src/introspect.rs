@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use differential_dataflow::logging::{DifferentialEvent, DifferentialEventBuilder};
 use rankmysteps_dataflow::event::{Day, Epoch, User};
-use rankmysteps_dataflow::pipeline::{route_day, route_user};
-use rankmysteps_dataflow::ranking::{Standing, TopRow};
-use rankmysteps_dataflow::state::{ArrangementSize, LiveState, LookupError, TotalAt};
+use rankmysteps_dataflow::ranking::Standing;
+use rankmysteps_dataflow::state::{
+    day_owner, user_owner, ArrangementSize, LiveState, LookupError, TotalAt,
+};
 use serde::Serialize;
 use timely::logging::{StartStop, TimelyEvent, TimelyEventBuilder};
 
@@ -46,13 +47,16 @@ pub struct Introspection {
     /// Where the workers' log events are also written (`worker --capture`).
     capture: Option<Arc<Capture>>,
     /// The process's metrics, for the consumer lag they measure.
-    lag: Mutex<Option<Arc<crate::metrics::Metrics>>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Introspection {
-    /// Shows the consumer lag that `metrics` measures in the summary.
-    pub fn with_lag_of(&self, metrics: Arc<crate::metrics::Metrics>) {
-        *self.lag.lock().expect("lag lock") = Some(metrics);
+    /// This introspection, showing the consumer lag that `metrics` measures in the summary.
+    pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Introspection {
+        Introspection {
+            metrics: Some(metrics),
+            ..self
+        }
     }
 
     /// Ends the capture, if any, once the job has ended ([`Capture::finish`]).
@@ -126,6 +130,24 @@ pub struct OperatorView {
     pub shut_down: bool,
 }
 
+impl OperatorView {
+    /// This operator with no activations or time yet (to sum other workers' into).
+    fn zeroed(&self) -> OperatorView {
+        OperatorView {
+            activations: 0,
+            elapsed_ns: 0,
+            ..self.clone()
+        }
+    }
+
+    /// Adds another worker's activations and time of the same operator.
+    fn add(&mut self, other: &OperatorView) {
+        self.activations += other.activations;
+        self.elapsed_ns += other.elapsed_ns;
+        self.shut_down &= other.shut_down;
+    }
+}
+
 /// One channel of the dataflow graph, from timely's `Channels` and `Messages` events.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ChannelView {
@@ -145,6 +167,27 @@ pub struct ChannelView {
     pub messages_received: u64,
     /// See `messages_received`.
     pub records_received: u64,
+}
+
+impl ChannelView {
+    /// This channel with nothing sent or received yet (to sum other workers' into).
+    fn zeroed(&self) -> ChannelView {
+        ChannelView {
+            messages_sent: 0,
+            records_sent: 0,
+            messages_received: 0,
+            records_received: 0,
+            ..self.clone()
+        }
+    }
+
+    /// Adds what another worker sent and received on the same channel.
+    fn add(&mut self, other: &ChannelView) {
+        self.messages_sent += other.messages_sent;
+        self.records_sent += other.records_sent;
+        self.messages_received += other.messages_received;
+        self.records_received += other.records_received;
+    }
 }
 
 /// What differential's `"differential/arrange"` log says of one arrangement operator: the
@@ -170,6 +213,20 @@ pub struct MergeView {
     pub shortfalls: u64,
     /// See `shortfalls`.
     pub shortfall: u64,
+}
+
+impl MergeView {
+    /// Adds another worker's batches and merges of the same arrangement.
+    fn add(&mut self, other: &MergeView) {
+        self.batches_built += other.batches_built;
+        self.records_built += other.records_built;
+        self.merges_started += other.merges_started;
+        self.merges_completed += other.merges_completed;
+        self.merged_in += other.merged_in;
+        self.merged_out += other.merged_out;
+        self.shortfalls += other.shortfalls;
+        self.shortfall += other.shortfall;
+    }
 }
 
 /// The dataflow graph of a process: its operators (by address) and channels, with the
@@ -266,28 +323,13 @@ impl Introspection {
         let mut channels: BTreeMap<usize, ChannelView> = BTreeMap::new();
         for w in workers.values() {
             for o in &w.operators {
-                let x = operators
+                operators
                     .entry(o.address.clone())
-                    .or_insert_with(|| OperatorView {
-                        activations: 0,
-                        elapsed_ns: 0,
-                        ..o.clone()
-                    });
-                x.activations += o.activations;
-                x.elapsed_ns += o.elapsed_ns;
+                    .or_insert_with(|| o.zeroed())
+                    .add(o);
             }
             for c in &w.channels {
-                let x = channels.entry(c.id).or_insert_with(|| ChannelView {
-                    messages_sent: 0,
-                    records_sent: 0,
-                    messages_received: 0,
-                    records_received: 0,
-                    ..c.clone()
-                });
-                x.messages_sent += c.messages_sent;
-                x.records_sent += c.records_sent;
-                x.messages_received += c.messages_received;
-                x.records_received += c.records_received;
+                channels.entry(c.id).or_insert_with(|| c.zeroed()).add(c);
             }
         }
         Graph {
@@ -335,47 +377,26 @@ impl Introspection {
             w.age_ms = w.taken.map_or(0, |t| t.elapsed().as_millis() as u64);
             for a in &w.arrangements {
                 match arrangements.iter_mut().find(|x| x.name == a.name) {
-                    Some(x) => {
-                        x.batches += a.batches;
-                        x.updates += a.updates;
-                        x.bytes += a.bytes;
-                        x.live_keys = match (x.live_keys, a.live_keys) {
-                            (Some(x), Some(a)) => Some(x + a),
-                            _ => None,
-                        };
-                    }
+                    Some(x) => x.add(a),
                     None => arrangements.push(a.clone()),
                 }
             }
             for o in &w.operators {
-                let x = operators
+                operators
                     .entry(o.name.clone())
-                    .or_insert_with(|| OperatorView {
-                        id: o.id,
-                        name: o.name.clone(),
-                        address: o.address.clone(),
-                        shut_down: o.shut_down,
-                        ..OperatorView::default()
-                    });
-                x.shut_down &= o.shut_down;
-                x.activations += o.activations;
-                x.elapsed_ns += o.elapsed_ns;
+                    .or_insert_with(|| o.zeroed())
+                    .add(o);
             }
         }
         let mut merges: BTreeMap<String, MergeView> = BTreeMap::new();
         for m in workers.iter().flat_map(|w| &w.merges) {
-            let x = merges.entry(m.name.clone()).or_insert_with(|| MergeView {
-                name: m.name.clone(),
-                ..MergeView::default()
-            });
-            x.batches_built += m.batches_built;
-            x.records_built += m.records_built;
-            x.merges_started += m.merges_started;
-            x.merges_completed += m.merges_completed;
-            x.merged_in += m.merged_in;
-            x.merged_out += m.merged_out;
-            x.shortfalls += m.shortfalls;
-            x.shortfall += m.shortfall;
+            merges
+                .entry(m.name.clone())
+                .or_insert_with(|| MergeView {
+                    name: m.name.clone(),
+                    ..MergeView::default()
+                })
+                .add(m);
         }
         let merges = merges.into_values().collect();
         let mut operators: Vec<OperatorView> = operators.into_values().collect();
@@ -385,13 +406,7 @@ impl Introspection {
         } else {
             workers.iter().filter_map(|w| w.completed_epoch).min()
         };
-        let consumer_lag = self
-            .lag
-            .lock()
-            .expect("lag lock")
-            .as_ref()
-            .map(|m| m.lag())
-            .unwrap_or_default();
+        let consumer_lag = self.metrics.as_ref().map(|m| m.lag()).unwrap_or_default();
         Summary {
             arrangements,
             operators,
@@ -415,42 +430,51 @@ struct OperatorLog {
 impl OperatorLog {
     /// Folds one of differential's arrangement log events into the log.
     fn apply_differential(&mut self, event: DifferentialEvent) {
-        let (operator, update): (usize, Box<dyn FnOnce(&mut MergeView)>) = match event {
-            DifferentialEvent::Batch(e) => (
-                e.operator,
-                Box::new(move |m: &mut MergeView| {
-                    m.batches_built += 1;
-                    m.records_built += e.length as u64;
-                }),
-            ),
-            DifferentialEvent::Merge(e) => (
-                e.operator,
-                Box::new(move |m: &mut MergeView| match e.complete {
-                    None => m.merges_started += 1,
-                    Some(out) => {
-                        m.merges_completed += 1;
-                        m.merged_in += (e.length1 + e.length2) as u64;
-                        m.merged_out += out as u64;
-                    }
-                }),
-            ),
-            DifferentialEvent::MergeShortfall(e) => (
-                e.operator,
-                Box::new(move |m: &mut MergeView| {
-                    m.shortfalls += 1;
-                    m.shortfall += e.shortfall as u64;
-                }),
-            ),
+        let operator = match &event {
+            DifferentialEvent::Batch(e) => e.operator,
+            DifferentialEvent::Merge(e) => e.operator,
+            DifferentialEvent::MergeShortfall(e) => e.operator,
             _ => return,
         };
-        let name = self
-            .operators
-            .get(&operator)
-            .map_or_else(|| format!("operator {operator}"), |(o, _)| o.name.clone());
-        update(self.merges.entry(operator).or_insert_with(|| MergeView {
-            name,
+        let operators = &self.operators;
+        let m = self.merges.entry(operator).or_insert_with(|| MergeView {
+            name: operators
+                .get(&operator)
+                .map_or_else(|| format!("operator {operator}"), |(o, _)| o.name.clone()),
             ..MergeView::default()
-        }));
+        });
+        match event {
+            DifferentialEvent::Batch(e) => {
+                m.batches_built += 1;
+                m.records_built += e.length as u64;
+            }
+            DifferentialEvent::Merge(e) => match e.complete {
+                None => m.merges_started += 1,
+                Some(out) => {
+                    m.merges_completed += 1;
+                    m.merged_in += (e.length1 + e.length2) as u64;
+                    m.merged_out += out as u64;
+                }
+            },
+            DifferentialEvent::MergeShortfall(e) => {
+                m.shortfalls += 1;
+                m.shortfall += e.shortfall as u64;
+            }
+            _ => {}
+        }
+    }
+
+    /// What the log holds, as a worker publishes it: operators by scheduling time (largest
+    /// first), channels and merges by id.
+    fn views(&self) -> (Vec<OperatorView>, Vec<ChannelView>, Vec<MergeView>) {
+        let mut operators: Vec<OperatorView> =
+            self.operators.values().map(|(o, _)| o.clone()).collect();
+        operators.sort_by_key(|o| std::cmp::Reverse(o.elapsed_ns));
+        (
+            operators,
+            self.channels.values().cloned().collect(),
+            self.merges.values().cloned().collect(),
+        )
     }
 
     /// Folds one of timely's log events (at `time` since the worker started) into the log.
@@ -521,6 +545,8 @@ impl OperatorLog {
 
 /// The worker's side: its traces, its operator log, and when it last published.
 pub struct WorkerIntrospection {
+    /// Where this worker publishes.
+    into: Arc<Introspection>,
     index: usize,
     state: Option<LiveState>,
     log: Rc<RefCell<OperatorLog>>,
@@ -541,7 +567,7 @@ impl WorkerIntrospection {
     /// (operators built before are never seen).
     pub fn register(
         worker: &mut timely::worker::Worker,
-        into: &Introspection,
+        into: &Arc<Introspection>,
     ) -> WorkerIntrospection {
         let (sender, inbox) = std::sync::mpsc::channel();
         into.inboxes
@@ -581,6 +607,7 @@ impl WorkerIntrospection {
             );
         }
         WorkerIntrospection {
+            into: into.clone(),
             index: worker.index(),
             state: None,
             log,
@@ -606,9 +633,10 @@ impl WorkerIntrospection {
     }
 
     /// After each step: advances the traces' compaction to `completed` (the last completed
-    /// epoch, if the probe names one), and publishes to `into` when it is time (or with
-    /// `force`, at the end).
-    pub fn after_step(&mut self, completed: Option<Epoch>, into: &Introspection, force: bool) {
+    /// epoch, if the probe names one), answers the lookups waiting, and publishes when it is
+    /// time (or with `force`, at the end).
+    pub fn after_step(&mut self, completed: Option<Epoch>, force: bool) {
+        let into = self.into.clone();
         if let Some(c) = completed {
             self.completed = self.completed.max(Some(c));
             if let Some(state) = &mut self.state {
@@ -624,16 +652,7 @@ impl WorkerIntrospection {
             return;
         }
         self.last = Some(Instant::now());
-        let mut operators: Vec<OperatorView> = self
-            .log
-            .borrow()
-            .operators
-            .values()
-            .map(|(o, _)| o.clone())
-            .collect();
-        operators.sort_by_key(|o| std::cmp::Reverse(o.elapsed_ns));
-        let channels: Vec<ChannelView> = self.log.borrow().channels.values().cloned().collect();
-        let merges: Vec<MergeView> = self.log.borrow().merges.values().cloned().collect();
+        let (operators, channels, merges) = self.log.borrow().views();
         let mut arrangements = Vec::new();
         if let Some(state) = &mut self.state {
             arrangements = state.sizes();
@@ -896,11 +915,6 @@ pub enum Query {
         /// The epoch of the total.
         at: Epoch,
     },
-    /// The day's top-k at the day's worker's last completed epoch.
-    Top {
-        /// The day.
-        day: Day,
-    },
 }
 
 /// The answer to a [`Query`].
@@ -910,8 +924,6 @@ pub enum Answer {
     Total(Result<TotalAt, LookupError>),
     /// To [`Query::Standing`]: at which epoch, and the standing if the user is ranked.
     Standing(Result<(Epoch, Option<Standing>), LookupError>),
-    /// To [`Query::Top`]: at which epoch, and the rows.
-    Top(Result<(Epoch, Vec<TopRow>), LookupError>),
 }
 
 struct Request {
@@ -936,18 +948,13 @@ impl Introspection {
     /// before the workers started).
     pub fn owners(&self, day: Day, user: User) -> Option<(usize, usize)> {
         let peers = *self.peers.lock().expect("peers lock");
-        (peers > 0).then(|| {
-            (
-                (route_user(user) % peers as u64) as usize,
-                (route_day(day) % peers as u64) as usize,
-            )
-        })
+        (peers > 0).then(|| (user_owner(user, peers), day_owner(day, peers)))
     }
 
     /// The worker that owns `day`'s ranking.
     pub fn day_owner(&self, day: Day) -> Option<usize> {
         let peers = *self.peers.lock().expect("peers lock");
-        (peers > 0).then(|| (route_day(day) % peers as u64) as usize)
+        (peers > 0).then(|| day_owner(day, peers))
     }
 
     /// Asks `worker` (of this process) `query`, waiting at most `timeout` for its next step.
@@ -980,7 +987,6 @@ impl WorkerIntrospection {
                 (None, _) | (_, None) => match request.query {
                     Query::Total { .. } => Answer::Total(Err(LookupError::NotYet)),
                     Query::Standing { .. } => Answer::Standing(Err(LookupError::NotYet)),
-                    Query::Top { .. } => Answer::Top(Err(LookupError::NotYet)),
                 },
                 (Some(state), Some(completed)) => match request.query {
                     Query::Total { day, user } => Answer::Total(state.total(day, user, completed)),
@@ -995,9 +1001,6 @@ impl WorkerIntrospection {
                             .standing(day, user, total, neighbours, at)
                             .map(|s| (at, s)),
                     ),
-                    Query::Top { day } => {
-                        Answer::Top(state.top(day, completed).map(|rows| (completed, rows)))
-                    }
                 },
             };
             // The asker may have given up: nothing to do then.
@@ -1234,15 +1237,21 @@ pub struct GraphParams {
     format: Option<String>,
 }
 
+/// A route's query string, or the 400 that says what is wrong with it.
+fn query_params<T>(
+    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Reply> {
+    q.map(|axum::extract::Query(p)| p)
+        .map_err(|e| error(400, format!("bad query string: {}", e.body_text())))
+}
+
 /// The `/debug/` routes of `introspection` (JSON; bad input gets a JSON error with a reason).
 pub fn routes(introspection: Arc<Introspection>) -> axum::Router {
+    use axum::extract::rejection::QueryRejection;
     use axum::extract::{Query as Q, State};
     use axum::routing::get;
     type S = State<Arc<Introspection>>;
-    let params = |p: Result<Q<LookupParams>, axum::extract::rejection::QueryRejection>| {
-        p.map(|Q(p)| p)
-            .map_err(|e| error(400, format!("bad query string: {}", e.body_text())))
-    };
+    let params = query_params::<LookupParams>;
     let asset = |content_type: &'static str, body: &'static str| {
         move || async move {
             (
@@ -1335,21 +1344,20 @@ pub fn routes(introspection: Arc<Introspection>) -> axum::Router {
         .route(
             "/debug/graph",
             get(
-                |State(i): S, q: Result<Q<GraphParams>, axum::extract::rejection::QueryRejection>| async move {
+                |State(i): S, q: Result<Q<GraphParams>, QueryRejection>| async move {
                     use axum::response::IntoResponse;
-                    match q {
-                        Ok(Q(GraphParams { format: Some(f) })) if f == "dot" => (
+                    match query_params(q) {
+                        Ok(GraphParams { format: Some(f) }) if f == "dot" => (
                             [(axum::http::header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],
                             i.graph().dot(),
                         )
                             .into_response(),
-                        Ok(Q(GraphParams { format: None })) => axum::Json(i.graph()).into_response(),
-                        Ok(Q(GraphParams { format: Some(f) })) => {
+                        Ok(GraphParams { format: None }) => axum::Json(i.graph()).into_response(),
+                        Ok(GraphParams { format: Some(f) }) => {
                             error(400, format!("format {f:?}: use format=dot, or none for JSON"))
                                 .into_response()
                         }
-                        Err(e) => error(400, format!("bad query string: {}", e.body_text()))
-                            .into_response(),
+                        Err(r) => r.into_response(),
                     }
                 },
             ),
@@ -1448,7 +1456,12 @@ fn describe(status: u16, body: &serde_json::Value) -> String {
     }
 }
 
-fn get_json(addr: &str, path: &str, timeout: Duration) -> Result<(u16, serde_json::Value), String> {
+/// `GET path` from `addr`, with errors for a person.
+fn get(
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<rankmysteps_web::client::Response, String> {
     use std::net::ToSocketAddrs;
     let socket = addr
         .to_socket_addrs()
@@ -1457,29 +1470,22 @@ fn get_json(addr: &str, path: &str, timeout: Duration) -> Result<(u16, serde_jso
         .ok_or_else(|| format!("{addr} resolves to no address"))?;
     let mut connection = rankmysteps_web::client::Connection::open(socket, timeout)
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let response = connection.get(path).map_err(|e| format!("{addr}: {e}"))?;
-    Ok((response.status, response.json()))
+    connection.get(path).map_err(|e| format!("{addr}: {e}"))
+}
+
+fn get_json(addr: &str, path: &str, timeout: Duration) -> Result<(u16, serde_json::Value), String> {
+    get(addr, path, timeout).map(|r| (r.status, r.json()))
 }
 
 /// The body of `GET path` from the first of `addrs` that answers it with 200 (the others'
 /// errors, if none does).
 pub fn get_text(addrs: &[String], path: &str, timeout: Duration) -> Result<String, String> {
-    use std::net::ToSocketAddrs;
     let mut errors = Vec::new();
     for addr in addrs {
-        let socket = match addr.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(s)) => s,
-            _ => {
-                errors.push(format!("cannot resolve {addr}"));
-                continue;
-            }
-        };
-        match rankmysteps_web::client::Connection::open(socket, timeout)
-            .and_then(|mut c| c.get(path))
-        {
+        match get(addr, path, timeout) {
             Ok(r) if r.status == 200 => return Ok(r.text()),
             Ok(r) => errors.push(format!("{addr}: {}", describe(r.status, &r.json()))),
-            Err(e) => errors.push(format!("cannot connect to {addr}: {e}")),
+            Err(e) => errors.push(e),
         }
     }
     Err(errors.join("; "))
@@ -1650,13 +1656,12 @@ pub fn replay(path: &std::path::Path) -> Result<Introspection, String> {
     }
     let introspection = Introspection::default();
     for (worker, log) in logs {
-        let mut operators: Vec<OperatorView> =
-            log.operators.into_values().map(|(o, _)| o).collect();
-        operators.sort_by_key(|o| std::cmp::Reverse(o.elapsed_ns));
+        let (operators, channels, merges) = log.views();
         introspection.publish(WorkerView {
             worker,
             operators,
-            channels: log.channels.into_values().collect(),
+            channels,
+            merges,
             ..WorkerView::default()
         });
     }

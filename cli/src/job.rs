@@ -474,13 +474,13 @@ pub fn run(
         };
         while !probe.done() {
             worker.step_or_park(Some(Duration::from_millis(20)));
-            if let (Some(inspect), Some(into)) = (&mut inspect, &spec.introspection) {
-                inspect.after_step(completed(&probe), into, false);
+            if let Some(inspect) = &mut inspect {
+                inspect.after_step(completed(&probe), false);
             }
         }
-        if let (Some(inspect), Some(into)) = (&mut inspect, &spec.introspection) {
+        if let Some(inspect) = &mut inspect {
             // At the end (the probe's frontier is empty): what the arrangements hold last.
-            inspect.after_step(None, into, true);
+            inspect.after_step(None, true);
         }
     })
     .map_err(CliError::Worker)?;

@@ -667,18 +667,16 @@ fn worker(args: WorkerArgs) -> Result<()> {
     let metrics = Arc::new(rankmysteps::metrics::Metrics::default());
     let introspection = match (&args.capture, args.no_introspection) {
         (_, true) => None,
-        (None, false) => Some(Arc::new(rankmysteps::introspect::Introspection::default())),
+        (None, false) => Some(rankmysteps::introspect::Introspection::default()),
         (Some(path), false) => {
             let capture = rankmysteps::introspect::Capture::create(path)
                 .with_context(|| format!("--capture: cannot create {}", path.display()))?;
-            Some(Arc::new(
-                rankmysteps::introspect::Introspection::with_capture(capture),
+            Some(rankmysteps::introspect::Introspection::with_capture(
+                capture,
             ))
         }
-    };
-    if let Some(i) = &introspection {
-        i.with_lag_of(metrics.clone());
     }
+    .map(|i| Arc::new(i.with_metrics(metrics.clone())));
     let metrics_addr = args
         .metrics
         .clone()
@@ -888,11 +886,7 @@ fn inspect(args: InspectArgs) -> Result<()> {
                         summary: serde_json::to_value(replayed.summary())?,
                     },
                 }];
-                if args.json {
-                    println!("{}", serde_json::to_string_pretty(&gathered)?);
-                } else {
-                    print!("{}", render(&gathered, sort, args.operators));
-                }
+                print_gathered(&gathered, &args, sort)?;
             }
         }
         return Ok(());
@@ -951,16 +945,29 @@ fn inspect(args: InspectArgs) -> Result<()> {
         return Ok(());
     }
     let gathered = gather(&args.addr, timeout);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&gathered)?);
-    } else {
-        print!("{}", render(&gathered, sort, args.operators));
-    }
+    print_gathered(&gathered, &args, sort)?;
     if gathered
         .iter()
         .any(|g| matches!(g.result, GatherResult::Error { .. }))
     {
         std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `inspect`'s output: the JSON of every process with --json, else the tables.
+fn print_gathered(
+    gathered: &[rankmysteps::introspect::Gathered],
+    args: &InspectArgs,
+    sort: rankmysteps::introspect::SortBy,
+) -> Result<()> {
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(gathered)?);
+    } else {
+        print!(
+            "{}",
+            rankmysteps::introspect::render(gathered, sort, args.operators)
+        );
     }
     Ok(())
 }

@@ -115,11 +115,7 @@ fn two_processes_match_the_reference_across_a_crash() {
     assert!(b1.0.try_wait().unwrap().is_none(), "process 1 exited early");
     inspect_both(&metrics, &reference);
     // `inspect --config` finds both processes from [cluster] metrics.
-    let out = Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
-        .args(["inspect", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
+    let out = inspect(&["--json", "--config", config.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
@@ -164,18 +160,15 @@ fn inspect_both(metrics: &[String; 2], reference: &Reference) {
     let nobody = format!("127.0.0.1:{}", free_port());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let out = Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
-            .args([
-                "inspect",
-                "--json",
-                "--addr",
-                &metrics[0],
-                "--addr",
-                &metrics[1],
-            ])
-            .args(["--addr", &nobody])
-            .output()
-            .unwrap();
+        let out = inspect(&[
+            "--json",
+            "--addr",
+            &metrics[0],
+            "--addr",
+            &metrics[1],
+            "--addr",
+            &nobody,
+        ]);
         assert_eq!(out.status.code(), Some(1), "one process is unreachable");
         let gathered: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let g = gathered.as_array().unwrap();
@@ -231,10 +224,7 @@ fn inspect_both(metrics: &[String; 2], reference: &Reference) {
     }
     lookups_equal_the_reference(metrics, reference);
     // The table names every process, the unreachable one too.
-    let out = Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
-        .args(["inspect", "--addr", &metrics[0], "--addr", &nobody])
-        .output()
-        .unwrap();
+    let out = inspect(&["--addr", &metrics[0], "--addr", &nobody]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
         text.contains("ARRANGEMENT") && text.contains("totals") && text.contains("UNREACHABLE"),
@@ -250,18 +240,20 @@ fn lookups_equal_the_reference(metrics: &[String; 2], reference: &Reference) {
     use rankmysteps_dataflow::event::{format_day, format_user};
     use rankmysteps_dataflow::ranking::{sort_listing, standing};
     let lookup = |day: &str, user: &str| {
-        Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
-            .args([
-                "inspect",
-                "--json",
-                "--addr",
-                &metrics[0],
-                "--addr",
-                &metrics[1],
-            ])
-            .args(["lookup", "--day", day, "--user", user, "--neighbours", "2"])
-            .output()
-            .unwrap()
+        inspect(&[
+            "--json",
+            "--addr",
+            &metrics[0],
+            "--addr",
+            &metrics[1],
+            "lookup",
+            "--day",
+            day,
+            "--user",
+            user,
+            "--neighbours",
+            "2",
+        ])
     };
     let (day, open) = reference.days.iter().find(|(_, d)| !d.is_final).unwrap();
     let mut listing: Vec<_> = open.totals.iter().map(|(u, t)| (*u, *t)).collect();
@@ -320,4 +312,13 @@ fn lookups_equal_the_reference(metrics: &[String; 2], reference: &Reference) {
         !out.status.success() && stderr.contains("not a YYYY-MM-DD"),
         "{stderr}"
     );
+}
+
+/// `rankmysteps inspect ARGS`, run to completion.
+fn inspect(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
+        .arg("inspect")
+        .args(args)
+        .output()
+        .unwrap()
 }

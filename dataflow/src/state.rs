@@ -61,6 +61,16 @@ pub struct TotalAt {
     pub status: DayStatus,
 }
 
+/// The worker (of `peers`) that owns a user's totals: where the exchange by user sends them.
+pub fn user_owner(user: User, peers: usize) -> usize {
+    (route_user(user) % peers as u64) as usize
+}
+
+/// The worker (of `peers`) that owns a day's histogram, index and top-k.
+pub fn day_owner(day: Day, peers: usize) -> usize {
+    (route_day(day) % peers as u64) as usize
+}
+
 /// One worker's handle on the live state.
 pub struct LiveState {
     traces: Traces,
@@ -86,12 +96,12 @@ impl LiveState {
 
     /// The worker that owns a user's totals.
     pub fn owner_of_user(&self, user: User) -> usize {
-        (route_user(user) % self.peers as u64) as usize
+        user_owner(user, self.peers)
     }
 
     /// The worker that owns a day's histogram, index and top-k.
     pub fn owner_of_day(&self, day: Day) -> usize {
-        (route_day(day) % self.peers as u64) as usize
+        day_owner(day, self.peers)
     }
 
     /// Lets the arrangements forget the distinctions between epochs before `completed`: later
@@ -504,6 +514,17 @@ pub struct ArrangementSize {
     /// Live keys (for `top-k`: live rows) at the last completed epoch, when walked (an
     /// O(records) walk of the trace, [`LiveState::held`]; `None` when not walked).
     pub live_keys: Option<usize>,
+}
+
+impl ArrangementSize {
+    /// Adds `other`'s sizes (another worker's shard of the same arrangement); the live keys
+    /// are known only if both are.
+    pub fn add(&mut self, other: &ArrangementSize) {
+        self.batches += other.batches;
+        self.updates += other.updates;
+        self.bytes += other.bytes;
+        self.live_keys = self.live_keys.zip(other.live_keys).map(|(a, b)| a + b);
+    }
 }
 
 impl LiveState {
