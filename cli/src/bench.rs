@@ -223,6 +223,7 @@ fn cpu_seconds() -> f64 {
 fn core_once(a: CoreOnceArgs) -> Result<(), CliError> {
     let spec = JobSpec {
         introspection: None,
+        linger: None,
         workers: a.workers,
         settings: Settings {
             k: a.k,
@@ -400,6 +401,7 @@ fn replay(a: ReplayArgs) -> Result<(), CliError> {
         introspection: a
             .introspection
             .then(|| Arc::new(crate::introspect::Introspection::default())),
+        linger: None,
         workers: a.workers,
         settings: Settings::default(),
         parse: ParseConfig::default(),
@@ -533,6 +535,7 @@ fn window_once(a: WindowOnceArgs) -> Result<(), CliError> {
         .ok_or_else(|| CliError::Setting(format!("--window: cannot read {:?}", a.window)))?;
     let spec = JobSpec {
         introspection: None,
+        linger: None,
         workers: a.workers,
         settings: Settings {
             dedup_window,

@@ -93,6 +93,7 @@ pub fn writer(a: WebWriterArgs) -> Result<(), CliError> {
     let sink = CassandraSink::connect(&c, JOB)?;
     let spec = JobSpec {
         introspection: None,
+        linger: None,
         workers: 1,
         settings: Settings {
             k: 100,

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use differential_dataflow::logging::{DifferentialEvent, DifferentialEventBuilder};
 use rankmysteps_dataflow::event::{Day, Epoch, User};
-use rankmysteps_dataflow::ranking::Standing;
+use rankmysteps_dataflow::ranking::{Standing, TopRow};
 use rankmysteps_dataflow::state::{
-    day_owner, user_owner, ArrangementSize, LiveState, LookupError, TotalAt,
+    day_owner, user_owner, ArrangementSize, DayStatus, LiveState, LookupError, TotalAt,
 };
 use serde::Serialize;
 use timely::logging::{StartStop, TimelyEvent, TimelyEventBuilder};
@@ -126,8 +126,18 @@ pub struct OperatorView {
     pub activations: u64,
     /// Total time it ran, nanoseconds.
     pub elapsed_ns: u64,
+    /// Time it ran per epoch, over the worker's last advance of its completed epoch: the time
+    /// between the last two advances the worker saw, divided by the epochs it advanced by.
+    pub last_epoch_ns: u64,
+    /// Time it ran per epoch on average since the worker started: `elapsed_ns` over the epochs
+    /// it completed (the first completion it saw counts as one, so a restart from epoch 1 000
+    /// is not averaged over a thousand epochs it never ran).
+    pub per_epoch_ns: u64,
     /// It has shut down (its dataflow ended).
     pub shut_down: bool,
+    /// `elapsed_ns` at the worker's last advance of its completed epoch.
+    #[serde(skip)]
+    mark_ns: u64,
 }
 
 impl OperatorView {
@@ -136,6 +146,8 @@ impl OperatorView {
         OperatorView {
             activations: 0,
             elapsed_ns: 0,
+            last_epoch_ns: 0,
+            per_epoch_ns: 0,
             ..self.clone()
         }
     }
@@ -144,6 +156,8 @@ impl OperatorView {
     fn add(&mut self, other: &OperatorView) {
         self.activations += other.activations;
         self.elapsed_ns += other.elapsed_ns;
+        self.last_epoch_ns += other.last_epoch_ns;
+        self.per_epoch_ns += other.per_epoch_ns;
         self.shut_down &= other.shut_down;
     }
 }
@@ -425,9 +439,23 @@ struct OperatorLog {
     channels: BTreeMap<usize, ChannelView>,
     /// By arrangement operator id.
     merges: BTreeMap<usize, MergeView>,
+    /// Epochs completed since the worker started (see [`OperatorView::per_epoch_ns`]).
+    epochs: u64,
 }
 
 impl OperatorLog {
+    /// The worker's completed epoch advanced by `epochs`: each operator's time since the last
+    /// advance becomes its time per epoch.
+    fn epochs_completed(&mut self, epochs: u64) {
+        let epochs = epochs.max(1);
+        self.epochs += epochs;
+        for (op, _) in self.operators.values_mut() {
+            op.last_epoch_ns = (op.elapsed_ns - op.mark_ns) / epochs;
+            op.mark_ns = op.elapsed_ns;
+            op.per_epoch_ns = op.elapsed_ns / self.epochs;
+        }
+    }
+
     /// Folds one of differential's arrangement log events into the log.
     fn apply_differential(&mut self, event: DifferentialEvent) {
         let operator = match &event {
@@ -636,8 +664,36 @@ impl WorkerIntrospection {
     /// epoch, if the probe names one), answers the lookups waiting, and publishes when it is
     /// time (or with `force`, at the end).
     pub fn after_step(&mut self, completed: Option<Epoch>, force: bool) {
+        self.step(completed, force, false);
+    }
+
+    /// At the end of the input (the probe's frontier is empty, so it names no epoch): publishes
+    /// what the arrangements hold last, walked at the last time. `last` is the last epoch
+    /// delivered, if this process knows it (it runs worker 0): later lookups are answered at
+    /// it; else at the last epoch this worker saw complete.
+    pub fn ended(&mut self, last: Option<Epoch>) {
+        self.step(last.max(self.completed), true, true);
+    }
+
+    /// After each step of a worker that stays after the end ([`crate::job::JobSpec::linger`]):
+    /// answers lookups, and publishes; `last` is the last epoch delivered, which may still grow
+    /// after the end (the probe passes an epoch before worker 0 has delivered it).
+    pub fn lingering(&mut self, last: Option<Epoch>) {
+        if last > self.completed {
+            self.ended(last);
+        } else {
+            self.after_step(None, false);
+        }
+    }
+
+    fn step(&mut self, completed: Option<Epoch>, force: bool, end: bool) {
         let into = self.into.clone();
         if let Some(c) = completed {
+            match self.completed {
+                None => self.log.borrow_mut().epochs_completed(1),
+                Some(before) if c > before => self.log.borrow_mut().epochs_completed(c - before),
+                Some(_) => {}
+            }
             self.completed = self.completed.max(Some(c));
             if let Some(state) = &mut self.state {
                 state.advance(c.saturating_sub(LOOKUP_WINDOW));
@@ -656,8 +712,8 @@ impl WorkerIntrospection {
         let mut arrangements = Vec::new();
         if let Some(state) = &mut self.state {
             arrangements = state.sizes();
-            // At the end (`force` with no epoch: every epoch is complete) at the last time.
-            let at = if force && completed.is_none() {
+            // At the end: at the last time.
+            let at = if end {
                 Some(Epoch::MAX)
             } else {
                 self.completed
@@ -847,8 +903,8 @@ pub fn render(gathered: &[Gathered], sort: SortBy, operators: usize) -> String {
         }
         let _ = writeln!(
             t,
-            "  {:<28} {:>12} {:>12} {:>7}",
-            "OPERATOR", "ACTIVATIONS", "TIME (ms)", "SHARE"
+            "  {:<28} {:>12} {:>12} {:>7} {:>13} {:>13}",
+            "OPERATOR", "ACTIVATIONS", "TIME (ms)", "SHARE", "LAST EPOCH µs", "MEAN EPOCH µs"
         );
         for o in ops.iter().take(operators) {
             let ns = o["elapsed_ns"].as_u64().unwrap_or(0);
@@ -859,11 +915,13 @@ pub fn render(gathered: &[Gathered], sort: SortBy, operators: usize) -> String {
             };
             let _ = writeln!(
                 t,
-                "  {:<28} {:>12} {:>12.1} {:>7}",
+                "  {:<28} {:>12} {:>12.1} {:>7} {:>13.1} {:>13.1}",
                 o["name"].as_str().unwrap_or("?"),
                 o["activations"].as_u64().unwrap_or(0),
                 ns as f64 / 1e6,
                 share,
+                o["last_epoch_ns"].as_u64().unwrap_or(0) as f64 / 1e3,
+                o["per_epoch_ns"].as_u64().unwrap_or(0) as f64 / 1e3,
             );
         }
         if ops.len() > operators {
@@ -915,6 +973,11 @@ pub enum Query {
         /// The epoch of the total.
         at: Epoch,
     },
+    /// The day's top-k at the day's worker's last completed epoch.
+    Top {
+        /// The day.
+        day: Day,
+    },
 }
 
 /// The answer to a [`Query`].
@@ -924,6 +987,8 @@ pub enum Answer {
     Total(Result<TotalAt, LookupError>),
     /// To [`Query::Standing`]: at which epoch, and the standing if the user is ranked.
     Standing(Result<(Epoch, Option<Standing>), LookupError>),
+    /// To [`Query::Top`]: at which epoch, the day's status then, and its rows in listing order.
+    Top(Result<(Epoch, DayStatus, Vec<TopRow>), LookupError>),
 }
 
 struct Request {
@@ -987,6 +1052,7 @@ impl WorkerIntrospection {
                 (None, _) | (_, None) => match request.query {
                     Query::Total { .. } => Answer::Total(Err(LookupError::NotYet)),
                     Query::Standing { .. } => Answer::Standing(Err(LookupError::NotYet)),
+                    Query::Top { .. } => Answer::Top(Err(LookupError::NotYet)),
                 },
                 (Some(state), Some(completed)) => match request.query {
                     Query::Total { day, user } => Answer::Total(state.total(day, user, completed)),
@@ -1001,6 +1067,11 @@ impl WorkerIntrospection {
                             .standing(day, user, total, neighbours, at)
                             .map(|s| (at, s)),
                     ),
+                    Query::Top { day } => {
+                        Answer::Top(state.top(day, completed).and_then(|rows| {
+                            Ok((completed, state.day_status(day, completed)?, rows))
+                        }))
+                    }
                 },
             };
             // The asker may have given up: nothing to do then.
@@ -1123,7 +1194,6 @@ fn standing_json(s: &Standing) -> serde_json::Value {
 /// ask, with `/debug/lookup/standing`).
 async fn lookup(i: Arc<Introspection>, p: LookupParams) -> Reply {
     use rankmysteps_dataflow::event::{format_day, format_user};
-    use rankmysteps_dataflow::state::DayStatus;
     let (day, user, neighbours) = match key(&p) {
         Ok(k) => k,
         Err(r) => return r,
@@ -1229,6 +1299,56 @@ async fn lookup_standing(i: Arc<Introspection>, p: LookupParams) -> Reply {
     }
 }
 
+/// The query string of `/debug/lookup/top`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopParams {
+    /// `YYYY-MM-DD`.
+    day: Option<String>,
+    /// Rows wanted (default: all the top-k holds).
+    limit: Option<usize>,
+}
+
+/// `/debug/lookup/top?day=D&limit=N`: the day's top-k at the last epoch the day's worker
+/// completed (named), whether the day is final then, and its rows in listing order (position,
+/// competition rank, user, steps), from the `top-k` arrangement; 421 with `owner_worker` when
+/// the day's worker runs in another process.
+async fn lookup_top(i: Arc<Introspection>, p: TopParams) -> Reply {
+    use rankmysteps_dataflow::event::{format_day, format_user, parse_day};
+    let Some(text) = p.day.as_deref() else {
+        return error(400, "day=YYYY-MM-DD is required".into());
+    };
+    let Some(day) = parse_day(text) else {
+        return error(400, format!("day {text:?} is not a YYYY-MM-DD date"));
+    };
+    if p.limit == Some(0) {
+        return error(400, "limit must be at least 1".into());
+    }
+    let Some(worker) = i.day_owner(day) else {
+        return error(503, "the workers have not started yet".into());
+    };
+    match i.ask(worker, Query::Top { day }, ASK_TIMEOUT).await {
+        Ok(Answer::Top(Ok((epoch, status, rows)))) => reply(
+            200,
+            serde_json::json!({
+                "day": format_day(day),
+                "epoch": epoch,
+                "final": status == DayStatus::Final,
+                "day_worker": worker,
+                "top": rows.iter().take(p.limit.unwrap_or(usize::MAX)).map(|r| serde_json::json!({
+                    "position": r.position,
+                    "rank": r.rank,
+                    "user": format_user(r.user),
+                    "steps": r.steps,
+                })).collect::<Vec<_>>(),
+            }),
+        ),
+        Ok(Answer::Top(Err(e))) => lookup_error(e, "top-k"),
+        Ok(_) => error(500, "a worker answered another question".into()),
+        Err(e) => ask_error(e),
+    }
+}
+
 /// The query string of `/debug/graph`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1298,6 +1418,7 @@ pub fn routes(introspection: Arc<Introspection>) -> axum::Router {
                         "/debug/graph": "the dataflow graph (operators, channels with messages and records); ?format=dot for Graphviz",
                         "/debug/lookup?day=D&user=U&neighbours=N": "a user's total, finality and standing in live state, at the epoch named",
                         "/debug/lookup/standing?day=D&user=U&total=T&at=E&neighbours=N": "the standing half of a lookup, from the process of the day's worker",
+                        "/debug/lookup/top?day=D&limit=N": "a day's top-k in live state (position, rank, user, steps), at the epoch named, from the process of the day's worker",
                     }
                 }))
             }),
@@ -1380,6 +1501,15 @@ pub fn routes(introspection: Arc<Introspection>) -> axum::Router {
                 }
             }),
         )
+        .route(
+            "/debug/lookup/top",
+            get(move |State(i): S, p| async move {
+                match query_params::<TopParams>(p) {
+                    Ok(p) => lookup_top(i, p).await,
+                    Err(r) => r,
+                }
+            }),
+        )
         .with_state(introspection)
 }
 
@@ -1447,6 +1577,67 @@ pub fn lookup_cluster(
         ));
     }
     Ok(found)
+}
+
+/// `rankmysteps inspect top`: asks each process at `addrs` for the day's top-k until the one
+/// running the day's worker answers. The JSON of `/debug/lookup/top`, or an error for a person.
+pub fn top_cluster(
+    addrs: &[String],
+    day: &str,
+    limit: Option<usize>,
+    timeout: Duration,
+) -> Result<serde_json::Value, String> {
+    if !day.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err("--day takes a YYYY-MM-DD date".into());
+    }
+    let path = match limit {
+        Some(n) => format!("/debug/lookup/top?day={day}&limit={n}"),
+        None => format!("/debug/lookup/top?day={day}"),
+    };
+    let mut unreachable = Vec::new();
+    for addr in addrs {
+        match get_json(addr, &path, timeout) {
+            Ok((200, body)) => return Ok(body),
+            Ok((421, _)) => {}
+            Ok((status, body)) => return Err(format!("{addr}: {}", describe(status, &body))),
+            Err(e) => unreachable.push(e),
+        }
+    }
+    let mut message = format!("no process of {} runs the day's worker", addrs.join(", "));
+    if !unreachable.is_empty() {
+        message.push_str(&format!(" (unreachable: {})", unreachable.join("; ")));
+    }
+    Err(message)
+}
+
+/// A top-k lookup's JSON for a person.
+pub fn render_top(found: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{} top at epoch {} ({}), from worker {}",
+        found["day"].as_str().unwrap_or("?"),
+        found["epoch"],
+        if found["final"] == true {
+            "final"
+        } else {
+            "open"
+        },
+        found["day_worker"],
+    );
+    let _ = writeln!(t, "{:>5} {:>7} {:>10}  USER", "POS", "RANK", "STEPS");
+    for r in found["top"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            t,
+            "{:>5} {:>7} {:>10}  {}",
+            r["position"].as_u64().unwrap_or(0),
+            r["rank"].as_u64().unwrap_or(0),
+            r["steps"].as_u64().unwrap_or(0),
+            r["user"].as_str().unwrap_or("?")
+        );
+    }
+    t
 }
 
 fn describe(status: u16, body: &serde_json::Value) -> String {

@@ -100,6 +100,22 @@ pub struct JobSpec {
     /// Where the workers publish what their arrangements and operators hold
     /// ([`crate::introspect`]); `None`: no operator logging, and the traces are dropped.
     pub introspection: Option<Arc<crate::introspect::Introspection>>,
+    /// Keep the live state after the input ends (`run --serve`): once every epoch is delivered
+    /// and the sink has finished, the callback gets the report (the replay is done), and the
+    /// workers stay, parked, answering the inspector's lookups from their arrangements until
+    /// `stop` is set; [`run`] returns then. Only with `introspection` (else nothing is kept).
+    /// `None`: the job ends with its input.
+    pub linger: Option<Linger>,
+}
+
+/// What [`JobSpec::linger`] calls when the input is done and every output written.
+#[derive(Clone)]
+pub struct Linger(pub Arc<dyn Fn(&JobReport) + Send + Sync>);
+
+impl std::fmt::Debug for Linger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Linger(..)")
+    }
 }
 
 /// What a finished job measured.
@@ -181,6 +197,20 @@ pub fn run(
         _ => None,
     };
     let started = Instant::now();
+    // The report as it stands once every epoch is delivered.
+    let finalize = {
+        let (report, file, s3, replay) = (report.clone(), file.clone(), s3.clone(), replay.clone());
+        move || {
+            let mut r = report.lock().expect("report lock").clone();
+            r.replayed = replay
+                .as_ref()
+                .map_or(0, crate::recovery::SharedReplay::records);
+            r.elapsed = started.elapsed();
+            r.lines = file.as_ref().map_or(0, |f| f.lines_read())
+                + s3.as_ref().map_or(0, SharedS3Input::records_read);
+            r
+        }
+    };
     // Progress of the replays, drawn by a thread of its own (nothing of it under a worker).
     let progress = if let Some(file) = &file {
         let (bytes, lines) = (file.bytes_read(), file.clone());
@@ -223,7 +253,12 @@ pub fn run(
     };
     let sink_thread = {
         let (failure, stop) = (failure.clone(), stop.clone());
+        let (linger, finalize) = (
+            spec.linger.clone().filter(|_| spec.introspection.is_some()),
+            finalize.clone(),
+        );
         let mut sink = sink;
+        let progress = progress;
         std::thread::Builder::new()
             .name("rankmysteps-sink".into())
             .spawn(move || {
@@ -282,9 +317,20 @@ pub fn run(
                         fail(e, &mut failed);
                     }
                 }
+                // Every sender is gone with the dataflow: the input is done.
+                if let Some(progress) = progress {
+                    progress.finish();
+                }
                 if !failed {
-                    if let Err(e) = sink.finish() {
-                        failure.lock().expect("failure lock").get_or_insert(e);
+                    match sink.finish() {
+                        Err(e) => {
+                            failure.lock().expect("failure lock").get_or_insert(e);
+                        }
+                        Ok(()) => {
+                            if let Some(Linger(done)) = &linger {
+                                done(&finalize());
+                            }
+                        }
                     }
                 }
             })
@@ -311,6 +357,8 @@ pub fn run(
         (None, _) => None,
     };
     let (spec2, file2, report2, stop2) = (spec.clone(), file.clone(), report.clone(), stop.clone());
+    // The epochs worker 0 of this process delivered: through the last + 1 (0: none yet).
+    let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let s3_2 = s3.clone();
     let replay2 = replay.clone();
     let replay_through = recovery.replay_through;
@@ -331,6 +379,7 @@ pub fn run(
     let guards = timely::execute(config, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let spec = spec2.clone();
+        let linger = spec.linger.is_some();
         let settings = spec.settings.clone();
         let probe = ProbeHandle::new();
         // Worker 0 hands completed epochs to the sink thread.
@@ -340,6 +389,7 @@ pub fn run(
             None
         };
         let report = report2.clone();
+        let delivered2 = delivered.clone();
         let metrics = spec.metrics.clone();
         let epoch_ms = match &spec.input {
             Input::Generator(g) => Some(g.epoch_ms),
@@ -374,6 +424,7 @@ pub fn run(
                 );
             }
             drop(report);
+            delivered2.fetch_max(out.epoch + 1, Ordering::SeqCst);
             if let Some(sender) = &sender {
                 // A closed channel means the sink thread is gone; its error is reported below.
                 let _ = sender.send(out);
@@ -480,14 +531,20 @@ pub fn run(
         }
         if let Some(inspect) = &mut inspect {
             // At the end (the probe's frontier is empty): what the arrangements hold last.
-            inspect.after_step(None, true);
+            // Worker 0 delivered every epoch before the probe could pass it.
+            inspect.ended(delivered.load(Ordering::SeqCst).checked_sub(1));
+            if linger {
+                // The dataflow is done (timely drops it in these steps, and with it worker 0's
+                // sender: the sink thread finishes); the traces stay with the inspector.
+                while !stop2.load(Ordering::SeqCst) {
+                    worker.step_or_park(Some(Duration::from_millis(50)));
+                    inspect.lingering(delivered.load(Ordering::SeqCst).checked_sub(1));
+                }
+            }
         }
     })
     .map_err(CliError::Worker)?;
     let joined: Result<Vec<()>, String> = guards.join().into_iter().collect();
-    if let Some(progress) = progress {
-        progress.finish();
-    }
     // Every sender is gone with its worker: the sink thread drains, finishes and ends.
     sink_thread
         .join()
@@ -504,14 +561,7 @@ pub fn run(
     if let Some(e) = s3.as_ref().and_then(SharedS3Input::take_error) {
         return Err(e.into());
     }
-    report.lock().expect("report lock").replayed = replay
-        .as_ref()
-        .map_or(0, crate::recovery::SharedReplay::records);
-    let mut report = report.lock().expect("report lock").clone();
-    report.elapsed = started.elapsed();
-    report.lines = file.as_ref().map_or(0, |f| f.lines_read())
-        + s3.as_ref().map_or(0, SharedS3Input::records_read);
-    Ok(report)
+    Ok(finalize())
 }
 
 /// A shared file input that also ends when the job is stopped (Ctrl-C, sink failure).

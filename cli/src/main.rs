@@ -57,8 +57,10 @@ enum Command {
     /// The leaderboard web page serves that directory while the job runs: by default with the
     /// generator (--no-serve turns it off), with --serve for a replay. It listens on --listen,
     /// else [web] listen of --config, else 127.0.0.1:8080; a default generator run whose port
-    /// is taken serves on a free port instead (and says which). With --serve the page stays up
-    /// after the replay (or the generator) has finished, until Ctrl-C.
+    /// is taken serves on a free port instead (and says which). The inspector's /debug/ is
+    /// served beside it. With --serve the page stays up after the replay (or the generator) has
+    /// finished, until Ctrl-C, and so does the live state: `rankmysteps inspect lookup` and
+    /// `inspect top` then answer from the final arrangements.
     Run(RunArgs),
     /// Serve the leaderboard web page and its JSON API over Cassandra ([cassandra] of --config).
     ///
@@ -156,6 +158,18 @@ enum InspectWhat {
         /// Users shown above and below (at most 50).
         #[arg(long, value_name = "N", default_value_t = 3)]
         neighbours: usize,
+    },
+    /// A day's top-k as the dataflow holds it right now: the rows of the `top-k` arrangement
+    /// (position, competition rank, user, steps) at the last epoch the day's worker completed
+    /// (named), and whether the day is final then; the process running the day's worker is
+    /// found by asking each --addr in turn.
+    Top {
+        /// The day (YYYY-MM-DD).
+        #[arg(long)]
+        day: String,
+        /// Rows shown (default: all of the top-k).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
     },
     /// The dataflow graph of the first --addr that answers, in Graphviz's dot language
     /// (operators with their time and activations, channels with the records sent on them);
@@ -257,8 +271,9 @@ struct RunArgs {
     /// every 5 s, or every RANKMYSTEPS_PROGRESS_INTERVAL seconds).
     #[arg(long, short)]
     quiet: bool,
-    /// Serve the leaderboard page over the output directory, and keep serving after the job
-    /// ends, until Ctrl-C (the default with the generator, without staying up).
+    /// Serve the leaderboard page over the output directory, and keep serving it, and the
+    /// live state for the inspector's lookups, after the job ends, until Ctrl-C (the default
+    /// with the generator, without staying up).
     #[arg(long, conflicts_with = "no_serve")]
     serve: bool,
     /// Do not serve the leaderboard page (with the generator, where it is the default).
@@ -560,8 +575,25 @@ fn run(args: RunArgs) -> Result<()> {
         }
         sinks.push(Box::new(view));
     }
+    // With --serve the workers keep their live state after the input for the inspector's
+    // lookups, until Ctrl-C; the summary is printed when the input is done.
+    let out_dir = args.out.clone();
+    let summary = move |report: &job::JobReport| summary_line(report, &out_dir);
+    let linger = server.as_ref().filter(|_| args.serve).map(|server| {
+        let (url, stop, summary) = (server.url(), stop.clone(), summary.clone());
+        job::Linger(Arc::new(move |report: &job::JobReport| {
+            eprintln!("{}", summary(report));
+            if !stop.load(Ordering::SeqCst) {
+                eprintln!(
+                    "rankmysteps: the job is done; still serving the leaderboard at {url} and its live state under /debug/ until Ctrl-C"
+                );
+            }
+        }))
+    });
+    let lingering = linger.is_some();
     let spec = JobSpec {
         introspection,
+        linger,
         workers,
         settings: Settings {
             k,
@@ -585,12 +617,21 @@ fn run(args: RunArgs) -> Result<()> {
         progress: Display::quiet_if(args.quiet),
     };
     let report = job::run(spec, Box::new(Fanout(sinks)), stop.clone())?;
+    if !lingering {
+        eprintln!("{}", summary(&report));
+    }
+    drop(server);
+    Ok(())
+}
+
+/// `run`'s last line: what the job did and where its results are.
+fn summary_line(report: &job::JobReport, out: &std::path::Path) -> String {
     let s = &report.stats;
     let rejected: Vec<String> = Reason::ALL
         .iter()
         .map(|r| format!("{}={}", r.code(), s.rejected(*r)))
         .collect();
-    eprintln!(
+    format!(
         "rankmysteps: {} epochs in {:.2}s: accepted {}, duplicate {}, rejected {} ({}); results in {}",
         report.epochs,
         report.elapsed.as_secs_f64(),
@@ -598,18 +639,8 @@ fn run(args: RunArgs) -> Result<()> {
         s.duplicate,
         s.rejected_total(),
         rejected.join(" "),
-        args.out.display()
-    );
-    if let Some(server) = server.filter(|_| args.serve) {
-        if !stop.load(Ordering::SeqCst) {
-            eprintln!(
-                "rankmysteps: the job is done; still serving the leaderboard at {} until Ctrl-C",
-                server.url()
-            );
-            wait_for(&stop);
-        }
-    }
-    Ok(())
+        out.display()
+    )
 }
 
 /// `rankmysteps serve`: the page over Cassandra until Ctrl-C.
@@ -801,6 +832,7 @@ fn worker(args: WorkerArgs) -> Result<()> {
     };
     let spec = JobSpec {
         introspection: introspection.clone(),
+        linger: None,
         workers,
         settings: Settings {
             k: df.k,
@@ -872,7 +904,7 @@ fn inspect(args: InspectArgs) -> Result<()> {
     if let Some(path) = &args.replay {
         let replayed = rankmysteps::introspect::replay(path).map_err(|e| anyhow::anyhow!("{e}"))?;
         match &args.what {
-            Some(InspectWhat::Lookup { .. }) => {
+            Some(InspectWhat::Lookup { .. } | InspectWhat::Top { .. }) => {
                 bail!("--replay: a capture holds the log events, not the live state a lookup reads")
             }
             Some(InspectWhat::Graph) if args.json => {
@@ -918,6 +950,17 @@ fn inspect(args: InspectArgs) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&found)?);
         } else {
             print!("{}", render_lookup(&found));
+        }
+        return Ok(());
+    }
+    if let Some(InspectWhat::Top { day, limit }) = &args.what {
+        use rankmysteps::introspect::{render_top, top_cluster};
+        let found = top_cluster(&args.addr, day, limit.map(|n| n as usize), timeout)
+            .map_err(|e| anyhow::anyhow!("top: {e}"))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&found)?);
+        } else {
+            print!("{}", render_top(&found));
         }
         return Ok(());
     }

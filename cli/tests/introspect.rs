@@ -80,6 +80,9 @@ fn arrangements_hold_the_open_days_and_operators_are_named() {
         assert!(a.updates >= a.live_keys.unwrap() && a.batches > 0, "{a:?}");
         assert!(a.bytes >= a.updates * 8, "{a:?}");
     }
+    // Bytes are the batches' columns: at least each live key once ((day, user) is 32 bytes).
+    let totals = s.arrangements.iter().find(|a| a.name == "totals").unwrap();
+    assert!(totals.bytes >= 50 * 32, "{totals:?}");
     // Differential's log: every arrangement built batches of the updates it holds.
     for name in ["totals", "histogram", "users", "by-total", "top-k"] {
         let m = s.merges.iter().find(|m| m.name == name);
@@ -117,6 +120,14 @@ fn arrangements_hold_the_open_days_and_operators_are_named() {
         ]
     );
     assert!(s.completed_epoch.is_some());
+    // Two epochs: time per epoch, the mean and the last, within the total.
+    let op = s.operators.iter().find(|o| o.name == "Totals").unwrap();
+    assert!(
+        op.per_epoch_ns > 0
+            && op.per_epoch_ns <= op.elapsed_ns
+            && op.last_epoch_ns <= op.elapsed_ns,
+        "{op:?}"
+    );
 }
 
 /// The status and JSON body of `GET path`.
@@ -224,6 +235,22 @@ fn debug_routes_serve_the_same_as_json() {
         );
     }
     let (head, body) = get(addr, &format!("/debug/lookup?day=2026-01-10&user={user}"));
+    assert_eq!(head, 503, "{body}");
+    for (query, reason) in [
+        ("", "day=YYYY-MM-DD is required"),
+        ("day=2026-01-32", "not a YYYY-MM-DD"),
+        ("day=2026-01-10&limit=0", "at least 1"),
+        ("day=2026-01-10&limit=x", "bad query string"),
+        ("day=2026-01-10&user=1", "bad query string"),
+    ] {
+        let (head, body) = get(addr, &format!("/debug/lookup/top?{query}"));
+        assert_eq!(head, 400, "{query}");
+        assert!(
+            body["error"].as_str().unwrap().contains(reason),
+            "{query}: {body}"
+        );
+    }
+    let (head, body) = get(addr, "/debug/lookup/top?day=2026-01-10");
     assert_eq!(head, 503, "{body}");
 }
 

@@ -426,3 +426,219 @@ fn top_and_standing_commands_read_the_output() {
         .unwrap();
     assert!(!bad_day.status.success());
 }
+
+/// `rankmysteps run --input F --serve` keeps its live state after the replay: through its
+/// `/debug/lookup` and `/debug/lookup/top` (and `rankmysteps inspect lookup` / `inspect top`),
+/// every (day, user) total, finality and standing, and every day's top-k, equal the sequential
+/// reference at the last epoch, which the answers name, with 1 and 4 workers; they equal what
+/// the sink wrote (top.json); a day closed before the last epoch is answered as closed (410).
+#[test]
+fn live_lookups_equal_the_reference_for_1_and_4_workers() {
+    use rankmysteps_dataflow::ranking::{sort_listing, standing};
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let k = 7;
+    let settings = Settings {
+        k,
+        grace: 2 * 3600 * MICROS_PER_SEC,
+        initial_watermark: None,
+        ..Settings::default()
+    };
+    let epoch_events = 100;
+    let (text, expected) = random_file(11, 3000);
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, &text).unwrap();
+    let last = (expected.len().div_ceil(epoch_events) - 1) as u64;
+    let at_last = reference(&expected, epoch_events, &settings);
+    let before_last = reference(
+        &expected[..last as usize * epoch_events],
+        epoch_events,
+        &settings,
+    );
+    let closed_before: Vec<Day> = before_last
+        .days
+        .iter()
+        .filter(|(_, d)| d.is_final)
+        .map(|(d, _)| *d)
+        .collect();
+    assert!(
+        !closed_before.is_empty() && at_last.days.len() > closed_before.len() + 1,
+        "weak input: {} days, {} closed before the last epoch",
+        at_last.days.len(),
+        closed_before.len()
+    );
+    for workers in [1usize, 4] {
+        let out = dir.path().join(format!("out-{workers}"));
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let mut child = Killed(
+            Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
+                .args(["run", "--quiet", "--serve", "--listen", &addr.to_string()])
+                .arg("--input")
+                .arg(&input)
+                .arg("--out")
+                .arg(&out)
+                .args(["--workers", &workers.to_string()])
+                .args(["--epoch-events", &epoch_events.to_string()])
+                .args(["--k", &k.to_string(), "--grace", "2h"])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let stderr = std::io::BufReader::new(child.0.stderr.take().unwrap());
+        let mut said = String::new();
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            said.push_str(&line);
+            said.push('\n');
+            if line.contains("the job is done") {
+                break;
+            }
+        }
+        assert!(said.contains("the job is done"), "{said}");
+        let get = |path: &str| {
+            let r = rankmysteps_web::client::get(addr, path).unwrap();
+            (r.status, r.json())
+        };
+        let mut looked_up = 0;
+        for (day, result) in &at_last.days {
+            let d = format_day(*day);
+            let (status, top) = get(&format!("/debug/lookup/top?day={d}"));
+            if closed_before.contains(day) {
+                assert_eq!(status, 410, "{d}: {top}");
+                let user = format_user(*result.totals.keys().next().unwrap());
+                let (status, body) = get(&format!("/debug/lookup?day={d}&user={user}"));
+                assert_eq!(status, 410, "{d}: {body}");
+                continue;
+            }
+            assert_eq!(status, 200, "{d}: {top}");
+            assert_eq!(top["epoch"], last, "{top}");
+            assert_eq!(top["final"], result.is_final, "{d}: {top}");
+            let want: Vec<serde_json::Value> = result
+                .top(k)
+                .iter()
+                .map(|r| serde_json::json!({"position": r.position, "rank": r.rank, "user": format_user(r.user), "steps": r.steps}))
+                .collect();
+            assert_eq!(top["top"], serde_json::Value::from(want.clone()), "{d}");
+            // What the sink wrote for the same epoch.
+            let written: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join("days").join(&d).join("top.json")).unwrap(),
+            )
+            .unwrap();
+            let without_position: Vec<serde_json::Value> = want
+                .iter()
+                .map(|r| serde_json::json!({"rank": r["rank"], "user": r["user"], "steps": r["steps"]}))
+                .collect();
+            assert_eq!(written["top"], serde_json::Value::from(without_position));
+            let mut listing: Vec<(u128, u64)> =
+                result.totals.iter().map(|(u, t)| (*u, *t)).collect();
+            sort_listing(&mut listing);
+            for &(user, total) in listing.iter().step_by(3) {
+                let u = format_user(user);
+                let (status, got) = get(&format!("/debug/lookup?day={d}&user={u}&neighbours=2"));
+                assert_eq!(status, 200, "{d} {u}: {got}");
+                let want = standing(&listing, user, 2).unwrap();
+                assert_eq!(
+                    (&got["total"], &got["epoch"], &got["final"]),
+                    (&total.into(), &last.into(), &result.is_final.into()),
+                    "{got}"
+                );
+                let s = &got["standing"];
+                assert_eq!(
+                    (
+                        s["rank"].as_u64(),
+                        s["users"].as_u64(),
+                        s["gap_up"].as_u64(),
+                        s["gap_down"].as_u64()
+                    ),
+                    (
+                        Some(want.rank),
+                        Some(want.users),
+                        want.gap_up,
+                        want.gap_down
+                    ),
+                    "{got}"
+                );
+                let side = |v: &serde_json::Value| -> Vec<(String, u64, u64)> {
+                    v.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|n| {
+                            (
+                                n["user"].as_str().unwrap().to_owned(),
+                                n["steps"].as_u64().unwrap(),
+                                n["rank"].as_u64().unwrap(),
+                            )
+                        })
+                        .collect()
+                };
+                let named = |v: &[(u128, u64, u64)]| -> Vec<(String, u64, u64)> {
+                    v.iter().map(|&(u, s, r)| (format_user(u), s, r)).collect()
+                };
+                assert_eq!(side(&s["above"]), named(&want.above), "{got}");
+                assert_eq!(side(&s["below"]), named(&want.below), "{got}");
+                looked_up += 1;
+            }
+        }
+        assert!(looked_up > 20, "{looked_up} lookups");
+        // The same through the CLI, for one open day.
+        let (day, result) = at_last
+            .days
+            .iter()
+            .find(|(d, r)| !closed_before.contains(d) && !r.is_final)
+            .unwrap();
+        let inspect = |args: &[&str]| {
+            let o = Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
+                .args(["inspect", "--json", "--addr", &addr.to_string()])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+        };
+        let top = inspect(&["top", "--day", &format_day(*day), "--limit", "3"]);
+        let want: Vec<String> = result
+            .top(k)
+            .iter()
+            .take(3)
+            .map(|r| format_user(r.user))
+            .collect();
+        let got: Vec<String> = top["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["user"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(got, want);
+        let (user, total) = result.totals.iter().next().unwrap();
+        let found = inspect(&[
+            "lookup",
+            "--day",
+            &format_day(*day),
+            "--user",
+            &format_user(*user),
+        ]);
+        assert_eq!(found["total"], *total);
+        // Ctrl-C (SIGTERM) ends it cleanly.
+        let pid = child.0.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = child.0.wait().unwrap();
+        assert!(status.success(), "{status}");
+    }
+}
+
+/// A child process killed when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -13,6 +13,9 @@ use std::cmp::Reverse;
 use std::collections::VecDeque;
 
 use differential_dataflow::trace::cursor::{cursor_list, Cursor};
+use differential_dataflow::trace::implementations::ord_neu::{OrdKeyBatch, OrdValBatch};
+use differential_dataflow::trace::implementations::spine_fueled::SpineBatch;
+use differential_dataflow::trace::implementations::{OffsetList, Update, Vector};
 use differential_dataflow::trace::TraceReader;
 use timely::progress::frontier::{Antichain, AntichainRef};
 
@@ -155,6 +158,12 @@ impl LiveState {
         } else {
             DayStatus::Open
         })
+    }
+
+    /// Whether `day` is open or final at epoch `at` (from the watermarks this worker saw), or
+    /// why that cannot be said: closed before `at`, `at` not complete yet, or compacted away.
+    pub fn day_status(&self, day: Day, at: Epoch) -> Result<DayStatus, LookupError> {
+        self.check(day, at)
     }
 
     /// The user's total on `day` at epoch `at` (one seek in `totals`), on the user's worker.
@@ -508,8 +517,12 @@ pub struct ArrangementSize {
     /// diff) tuples, not distinct keys; they shrink when
     /// merges consolidate and when closed days are retracted.
     pub updates: usize,
-    /// Bytes held, estimated as updates × the in-memory size of one (key, value, time, diff)
-    /// tuple (differential reports no sizes; containers' spare capacity is not counted).
+    /// Bytes held by its batches' containers, walked batch by batch: the capacity of every
+    /// column (keys, values, times, diffs and their offset lists) times its element's size
+    /// (differential reports no sizes). The element types hold nothing on the heap, so this is
+    /// what the batches allocated, spare capacity included; what it leaves out is small and
+    /// bounded: allocator overhead, each batch's `Rc` and description, and the output of a
+    /// merge still being built (its inputs are counted).
     pub bytes: usize,
     /// Live keys (for `top-k`: live rows) at the last completed epoch, when walked (an
     /// O(records) walk of the trace, [`LiveState::held`]; `None` when not walked).
@@ -531,33 +544,57 @@ impl LiveState {
     /// The size of each arrangement of this worker (cheap: a walk of the spines' batches, not
     /// of their records), in the order of [`LiveState::held`].
     pub fn sizes(&mut self) -> Vec<ArrangementSize> {
-        use differential_dataflow::trace::implementations::spine_fueled::SpineBatch;
         let t = &mut self.traces;
         let mut out = Vec::new();
         macro_rules! size {
-            ($name:expr, $trace:expr, $tuple:ty) => {{
+            ($name:expr, $trace:expr, $bytes:ident) => {{
                 let batches = $trace
                     .batches_through(Antichain::new().borrow())
                     .unwrap_or_default();
-                let updates: usize = batches.iter().map(|b| b.len()).sum();
                 out.push(ArrangementSize {
                     name: $name,
                     batches: batches.len(),
-                    updates,
-                    bytes: updates * std::mem::size_of::<$tuple>(),
+                    updates: batches.iter().map(|b| b.len()).sum(),
+                    bytes: batches.iter().map(|b| $bytes(b)).sum(),
                     live_keys: None,
                 });
             }};
         }
-        size!("totals", t.totals, ((Day, User), Epoch, (i64, i64)));
-        size!("histogram", t.histogram, ((Day, u64), Epoch, isize));
-        size!("users", t.users, (Day, Epoch, isize));
-        size!(
-            "by-total",
-            t.by_total,
-            ((Day, Reverse<u64>, User), Epoch, isize)
-        );
-        size!("top-k", t.top, (Day, TopRow, Epoch, isize));
+        size!("totals", t.totals, key_batch_bytes);
+        size!("histogram", t.histogram, key_batch_bytes);
+        size!("users", t.users, key_batch_bytes);
+        size!("by-total", t.by_total, key_batch_bytes);
+        size!("top-k", t.top, val_batch_bytes);
         out
     }
+}
+
+/// The bytes a vector's allocation holds (its capacity, not its length).
+fn vec_bytes<T>(v: &Vec<T>) -> usize {
+    v.capacity() * std::mem::size_of::<T>()
+}
+
+/// The bytes of a batch's offset list (u32 offsets while they fit, then u64).
+fn offsets_bytes(o: &OffsetList) -> usize {
+    vec_bytes(&o.smol) + vec_bytes(&o.chonk)
+}
+
+/// The bytes of a key batch's columns: keys, and the updates' offsets, times and diffs.
+fn key_batch_bytes<U: Update<Diff: Ord>>(b: &OrdKeyBatch<Vector<U>>) -> usize {
+    let s = &b.storage;
+    vec_bytes(&s.keys)
+        + offsets_bytes(&s.upds.offs)
+        + vec_bytes(&s.upds.times)
+        + vec_bytes(&s.upds.diffs)
+}
+
+/// The bytes of a key-value batch's columns: keys, values and their offsets, and the updates'.
+fn val_batch_bytes<U: Update<Diff: Ord>>(b: &OrdValBatch<Vector<U>>) -> usize {
+    let s = &b.storage;
+    vec_bytes(&s.keys)
+        + offsets_bytes(&s.vals.offs)
+        + vec_bytes(&s.vals.vals)
+        + offsets_bytes(&s.upds.offs)
+        + vec_bytes(&s.upds.times)
+        + vec_bytes(&s.upds.diffs)
 }

@@ -122,6 +122,7 @@ impl Sink for Gated {
 pub fn file_job(input: &Path, epoch_events: u64, k: usize) -> JobSpec {
     JobSpec {
         introspection: None,
+        linger: None,
         workers: 2,
         settings: Settings {
             k,
