@@ -864,7 +864,7 @@ pub fn render(gathered: &[Gathered], sort: SortBy, operators: usize) -> String {
         let _ = writeln!(
             t,
             "  {:<18} {:>12} {:>12} {:>8} {:>12} {:>8} {:>12}",
-            "ARRANGEMENT", "UPDATES", "LIVE KEYS", "BATCHES", "BYTES (est.)", "MERGES", "MERGED"
+            "ARRANGEMENT", "UPDATES", "LIVE KEYS", "BATCHES", "BYTES", "MERGES", "MERGED"
         );
         for a in arrangements {
             let name = a["name"].as_str().unwrap_or("?");
