@@ -1528,30 +1528,12 @@ pub fn lookup_cluster(
     if !plain(day) || !plain(user) {
         return Err("--day and --user take a YYYY-MM-DD date and a UUID".into());
     }
-    let mut unreachable = Vec::new();
-    let mut found = None;
-    for addr in addrs {
-        match get_json(
-            addr,
-            &format!("/debug/lookup?day={day}&user={user}&neighbours={neighbours}"),
-            timeout,
-        ) {
-            Ok((200, body)) => {
-                found = Some(body);
-                break;
-            }
-            Ok((421, _)) => {}
-            Ok((status, body)) => return Err(format!("{addr}: {}", describe(status, &body))),
-            Err(e) => unreachable.push(e),
-        }
-    }
-    let Some(mut found) = found else {
-        let mut message = format!("no process of {} runs the user's worker", addrs.join(", "));
-        if !unreachable.is_empty() {
-            message.push_str(&format!(" (unreachable: {})", unreachable.join("; ")));
-        }
-        return Err(message);
-    };
+    let mut found = ask_owner(
+        addrs,
+        &format!("/debug/lookup?day={day}&user={user}&neighbours={neighbours}"),
+        "the user's worker",
+        timeout,
+    )?;
     if found["standing"].is_null() {
         let (total, at) = (&found["total"], &found["epoch"]);
         for addr in addrs {
@@ -1594,16 +1576,28 @@ pub fn top_cluster(
         Some(n) => format!("/debug/lookup/top?day={day}&limit={n}"),
         None => format!("/debug/lookup/top?day={day}"),
     };
+    ask_owner(addrs, &path, "the day's worker", timeout)
+}
+
+/// `GET path` from each of `addrs` in turn until one answers 200 (a 421 means the owning
+/// worker runs elsewhere: the next is asked); any other error status ends the search. `owner`
+/// names the worker sought, for the error when no process runs it.
+fn ask_owner(
+    addrs: &[String],
+    path: &str,
+    owner: &str,
+    timeout: Duration,
+) -> Result<serde_json::Value, String> {
     let mut unreachable = Vec::new();
     for addr in addrs {
-        match get_json(addr, &path, timeout) {
+        match get_json(addr, path, timeout) {
             Ok((200, body)) => return Ok(body),
             Ok((421, _)) => {}
             Ok((status, body)) => return Err(format!("{addr}: {}", describe(status, &body))),
             Err(e) => unreachable.push(e),
         }
     }
-    let mut message = format!("no process of {} runs the day's worker", addrs.join(", "));
+    let mut message = format!("no process of {} runs {owner}", addrs.join(", "));
     if !unreachable.is_empty() {
         message.push_str(&format!(" (unreachable: {})", unreachable.join("; ")));
     }

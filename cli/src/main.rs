@@ -946,23 +946,13 @@ fn inspect(args: InspectArgs) -> Result<()> {
         use rankmysteps::introspect::{lookup_cluster, render_lookup};
         let found = lookup_cluster(&args.addr, day, user, *neighbours, timeout)
             .map_err(|e| anyhow::anyhow!("lookup: {e}"))?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&found)?);
-        } else {
-            print!("{}", render_lookup(&found));
-        }
-        return Ok(());
+        return print_found(&found, args.json, render_lookup);
     }
     if let Some(InspectWhat::Top { day, limit }) = &args.what {
         use rankmysteps::introspect::{render_top, top_cluster};
         let found = top_cluster(&args.addr, day, limit.map(|n| n as usize), timeout)
             .map_err(|e| anyhow::anyhow!("top: {e}"))?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&found)?);
-        } else {
-            print!("{}", render_top(&found));
-        }
-        return Ok(());
+        return print_found(&found, args.json, render_top);
     }
     if let Some(InspectWhat::Graph) = &args.what {
         let path = if args.json {
@@ -994,6 +984,20 @@ fn inspect(args: InspectArgs) -> Result<()> {
         .any(|g| matches!(g.result, GatherResult::Error { .. }))
     {
         std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// A lookup's answer: its JSON with --json, else `render`'s text.
+fn print_found(
+    found: &serde_json::Value,
+    json: bool,
+    render: fn(&serde_json::Value) -> String,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(found)?);
+    } else {
+        print!("{}", render(found));
     }
     Ok(())
 }

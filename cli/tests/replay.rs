@@ -315,16 +315,21 @@ fn check(out: &Path, reference: &Reference, k: usize, lines: &[&str]) {
     assert_eq!(progress["positions"][0]["next"], lines.len());
 }
 
-#[test]
-fn replay_matches_reference_for_1_and_4_workers() {
-    let dir = tempfile::tempdir().unwrap();
-    let k = 7;
-    let settings = Settings {
+/// The settings `run` uses with `--k k --grace 2h`.
+fn settings(k: usize) -> Settings {
+    Settings {
         k,
         grace: 2 * 3600 * MICROS_PER_SEC,
         initial_watermark: None,
         ..Settings::default()
-    };
+    }
+}
+
+#[test]
+fn replay_matches_reference_for_1_and_4_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = 7;
+    let settings = settings(k);
     for (seed, epoch_events) in [(1u64, 50usize), (2, 333), (3, 1)] {
         let lines_n = if epoch_events == 1 { 600 } else { 4000 };
         let (text, expected) = random_file(seed, lines_n);
@@ -438,12 +443,7 @@ fn live_lookups_equal_the_reference_for_1_and_4_workers() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let k = 7;
-    let settings = Settings {
-        k,
-        grace: 2 * 3600 * MICROS_PER_SEC,
-        initial_watermark: None,
-        ..Settings::default()
-    };
+    let settings = settings(k);
     let epoch_events = 100;
     let (text, expected) = random_file(11, 3000);
     let input = dir.path().join("in.jsonl");

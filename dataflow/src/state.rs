@@ -13,7 +13,7 @@ use std::cmp::Reverse;
 use std::collections::VecDeque;
 
 use differential_dataflow::trace::cursor::{cursor_list, Cursor};
-use differential_dataflow::trace::implementations::ord_neu::{OrdKeyBatch, OrdValBatch};
+use differential_dataflow::trace::implementations::ord_neu::{OrdKeyBatch, OrdValBatch, Upds};
 use differential_dataflow::trace::implementations::spine_fueled::SpineBatch;
 use differential_dataflow::trace::implementations::{OffsetList, Update, Vector};
 use differential_dataflow::trace::TraceReader;
@@ -579,22 +579,18 @@ fn offsets_bytes(o: &OffsetList) -> usize {
     vec_bytes(&o.smol) + vec_bytes(&o.chonk)
 }
 
-/// The bytes of a key batch's columns: keys, and the updates' offsets, times and diffs.
+/// The bytes of a batch's updates: their offsets, times and diffs.
+fn upds_bytes<T, D>(u: &Upds<OffsetList, Vec<T>, Vec<D>>) -> usize {
+    offsets_bytes(&u.offs) + vec_bytes(&u.times) + vec_bytes(&u.diffs)
+}
+
+/// The bytes of a key batch's columns: keys, and the updates'.
 fn key_batch_bytes<U: Update<Diff: Ord>>(b: &OrdKeyBatch<Vector<U>>) -> usize {
-    let s = &b.storage;
-    vec_bytes(&s.keys)
-        + offsets_bytes(&s.upds.offs)
-        + vec_bytes(&s.upds.times)
-        + vec_bytes(&s.upds.diffs)
+    vec_bytes(&b.storage.keys) + upds_bytes(&b.storage.upds)
 }
 
 /// The bytes of a key-value batch's columns: keys, values and their offsets, and the updates'.
 fn val_batch_bytes<U: Update<Diff: Ord>>(b: &OrdValBatch<Vector<U>>) -> usize {
     let s = &b.storage;
-    vec_bytes(&s.keys)
-        + offsets_bytes(&s.vals.offs)
-        + vec_bytes(&s.vals.vals)
-        + offsets_bytes(&s.upds.offs)
-        + vec_bytes(&s.upds.times)
-        + vec_bytes(&s.upds.diffs)
+    vec_bytes(&s.keys) + offsets_bytes(&s.vals.offs) + vec_bytes(&s.vals.vals) + upds_bytes(&s.upds)
 }
