@@ -383,6 +383,23 @@ mod tests {
         assert_eq!(config.dataflow.k, 100);
     }
 
+    #[test]
+    fn repository_cluster_local_toml_runs_four_processes_here() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster.local.toml");
+        let config = ClusterConfig::load(&path).unwrap();
+        assert_eq!(
+            crate::launch::local_processes(&config.cluster.hosts).unwrap(),
+            [0, 1, 2, 3]
+        );
+        let mut metrics = config.cluster.metrics.clone();
+        metrics.dedup();
+        assert_eq!(metrics.len(), 4, "one metrics address per process");
+        // The rest is cluster.toml's.
+        let reference = ClusterConfig::load(&path.with_file_name("cluster.toml")).unwrap();
+        assert_eq!(config.dataflow.k, reference.dataflow.k);
+        assert_eq!(config.kafka.unwrap().topic, reference.kafka.unwrap().topic);
+    }
+
     fn with_env(text: &str, vars: &[(&str, &str)]) -> Result<ClusterConfig, CliError> {
         ClusterConfig::from_toml(
             Path::new("test.toml"),

@@ -36,6 +36,9 @@ pub enum CliError {
     /// The web page could not be served.
     #[error(transparent)]
     Web(#[from] rankmysteps_web::WebError),
+    /// `launch` cannot start or keep its processes.
+    #[error("launch: {0}")]
+    Launch(String),
     /// A worker thread failed.
     #[error("worker failed: {0}")]
     Worker(String),

@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod error;
 pub mod introspect;
 pub mod job;
+pub mod launch;
 pub mod metrics;
 pub mod produce;
 pub mod progress;

@@ -83,6 +83,20 @@ enum Command {
     /// epoch ended. Start every process of [cluster] hosts (--process N), or one with
     /// --standalone. Ctrl-C/SIGTERM stop cleanly. Serves Prometheus metrics on --metrics.
     Worker(WorkerArgs),
+    /// Start and supervise this machine's worker processes of a cluster ([cluster] hosts).
+    ///
+    /// Starts `rankmysteps worker --config FILE --process I` for every process whose host
+    /// address is on this machine (can be bound here; every 127/8 address is on loopback, so
+    /// cluster.local.toml runs all four here), or for the --process ones. Shows each one's
+    /// state (starting, running, epoch, lag, restarting): a table redrawn every second on a
+    /// terminal, else a line per event and a status line every 10 s. Each process's output
+    /// goes to LOG_DIR/process-I.log. When one exits, the others are stopped and all are
+    /// started again with backoff (1 s doubling to 30 s; back to 1 s after a minute up): a
+    /// timely cluster cannot go on without a peer, and every process resumes from the
+    /// progress record, so nothing is lost or doubled. Ctrl-C/SIGTERM stop every process
+    /// after its current epoch (a second Ctrl-C kills them). On real hosts, run launch on each
+    /// one (or `worker --process I` under systemd, see the README).
+    Launch(LaunchArgs),
     /// Create (or check) the Cassandra keyspace and tables of cluster.toml's [cassandra].
     Schema(SchemaArgs),
     /// Produce generated step events to Kafka (the original producers, done right).
@@ -305,6 +319,29 @@ struct SchemaArgs {
 }
 
 #[derive(Args)]
+struct LaunchArgs {
+    /// The deployment description.
+    #[arg(long, value_name = "FILE", default_value = "cluster.toml")]
+    config: PathBuf,
+    /// Run this process of [cluster] hosts (repeat for several) [default: every one whose
+    /// address is on this machine].
+    #[arg(long, value_name = "I")]
+    process: Vec<usize>,
+    /// Directory of the processes' logs (process-I.log, appended across restarts).
+    #[arg(long, value_name = "DIR", default_value = "logs")]
+    log_dir: PathBuf,
+    /// Seconds a process may take to stop cleanly (finish its epoch) before it is killed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    grace: f64,
+    /// Give up (stop everything, exit status 1) after this many restarts [default: never].
+    #[arg(long, value_name = "N")]
+    max_restarts: Option<u32>,
+    /// More arguments for every `worker` (after --), e.g. -- --dedup-window 1h.
+    #[arg(last = true, value_name = "WORKER_ARGS")]
+    worker_args: Vec<String>,
+}
+
+#[derive(Args)]
 struct WorkerArgs {
     /// The deployment description.
     #[arg(long, value_name = "FILE", default_value = "cluster.toml")]
@@ -345,6 +382,9 @@ struct WorkerArgs {
     /// event's epoch), e.g. 1h, 60s [default: [dataflow] dedup_window].
     #[arg(long, value_name = "DURATION")]
     dedup_window: Option<String>,
+    /// Started by `launch`: stop cleanly if the launcher goes away.
+    #[arg(long, hide = true)]
+    supervised: bool,
 }
 
 #[derive(Args)]
@@ -459,6 +499,7 @@ fn main() {
         Command::Standing(args) => standing(args),
         Command::Produce(args) => produce(args),
         Command::Worker(args) => worker(args),
+        Command::Launch(args) => launch(args),
         Command::Schema(args) => schema(args),
         Command::Bench(args) => rankmysteps::bench::bench(args).map_err(Into::into),
         Command::Doctor(args) => doctor(args),
@@ -722,6 +763,9 @@ fn worker(args: WorkerArgs) -> Result<()> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signal(&stop)?;
+    if args.supervised {
+        stop_without_parent(stop.clone());
+    }
     // The lag thread ends with the job (set after the job returns, however it ends).
     let stop_lag = Arc::new(AtomicBool::new(false));
     let mut lag_thread = None;
@@ -797,6 +841,16 @@ fn worker(args: WorkerArgs) -> Result<()> {
             None
         }
     };
+    if let Some(r) = &recovery {
+        // Kafka must still hold everything from the recorded positions on (never a silent jump).
+        rankmysteps_sources::kafka::check_start(
+            &kafka,
+            partitions,
+            &r.start,
+            Duration::from_secs(15),
+        )
+        .context("cannot resume from the progress record")?;
+    }
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if args.process == 0 {
         // The dead letters first: an epoch's rejected records are durable before the progress
@@ -885,6 +939,129 @@ fn worker(args: WorkerArgs) -> Result<()> {
         report.stats.duplicate,
         report.stats.rejected_total()
     );
+    Ok(())
+}
+
+/// Sets `stop` when this process's parent changes (the launcher is gone; the process was
+/// re-parented), so a process `launch` started never outlives it.
+fn stop_without_parent(stop: Arc<AtomicBool>) {
+    let parent = std::os::unix::process::parent_id();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            if std::os::unix::process::parent_id() != parent {
+                eprintln!("rankmysteps: the launcher is gone: stopping after the current epoch");
+                stop.store(true, Ordering::SeqCst);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+}
+
+fn launch(args: LaunchArgs) -> Result<()> {
+    use rankmysteps::launch::{local_processes, Backoff, LaunchSpec};
+    use std::io::IsTerminal;
+    let config = ClusterConfig::load(&args.config)?;
+    let hosts = &config.cluster.hosts;
+    if !(args.grace.is_finite() && args.grace >= 0.0) {
+        bail!("--grace must be a number of seconds");
+    }
+    for flag in [
+        "--process",
+        "--standalone",
+        "--config",
+        "--metrics",
+        "--supervised",
+    ] {
+        if args
+            .worker_args
+            .iter()
+            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        {
+            bail!("{flag} cannot be passed to the workers: launch sets it for each process ([cluster] metrics sets each one's metrics address)");
+        }
+    }
+    let processes = if args.process.is_empty() {
+        local_processes(hosts)?
+    } else {
+        let mut p = args.process.clone();
+        p.sort_unstable();
+        p.dedup();
+        if let Some(bad) = p.iter().find(|&&i| i >= hosts.len().max(1)) {
+            bail!(
+                "--process {bad} but [cluster] hosts lists {} processes",
+                hosts.len().max(1)
+            );
+        }
+        p
+    };
+    if processes.len() > 1 && config.cluster.metrics.is_empty() {
+        bail!(
+            "{}: {} processes here would all serve their metrics on {DEFAULT_METRICS}: set \
+             [cluster] metrics, one address per process",
+            args.config.display(),
+            processes.len()
+        );
+    }
+    let introspection = !args.worker_args.iter().any(|a| a == "--no-introspection");
+    let processes = processes
+        .into_iter()
+        .map(|i| {
+            let host = hosts
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| "(this machine)".into());
+            let metrics = config
+                .cluster
+                .metrics
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| DEFAULT_METRICS.to_owned());
+            (
+                i,
+                host,
+                (introspection && metrics != "off").then_some(metrics),
+            )
+        })
+        .collect();
+    let stop = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = stop.clone();
+    ctrlc::set_handler(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+    })
+    .context("installing the Ctrl-C handler")?;
+    let spec = LaunchSpec {
+        exe: std::env::current_exe().context("finding this executable")?,
+        config: args.config.clone(),
+        processes,
+        worker_args: args.worker_args,
+        log_dir: args.log_dir,
+        backoff: Backoff::default(),
+        grace: Duration::from_secs_f64(args.grace),
+        max_restarts: args.max_restarts,
+        terminal: std::io::stderr().is_terminal(),
+    };
+    let report = rankmysteps::launch::launch(spec, stop)?;
+    let mut recoveries = report.recoveries.clone();
+    recoveries.sort();
+    let recovery = match (
+        recoveries.get(recoveries.len().saturating_sub(1) / 2),
+        recoveries.last(),
+    ) {
+        (Some(p50), Some(max)) => format!(
+            ", recovery p50 {:.1} s, max {:.1} s",
+            p50.as_secs_f64(),
+            max.as_secs_f64()
+        ),
+        _ => String::new(),
+    };
+    eprintln!(
+        "rankmysteps launch: stopped{} after {} restarts{recovery}",
+        if report.clean { " cleanly" } else { "" },
+        report.restarts
+    );
+    if !report.clean {
+        std::process::exit(1);
+    }
     Ok(())
 }
 

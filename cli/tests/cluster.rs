@@ -12,11 +12,11 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::stream::{interrupt, phase, reference_epoch, send, verify, wait_for, worker, Sent};
-use rankmysteps_dataflow::event::parse_day;
-use rankmysteps_dataflow::pipeline::Settings;
+use common::inspect::{inspect, lookups_equal_the_reference, open_days_held};
+use common::stream::{
+    closing_record, interrupt, phase, reference_of, send, verify, wait_for, worker, Sent,
+};
 use rankmysteps_dataflow::random::SplitMix64 as Rng;
-use rankmysteps_dataflow::reference::Reference;
 use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
 
@@ -53,28 +53,9 @@ fn two_processes_match_the_reference_across_a_crash() {
     let mut rng = Rng(11);
     let p1 = phase(&mut rng, 1200, &["2026-01-10", "2026-01-11"]);
     let mut p2 = phase(&mut rng, 800, &["2026-01-13"]);
-    let closing = parse_day("2026-01-13").unwrap();
-    p2.insert(
-        0,
-        Sent {
-            user: 9,
-            text: "{\"uuid\":9,\"timestamp\":\"2026-01-13T20:00:00Z\",\"steps\":1}".into(),
-            meaning: Ok((
-                closing,
-                (closing as i64 * 86_400 + 20 * 3600) * 1_000_000,
-                1,
-                None,
-            )),
-        },
-    );
+    p2.insert(0, closing_record(9));
     let p3 = phase(&mut rng, 600, &["2026-01-10", "2026-01-11", "2026-01-13"]);
-    let mut reference = Reference::new(Settings {
-        k,
-        ..Settings::default()
-    });
-    reference.epoch(0, reference_epoch(&p1, 0));
-    reference.epoch(1, reference_epoch(&p2, p1.len() as u64));
-    reference.epoch(2, reference_epoch(&p3, (p1.len() + p2.len()) as u64));
+    let reference = reference_of(&[&p1, &p2, &p3], k);
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", common::brokers())
         .set("enable.idempotence", "true")
@@ -113,7 +94,27 @@ fn two_processes_match_the_reference_across_a_crash() {
     let all: Vec<&Sent> = p1.iter().chain(&p2).chain(&p3).collect();
     wait_for(reader, topic, &mut b0, all.len() as u64);
     assert!(b1.0.try_wait().unwrap().is_none(), "process 1 exited early");
-    inspect_both(&metrics, &reference);
+    // Both processes report every named arrangement and operator, the live keys of `totals`
+    // over both are the (day, user) pairs of the open days; an address where nothing listens
+    // is an entry with its error (exit status 1), not a failure of the others.
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let select = [
+        "--addr",
+        &metrics[0],
+        "--addr",
+        &metrics[1],
+        "--addr",
+        &nobody,
+    ];
+    open_days_held(&select, 2, 2, 6, &reference);
+    lookups_equal_the_reference(&select[..4], 2, &reference);
+    // The table names every process, the unreachable one too.
+    let out = inspect(&["--addr", &metrics[0], "--addr", &nobody]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("ARRANGEMENT") && text.contains("totals") && text.contains("UNREACHABLE"),
+        "{text}"
+    );
     // `inspect --config` finds both processes from [cluster] metrics.
     let out = inspect(&["--json", "--config", config.to_str().unwrap()]);
     assert!(
@@ -144,181 +145,4 @@ fn two_processes_match_the_reference_across_a_crash() {
     assert!(status.success(), "process 1: {status:?}");
 
     verify(reader, topic, prefix, &reference, &all, k);
-}
-
-/// `rankmysteps inspect` on both running processes and one address where nothing listens:
-/// both report every named arrangement and operator, the live keys of `totals` over both
-/// processes are the (day, user) pairs of the open days, and the missing process is an entry
-/// with its error (exit status 1), not a failure of the others.
-fn inspect_both(metrics: &[String; 2], reference: &Reference) {
-    let open_keys: usize = reference
-        .days
-        .values()
-        .filter(|d| !d.is_final)
-        .map(|d| d.totals.len())
-        .sum();
-    let nobody = format!("127.0.0.1:{}", free_port());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = inspect(&[
-            "--json",
-            "--addr",
-            &metrics[0],
-            "--addr",
-            &metrics[1],
-            "--addr",
-            &nobody,
-        ]);
-        assert_eq!(out.status.code(), Some(1), "one process is unreachable");
-        let gathered: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let g = gathered.as_array().unwrap();
-        assert_eq!(g.len(), 3);
-        assert!(
-            g[2]["error"].as_str().unwrap().contains("cannot connect"),
-            "{}",
-            g[2]
-        );
-        let mut keys = Some(0);
-        for p in &g[..2] {
-            let s = &p["summary"];
-            let names: Vec<&str> = s["arrangements"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a["name"].as_str().unwrap())
-                .collect();
-            assert_eq!(names, ["totals", "histogram", "users", "by-total", "top-k"]);
-            for op in ["Admit", "Totals", "TopK", "Histogram", "Users", "Deliver"] {
-                assert!(
-                    s["operators"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|o| o["name"] == op),
-                    "no operator {op}: {s}"
-                );
-            }
-            assert_eq!(s["workers"].as_array().unwrap().len(), 2);
-            let totals = s["arrangements"][0]["live_keys"].as_u64();
-            keys = keys.zip(totals).map(|(a, b)| a + b as usize);
-        }
-        // Process 0 measures the consumer lag of the six partitions: none once all is read.
-        let lag = g[0]["summary"]["consumer_lag"].as_array().unwrap();
-        let caught_up = lag.len() == 6 && lag.iter().all(|p| p[1] == 0);
-        for w in g[..2]
-            .iter()
-            .flat_map(|p| p["summary"]["workers"].as_array().unwrap())
-        {
-            // A streaming source is always at an epoch, at or after the last completed one.
-            let (input, completed) = (w["input_epoch"].as_u64(), w["completed_epoch"].as_u64());
-            assert!(input.is_some() && input >= completed, "{w}");
-        }
-        if keys == Some(open_keys) && caught_up {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "totals hold {keys:?} live keys, the open days {open_keys} (and the lag): {gathered}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    lookups_equal_the_reference(metrics, reference);
-    // The table names every process, the unreachable one too.
-    let out = inspect(&["--addr", &metrics[0], "--addr", &nobody]);
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        text.contains("ARRANGEMENT") && text.contains("totals") && text.contains("UNREACHABLE"),
-        "{text}"
-    );
-}
-
-/// `rankmysteps inspect lookup` through both processes, for every user of the open day (their
-/// workers and the day's are spread over both processes): the total and the standing equal the
-/// reference's, at the epoch the answer names; a closed day is answered as closed; an unknown
-/// user is not found.
-fn lookups_equal_the_reference(metrics: &[String; 2], reference: &Reference) {
-    use rankmysteps_dataflow::event::{format_day, format_user};
-    use rankmysteps_dataflow::ranking::{sort_listing, standing};
-    let lookup = |day: &str, user: &str| {
-        inspect(&[
-            "--json",
-            "--addr",
-            &metrics[0],
-            "--addr",
-            &metrics[1],
-            "lookup",
-            "--day",
-            day,
-            "--user",
-            user,
-            "--neighbours",
-            "2",
-        ])
-    };
-    let (day, open) = reference.days.iter().find(|(_, d)| !d.is_final).unwrap();
-    let mut listing: Vec<_> = open.totals.iter().map(|(u, t)| (*u, *t)).collect();
-    sort_listing(&mut listing);
-    let mut across = 0;
-    for &(user, total) in &listing {
-        let out = lookup(&format_day(*day), &format_user(user));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let want = standing(&listing, user, 2).unwrap();
-        assert_eq!(got["total"], total, "{got}");
-        assert_eq!(got["final"], false);
-        let s = &got["standing"];
-        assert_eq!(
-            (s["rank"].as_u64(), s["users"].as_u64()),
-            (Some(want.rank), Some(want.users)),
-            "{got}"
-        );
-        assert_eq!(s["gap_up"].as_u64(), want.gap_up, "{got}");
-        assert_eq!(s["gap_down"].as_u64(), want.gap_down, "{got}");
-        let above: Vec<String> = want.above.iter().map(|a| format_user(a.0)).collect();
-        let got_above: Vec<&str> = s["above"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["user"].as_str().unwrap())
-            .collect();
-        assert_eq!(got_above, above, "{got}");
-        // The user's worker and the day's are in different processes (two threads each).
-        if got["user_worker"].as_u64().unwrap() / 2 != got["day_worker"].as_u64().unwrap() / 2 {
-            across += 1;
-        }
-    }
-    assert!(across > 0, "no lookup crossed processes");
-    let (closed, result) = reference.days.iter().find(|(_, d)| d.is_final).unwrap();
-    let user = format_user(*result.totals.keys().next().unwrap());
-    let out = lookup(&format_day(*closed), &user);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("closed"),
-        "{stderr}"
-    );
-    let out = lookup(&format_day(*day), "00000000-0000-0000-0000-00000000abcd");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("no accepted event"),
-        "{stderr}"
-    );
-    let out = lookup("2026-02-30", &user);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("not a YYYY-MM-DD"),
-        "{stderr}"
-    );
-}
-
-/// `rankmysteps inspect ARGS`, run to completion.
-fn inspect(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
-        .arg("inspect")
-        .args(args)
-        .output()
-        .unwrap()
 }

@@ -233,3 +233,79 @@ fn worker_matches_reference_on_real_kafka() {
         }
     }
 }
+
+/// A worker never resumes past records it did not consume: after retention deleted records
+/// beyond the progress record's offsets (here `DeleteRecords`, as retention would), a restart
+/// fails with an error that names the partition, the offsets and the way out, instead of
+/// jumping to Kafka's earliest offset (the old `auto.offset.reset` would have lost them
+/// silently).
+#[test]
+fn a_resume_offset_kafka_no_longer_has_is_an_error() {
+    use common::stream::{progress, wait_for, worker};
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::{Offset, TopicPartitionList};
+    let dep = common::Deployment::new("retention", 2, 1, 5, None);
+    let (topic, config, reader) = (&dep.topic, &dep.config, &dep.reader);
+    let mut rng = Rng(5);
+    let first = phase(&mut rng, 200, &["2026-01-10"]);
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    send(&producer, topic, &first, 1, Duration::ZERO, |_| {});
+    let mut w = worker(config, &[], None);
+    wait_for(reader, topic, &mut w, first.len() as u64);
+    interrupt(&mut w);
+    assert!(progress(reader, topic).is_some());
+    // Records arrive while no worker runs, and are deleted before any consumes them.
+    send(
+        &producer,
+        topic,
+        &phase(&mut rng, 100, &["2026-01-10"]),
+        1,
+        Duration::ZERO,
+        |_| {},
+    );
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..2 {
+        list.add_partition_offset(topic, p, Offset::End).unwrap();
+    }
+    futures_executor::block_on(admin.delete_records(&list, &AdminOptions::new())).unwrap();
+
+    let fails = |config: &std::path::Path| {
+        let log = dep.dir.path().join("worker.err");
+        let mut child = Child(
+            Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
+                .args(["worker", "--metrics", "off", "--config"])
+                .arg(config)
+                .stdin(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let status = loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the worker resumed regardless");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(!status.success());
+        std::fs::read_to_string(&log).unwrap()
+    };
+    let err = fails(config);
+    assert!(
+        err.contains("cannot resume from the progress record")
+            && err.contains(&format!("of topic {topic}"))
+            && err.contains("were deleted (retention) before they were consumed")
+            && err.contains("retention.ms"),
+        "{err}"
+    );
+}

@@ -174,4 +174,5 @@ pub fn archived(
     (archive, raw)
 }
 
+pub mod inspect;
 pub mod stream;

@@ -280,3 +280,28 @@ pub fn verify(
     expected_rejected.sort();
     assert_eq!(rejected, expected_rejected, "dead letters");
 }
+
+/// A record of `user` at 13 January 2026 20:00 UTC: the watermark passes the close of the
+/// 11th (13 January 12:00 UTC), so the 10th and the 11th close when it is read.
+pub fn closing_record(user: User) -> Sent {
+    let day = parse_day("2026-01-13").unwrap();
+    Sent {
+        user,
+        text: format!("{{\"uuid\":{user},\"timestamp\":\"2026-01-13T20:00:00Z\",\"steps\":1}}"),
+        meaning: Ok((day, (day as i64 * 86_400 + 20 * 3600) * 1_000_000, 1, None)),
+    }
+}
+
+/// The reference after `phases`, one epoch each (positions in send order), top `k`.
+pub fn reference_of(phases: &[&[Sent]], k: usize) -> Reference {
+    let mut reference = Reference::new(rankmysteps_dataflow::pipeline::Settings {
+        k,
+        ..Default::default()
+    });
+    let mut first = 0;
+    for (epoch, phase) in phases.iter().enumerate() {
+        reference.epoch(epoch as u64, reference_epoch(phase, first));
+        first += phase.len() as u64;
+    }
+    reference
+}

@@ -6,4 +6,4 @@ mod config;
 mod source;
 
 pub use config::KafkaConfig;
-pub use source::{partition_count, record_pos, split_pos, KafkaSource};
+pub use source::{check_start, partition_count, record_pos, split_pos, KafkaSource};

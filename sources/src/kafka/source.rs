@@ -43,6 +43,55 @@ pub fn partition_count(config: &KafkaConfig, timeout: Duration) -> Result<u32, S
     Ok(topic.partitions().len() as u32)
 }
 
+/// Checks that Kafka still holds every record from the recorded next offsets `start` on (the
+/// progress record's) of a topic of `partitions` partitions, before a worker resumes there.
+///
+/// Offsets live in the progress record, not in Kafka, and a resumed consumer must never jump:
+/// an offset below a partition's earliest (retention deleted records that were never
+/// consumed) or past its end (the topic was deleted and created again), or a recorded
+/// partition the topic no longer has, is an error that names the partition and the way out,
+/// never a silent reset (`auto.offset.reset` is `error`, see [`KafkaSource::new`]).
+pub fn check_start(
+    config: &KafkaConfig,
+    partitions: u32,
+    start: &BTreeMap<u32, u64>,
+    timeout: Duration,
+) -> Result<(), SourceError> {
+    let topic = &config.topic;
+    if let Some(p) = start.keys().find(|&&p| p >= partitions) {
+        return Err(SourceError::Kafka(format!(
+            "the progress record has offsets of partition {p} of topic {topic}, which has \
+             {partitions} partitions now: the topic was recreated or its partitions changed, so \
+             the recorded positions no longer describe it (start over with a new topic, or \
+             delete the progress record to consume it again from the beginning)"
+        )));
+    }
+    let consumer: BaseConsumer = config.client_config().create().map_err(kafka_error)?;
+    for (&p, &next) in start {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p as i32, timeout)
+            .map_err(|e| SourceError::Kafka(format!("offsets of {topic}/{p}: {e}")))?;
+        let (low, high) = (low.max(0) as u64, high.max(0) as u64);
+        if next < low {
+            return Err(SourceError::Kafka(format!(
+                "partition {p} of topic {topic}: the progress record resumes at offset {next}, \
+                 but Kafka's earliest offset is now {low}: records {next}..{low} were deleted \
+                 (retention) before they were consumed, and skipping them would lose data \
+                 silently. Raise the topic's retention.ms above the longest stop; to accept the \
+                 loss, delete the progress record and start over"
+            )));
+        }
+        if next > high {
+            return Err(SourceError::Kafka(format!(
+                "partition {p} of topic {topic}: the progress record resumes at offset {next}, \
+                 past the partition's end ({high}): the topic was deleted and created again \
+                 since (start over with a new topic or delete the progress record)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn kafka_error(e: rdkafka::error::KafkaError) -> SourceError {
     SourceError::Kafka(e.to_string())
 }
@@ -77,13 +126,19 @@ impl KafkaSource {
             .set("group.id", "rankmysteps")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest");
+            // Never jump: a recorded offset Kafka no longer has is an error (see
+            // `check_start`), not a silent reset to the earliest or latest record.
+            .set("auto.offset.reset", "error");
         let consumer: BaseConsumer = client.create().map_err(kafka_error)?;
         let mut list = TopicPartitionList::new();
         let mut next = BTreeMap::new();
         for p in (0..partitions).filter(|p| *p as usize % workers == worker) {
-            let offset = start.get(&p).copied().unwrap_or(0);
-            list.add_partition_offset(&config.topic, p as i32, Offset::Offset(offset as i64))
+            // A partition never consumed starts at its earliest record (offset 0 may be gone).
+            let (offset, from) = match start.get(&p) {
+                Some(&o) => (o, Offset::Offset(o as i64)),
+                None => (0, Offset::Beginning),
+            };
+            list.add_partition_offset(&config.topic, p as i32, from)
                 .map_err(kafka_error)?;
             next.insert(p, offset);
         }
@@ -130,7 +185,16 @@ impl ChunkSource for KafkaSource {
                         self.next.insert(partition, offset + 1);
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "kafka poll error");
+                        // With `auto.offset.reset` = error, librdkafka reports records deleted
+                        // under a running consumer here instead of jumping past them; a
+                        // restart's `check_start` then names the partition and the way out.
+                        if e.rdkafka_error_code()
+                            == Some(rdkafka::types::RDKafkaErrorCode::AutoOffsetReset)
+                        {
+                            tracing::error!(error = %e, "kafka: records deleted before they were consumed; restart to see which");
+                        } else {
+                            tracing::warn!(error = %e, "kafka poll error");
+                        }
                         break;
                     }
                 }
@@ -144,5 +208,28 @@ impl ChunkSource for KafkaSource {
         }
         chunk.positions = self.positions();
         Pull::Chunk(chunk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_partition_the_topic_no_longer_has_is_an_error() {
+        // Decided before any broker is asked: no Kafka needed.
+        let config = KafkaConfig {
+            brokers: vec!["127.0.0.1:1".into()],
+            topic: "steps".into(),
+            properties: BTreeMap::new(),
+        };
+        let start: BTreeMap<u32, u64> = [(0, 10), (5, 3)].into();
+        let e = check_start(&config, 4, &start, Duration::from_millis(10))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("partition 5 of topic steps, which has 4 partitions now"),
+            "{e}"
+        );
     }
 }

@@ -1,0 +1,215 @@
+//! `rankmysteps launch` runs the four reference processes on loopback (127.0.0.1 … 127.0.0.4,
+//! one thread each, eight partitions) on the real services. The test kills a random process
+//! with SIGKILL twice, at random moments of the stream; the launcher stops the survivors and
+//! starts all four again each time. Meanwhile `inspect --config` sees every process of the
+//! launched cluster and its lookups equal the reference; after SIGTERM to the launcher (a
+//! clean stop of every process) every Cassandra table, the counters, the archive and the dead
+//! letters equal the sequential reference. Compiled only with the `integration` feature;
+//! fails (never skips) when a service is missing.
+#![cfg(feature = "integration")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::inspect::{inspect, lookups_equal_the_reference, open_days_held};
+use common::stream::{closing_record, phase, reference_of, send, verify, wait_for, Sent};
+use common::Child;
+use rankmysteps_dataflow::random::SplitMix64 as Rng;
+use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
+use rdkafka::ClientConfig;
+
+/// A port free on `ip` right now.
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The pid of every process as the launcher's events last started it.
+fn started(events: &Path) -> BTreeMap<usize, u32> {
+    let text = std::fs::read_to_string(events).unwrap_or_default();
+    let mut pids = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.split("process ").nth(1) else {
+            continue;
+        };
+        if let Some((index, pid)) = rest.split_once(" started (pid ") {
+            let pid = pid.split(',').next().unwrap();
+            pids.insert(index.parse().unwrap(), pid.parse().unwrap());
+        }
+    }
+    pids
+}
+
+/// Waits until the launcher has started all four processes `starts` times in all.
+fn wait_started(events: &Path, starts: usize) -> BTreeMap<usize, u32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(events).unwrap_or_default();
+        if text.matches(" started (pid ").count() >= starts * 4 {
+            return started(events);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not started {starts} times: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the launcher's events say `needle` `count` times; returns them.
+fn wait_said(events: &Path, needle: &str, count: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(events).unwrap_or_default();
+        if text.matches(needle).count() >= count {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {count} times {needle:?}: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// SIGKILL to `pid`.
+fn kill_9(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn four_launched_processes_survive_kill_9_and_match_the_reference() {
+    let k = 5;
+    let ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"];
+    let list = |port: &dyn Fn(&str) -> String| {
+        ips.iter()
+            .map(|ip| format!("\"{ip}:{}\"", port(ip)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let hosts = list(&|ip| free_port(ip).to_string());
+    let metrics = list(&|ip| free_port(ip).to_string());
+    let dep = common::Deployment::new(
+        "launch",
+        8,
+        1,
+        k,
+        Some(&format!("hosts = [{hosts}]\nmetrics = [{metrics}]")),
+    );
+    let (topic, prefix, config, reader) = (&dep.topic, &dep.prefix, &dep.config, &dep.reader);
+    let config_arg = config.to_str().unwrap();
+
+    // As in the cluster test: phase 1 closes no day, phase 2 closes the 10th and the 11th,
+    // phase 3 brings late events; every decision is independent of the epochs.
+    let mut rng = Rng(23);
+    let p1 = phase(&mut rng, 1200, &["2026-01-10", "2026-01-11"]);
+    let mut p2 = phase(&mut rng, 800, &["2026-01-13"]);
+    p2.insert(0, closing_record(9));
+    let p3 = phase(&mut rng, 600, &["2026-01-10", "2026-01-11", "2026-01-13"]);
+    let reference = reference_of(&[&p1, &p2, &p3], k);
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+
+    let logs = dep.dir.path().join("logs");
+    let events = dep.dir.path().join("launch.log");
+    let mut launcher = Child(
+        Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
+            .args(["launch", "--config", config_arg, "--log-dir"])
+            .arg(&logs)
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&events).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let first = wait_started(&events, 1);
+    assert_eq!(first.keys().copied().collect::<Vec<_>>(), [0, 1, 2, 3]);
+    send(&producer, topic, &p1, 1, Duration::ZERO, |_| {});
+    wait_for(reader, topic, &mut launcher, p1.len() as u64);
+
+    // A random process dies in the middle of phase 2, another at a random moment of phase 3.
+    let victim = rng.below(4) as usize;
+    let at = rng.below(3) as usize;
+    send(&producer, topic, &p2, 4, Duration::from_millis(150), |i| {
+        if i == at {
+            kill_9(first[&victim]);
+        }
+    });
+    let second = wait_started(&events, 2);
+    assert!(first.values().all(|pid| !second.values().any(|p| p == pid)));
+    wait_for(reader, topic, &mut launcher, (p1.len() + p2.len()) as u64);
+    // The launcher saw all four complete epochs again (else the next failure would be part of
+    // the same recovery).
+    wait_said(&events, "recovered in ", 1);
+    let victim = rng.below(4) as usize;
+    let at = rng.below(4) as usize;
+    send(&producer, topic, &p3, 4, Duration::from_millis(100), |i| {
+        if i == at {
+            kill_9(second[&victim]);
+        }
+    });
+    let third = wait_started(&events, 3);
+    let all: Vec<&Sent> = p1.iter().chain(&p2).chain(&p3).collect();
+    wait_for(reader, topic, &mut launcher, all.len() as u64);
+
+    // The launched cluster, found through its cluster.toml: every process, one worker each,
+    // the open days' keys over all four, lookups equal to the reference across processes.
+    let select = ["--config", config_arg];
+    open_days_held(&select, 4, 1, 8, &reference);
+    lookups_equal_the_reference(&select, 1, &reference);
+    let out = inspect(&["--config", config_arg]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(table.matches("ARRANGEMENT").count(), 4, "{table}");
+
+    // Both failures were recovered from, and said so.
+    let text = wait_said(&events, "recovered in ", 2);
+    assert!(text.contains("exited (killed by SIGKILL)"), "{text}");
+    assert_eq!(
+        text.matches("restarting every process in").count(),
+        2,
+        "{text}"
+    );
+
+    // A clean stop: SIGTERM to the launcher stops every process after its epoch.
+    let status = Command::new("kill")
+        .args(["-TERM", &launcher.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = launcher.0.wait().unwrap();
+    let text = std::fs::read_to_string(&events).unwrap();
+    assert!(status.success(), "{status:?}: {text}");
+    let last = text.lines().last().unwrap();
+    assert!(last.contains("stopped cleanly after 2 restarts"), "{text}");
+    println!("{last}");
+    for pid in third.values() {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "{pid} still runs"
+        );
+    }
+    for i in 0..4 {
+        let log = std::fs::read_to_string(logs.join(format!("process-{i}.log"))).unwrap();
+        assert_eq!(
+            log.matches(&format!("--- rankmysteps launch: process {i} "))
+                .count(),
+            3,
+            "{log}"
+        );
+    }
+    verify(reader, topic, prefix, &reference, &all, k);
+}
