@@ -795,6 +795,7 @@ fn worker(args: WorkerArgs) -> Result<()> {
         None => None,
     };
     // A restart: where the last run's progress record says to resume, and what to replay.
+    let mut generation = None;
     let recovery = match &config.cassandra {
         Some(c) => {
             let reader = rankmysteps_sinks::cassandra::CassandraReader::connect(c)
@@ -804,9 +805,17 @@ fn worker(args: WorkerArgs) -> Result<()> {
                 threads: workers,
                 processes: hosts.len().max(1),
             };
+            let job = rankmysteps::recovery::progress_job(&kafka.topic);
+            // This start's generation (design §4): its writes' timestamps derive from it, and a
+            // newer start of the same process fences this one.
+            let g = reader
+                .claim_generation(&job, args.process)
+                .context("claiming a generation in Cassandra (does the keyspace have the generations table? rankmysteps schema apply)")?;
+            generation = Some(g);
             let recovery = rankmysteps::recovery::plan(
                 &reader,
-                &rankmysteps::recovery::progress_job(&kafka.topic),
+                &job,
+                Some(g),
                 archive.as_deref(),
                 &kafka.topic,
                 share,
@@ -871,6 +880,9 @@ fn worker(args: WorkerArgs) -> Result<()> {
             if let Some(r) = &recovery {
                 sink.resume(r.progress.as_ref(), r.replay_through);
             }
+            if let Some(g) = generation {
+                sink.set_generation(g);
+            }
             sinks.push(Box::new(sink));
         }
         if let Some(out) = &args.out {
@@ -918,8 +930,12 @@ fn worker(args: WorkerArgs) -> Result<()> {
         progress: Display::quiet_if(args.quiet),
     };
     eprintln!(
-        "rankmysteps: worker process {} consuming {} ({} partitions) with {} threads",
-        args.process, kafka.topic, partitions, workers
+        "rankmysteps: worker process {} consuming {} ({} partitions) with {} threads{}",
+        args.process,
+        kafka.topic,
+        partitions,
+        workers,
+        generation.map_or(String::new(), |g| format!(", generation {g}"))
     );
     let report = job::run(spec, Box::new(sink), stop);
     if let Some(introspection) = &introspection {

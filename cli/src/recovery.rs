@@ -117,11 +117,14 @@ pub fn first_ingest_day(w: Micros, grace: Micros, skew: Micros, epoch_ms: u64) -
 
 /// Reads the progress and intent records, deletes the archive objects of uncommitted epochs
 /// (this process's partitions; `rejected/` ones on process 0) and lists what to replay. See
-/// the module docs.
+/// the module docs. With `generation` (this start's, claimed), nothing is deleted unless it is
+/// still the latest claimed of this process: an older start still running must not delete
+/// what a newer one has archived.
 #[allow(clippy::too_many_arguments)]
 pub fn plan(
     reader: &CassandraReader,
     job: &str,
+    generation: Option<u64>,
     archive: Option<&S3Archive>,
     topic: &str,
     share: Share,
@@ -178,6 +181,9 @@ pub fn plan(
             )));
         }
         return Ok(recovery);
+    }
+    if let Some(g) = generation {
+        reader.check_generation(job, share.process, g)?;
     }
     for (key, k) in raw {
         if !share.owns(k.partition) {

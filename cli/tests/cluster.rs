@@ -13,12 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::inspect::{inspect, lookups_equal_the_reference, open_days_held};
-use common::stream::{
-    closing_record, interrupt, phase, reference_of, send, verify, wait_for, worker, Sent,
-};
-use rankmysteps_dataflow::random::SplitMix64 as Rng;
-use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
-use rdkafka::ClientConfig;
+use common::stream::{interrupt, producer, send, three_phases, verify, wait_for, worker, Sent};
 
 /// A port free on loopback right now.
 fn free_port() -> u16 {
@@ -48,19 +43,8 @@ fn two_processes_match_the_reference_across_a_crash() {
     let cluster = rankmysteps::config::ClusterConfig::load(config).unwrap();
     assert_eq!(cluster.cluster.hosts.len(), 2);
 
-    // As in the restart test: phase 1 closes no day, phase 2 closes the 10th and the 11th,
-    // phase 3 brings late events; every decision is independent of the epochs.
-    let mut rng = Rng(11);
-    let p1 = phase(&mut rng, 1200, &["2026-01-10", "2026-01-11"]);
-    let mut p2 = phase(&mut rng, 800, &["2026-01-13"]);
-    p2.insert(0, closing_record(9));
-    let p3 = phase(&mut rng, 600, &["2026-01-10", "2026-01-11", "2026-01-13"]);
-    let reference = reference_of(&[&p1, &p2, &p3], k);
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", common::brokers())
-        .set("enable.idempotence", "true")
-        .create()
-        .unwrap();
+    let ([p1, p2, p3], reference) = three_phases(11, k);
+    let producer = producer();
 
     assert_eq!(cluster.cluster.metrics, metrics);
     let start = || {

@@ -17,11 +17,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::inspect::{inspect, lookups_equal_the_reference, open_days_held};
-use common::stream::{closing_record, phase, reference_of, send, verify, wait_for, Sent};
+use common::stream::{producer, send, three_phases, verify, wait_for, Sent};
 use common::Child;
 use rankmysteps_dataflow::random::SplitMix64 as Rng;
-use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
-use rdkafka::ClientConfig;
 
 /// A port free on `ip` right now.
 fn free_port(ip: &str) -> u16 {
@@ -111,19 +109,10 @@ fn four_launched_processes_survive_kill_9_and_match_the_reference() {
     let (topic, prefix, config, reader) = (&dep.topic, &dep.prefix, &dep.config, &dep.reader);
     let config_arg = config.to_str().unwrap();
 
-    // As in the cluster test: phase 1 closes no day, phase 2 closes the 10th and the 11th,
-    // phase 3 brings late events; every decision is independent of the epochs.
-    let mut rng = Rng(23);
-    let p1 = phase(&mut rng, 1200, &["2026-01-10", "2026-01-11"]);
-    let mut p2 = phase(&mut rng, 800, &["2026-01-13"]);
-    p2.insert(0, closing_record(9));
-    let p3 = phase(&mut rng, 600, &["2026-01-10", "2026-01-11", "2026-01-13"]);
-    let reference = reference_of(&[&p1, &p2, &p3], k);
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", common::brokers())
-        .set("enable.idempotence", "true")
-        .create()
-        .unwrap();
+    let ([p1, p2, p3], reference) = three_phases(23, k);
+    let producer = producer();
+    // When the processes are killed, and which.
+    let mut rng = Rng(29);
 
     let logs = dep.dir.path().join("logs");
     let events = dep.dir.path().join("launch.log");

@@ -163,6 +163,15 @@ pub enum SinkError {
         /// The error.
         detail: String,
     },
+    /// A newer start of this process claimed a later generation: this one is fenced and must
+    /// write and delete nothing more (design §4).
+    #[error("fenced: this process runs generation {generation}, but generation {current} has been claimed since (a newer start of the same process took over)")]
+    Fenced {
+        /// The generation this process claimed.
+        generation: u64,
+        /// The latest claimed (0: none).
+        current: u64,
+    },
     /// An epoch was delivered after a later (or the same) one: a breach of the [`Sink`] contract.
     #[error("epoch {epoch} delivered after epoch {last}: sinks take epochs in increasing order")]
     OutOfOrder {

@@ -275,6 +275,90 @@ fn epochs_read_back_like_the_reference() {
 /// A restart writes again the epochs after the progress record up to the intent it found, one
 /// by one: the run that stopped may have written an intermediate epoch's rows, which a merged
 /// rewrite would leave behind (its insert and the next epoch's delete cancel in the merge).
+/// Fencing (design §4): claims give every start of a process a larger generation, an older
+/// generation is told it is fenced, and whatever an older start still writes (later epochs,
+/// later in wall-clock time) loses against the newer start's writes and progress record.
+#[test]
+fn an_older_generation_can_no_longer_win_a_write() {
+    let config = config();
+    schema::apply(&config).unwrap();
+    let reader = CassandraReader::connect(&config).unwrap();
+    assert_eq!(reader.generation("job", 0).unwrap(), None);
+    let old = reader.claim_generation("job", 0).unwrap();
+    assert_eq!(old, 1);
+    reader.check_generation("job", 0, old).unwrap();
+    let new = reader.claim_generation("job", 0).unwrap();
+    assert_eq!(new, 2);
+    // Processes and jobs have generations of their own.
+    assert_eq!(reader.claim_generation("job", 1).unwrap(), 1);
+    assert_eq!(reader.claim_generation("other", 0).unwrap(), 1);
+    let fenced = reader.check_generation("job", 0, old).unwrap_err();
+    assert!(
+        matches!(
+            fenced,
+            rankmysteps_sinks::SinkError::Fenced {
+                generation: 1,
+                current: 2
+            }
+        ),
+        "{fenced}"
+    );
+    reader.check_generation("job", 0, new).unwrap();
+    // Claims racing from threads each get a generation of their own.
+    let claimed: BTreeSet<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    CassandraReader::connect(&config)
+                        .unwrap()
+                        .claim_generation("race", 0)
+                        .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(claimed, (1..=4).collect());
+
+    let (d, k) = (day_from_civil(2026, 11, 27), 2);
+    let mut a = Totals::new();
+    a.insert((d, 1), 50);
+    a.insert((d, 2), 40);
+    let mut b = a.clone();
+    b.insert((d, 2), 45);
+    let mut zombie_state = b.clone();
+    zombie_state.insert((d, 1), 999);
+    zombie_state.insert((d, 3), 5);
+    let out3 = epoch_output(3, &Totals::new(), &a, k, vec![]);
+    // Generation 1 writes epochs up to 3 and stops being heard from (it still runs).
+    let mut zombie = CassandraSink::connect(&config, "job").unwrap();
+    zombie.set_generation(old);
+    zombie.write_epoch(&out3).unwrap();
+    zombie.flush().unwrap();
+    // Generation 2 restarts from its progress record (epoch 3): it restores epoch 3, so it
+    // writes the open day whole as its own, then epoch 4.
+    let mut newer = CassandraSink::connect(&config, "job").unwrap();
+    newer.set_generation(new);
+    newer.resume(reader.progress("job").unwrap().as_ref(), Some(3));
+    newer.restore(&out3).unwrap();
+    newer
+        .write_epoch(&epoch_output(4, &a, &b, k, vec![]))
+        .unwrap();
+    newer.finish().unwrap();
+    // Generation 1 then writes epoch 6 (a later epoch, later in time): other totals, a new
+    // user, a new histogram count, its progress record. None of it shows.
+    zombie
+        .write_epoch(&epoch_output(6, &b, &zombie_state, k, vec![]))
+        .unwrap();
+    zombie.finish().unwrap();
+    check(&reader, &b, &[d], k, &[]);
+    // Only a user's own `totals_by_user` row of a user generation 2 has not seen yet can show
+    // what generation 1 wrote (that table is partitioned by user, so no day's delete covers
+    // it): until generation 2 reads the same records and writes it as its own.
+    assert_eq!(reader.total(d, 3).unwrap(), Some(5));
+    assert_eq!(reader.progress("job").unwrap().unwrap().epoch, 4);
+}
+
 #[test]
 fn a_restart_rewrites_half_written_epochs_one_by_one() {
     // The bulk lane writes at most every 10 s: without the rule, the rewrites of epochs 3 and 4
@@ -299,19 +383,24 @@ fn a_restart_rewrites_half_written_epochs_one_by_one() {
         .collect();
     // The run that stops: its progress record says epoch 1; it went on to write epochs 2 and
     // 3 (rows (d, 45, 6) then (d, 70, 6)) and had begun epoch 4 (its intent).
+    // As workers do, every start claims a generation: the stopped run's, then the restart's.
+    let stopped = reader.claim_generation("job", 0).unwrap();
     let mut first = CassandraSink::connect(&config, "job").unwrap();
+    first.set_generation(stopped);
     first.write_epoch(&outputs[0]).unwrap();
     first.finish().unwrap();
     let progress = reader.progress("job").unwrap().unwrap();
     assert_eq!(progress.epoch, 1);
     for output in &outputs[1..3] {
         let mut more = CassandraSink::connect(&config, "job-stopped").unwrap();
+        more.set_generation(stopped);
         more.write_epoch(output).unwrap();
         more.finish().unwrap();
     }
     // The restart rewrites epochs 2 to 4 (the intent): the tables hold epoch 4 exactly.
     let started = Instant::now();
     let mut again = CassandraSink::connect(&config, "job").unwrap();
+    again.set_generation(reader.claim_generation("job", 0).unwrap());
     again.resume(Some(&progress), Some(4));
     for output in &outputs[1..] {
         again.write_epoch(output).unwrap();

@@ -110,7 +110,7 @@ impl WebError {
             SinkError::Cassandra { .. } | SinkError::Io { .. } | SinkError::S3 { .. } => {
                 WebError::Unavailable(error.to_string())
             }
-            SinkError::Corrupt { .. } | SinkError::OutOfOrder { .. } => {
+            SinkError::Corrupt { .. } | SinkError::OutOfOrder { .. } | SinkError::Fenced { .. } => {
                 WebError::Internal(error.to_string())
             }
         }

@@ -305,3 +305,26 @@ pub fn reference_of(phases: &[&[Sent]], k: usize) -> Reference {
     }
     reference
 }
+
+/// The stream of the cluster tests, seeded, with its reference (top `k`): phase 1 closes no
+/// day (10 and 11 January), phase 2 (13 January) closes the 10th and the 11th, phase 3 brings
+/// late events of all three. Every decision is independent of the epochs the records fall in,
+/// as the reference's one epoch per phase assumes.
+pub fn three_phases(seed: u64, k: usize) -> ([Vec<Sent>; 3], Reference) {
+    let mut rng = Rng(seed);
+    let p1 = phase(&mut rng, 1200, &["2026-01-10", "2026-01-11"]);
+    let mut p2 = phase(&mut rng, 800, &["2026-01-13"]);
+    p2.insert(0, closing_record(9));
+    let p3 = phase(&mut rng, 600, &["2026-01-10", "2026-01-11", "2026-01-13"]);
+    let reference = reference_of(&[&p1, &p2, &p3], k);
+    ([p1, p2, p3], reference)
+}
+
+/// An idempotent producer to the services' Kafka.
+pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", super::brokers())
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap()
+}

@@ -11,6 +11,7 @@
 
 mod codec;
 mod config;
+mod generation;
 pub mod plan;
 pub mod probe;
 mod read;
@@ -24,5 +25,6 @@ pub use codec::{
     day_from_cql, day_to_cql, user_from_key, user_from_uuid, user_to_key, user_to_uuid,
 };
 pub use config::{parse_consistency, CassandraConfig};
+pub use generation::{fence_timestamp, MAX_GENERATION};
 pub use read::{stats_from_map, CassandraReader};
 pub use sink::{intent_key, stats_map, CassandraSink};

@@ -110,6 +110,21 @@ impl CassandraReader {
         })
     }
 
+    /// The keyspace read.
+    pub(super) fn keyspace(&self) -> &str {
+        &self.keyspace
+    }
+
+    /// The driver's session.
+    pub(super) fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Runs `future` on the reader's runtime.
+    pub(super) fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
     /// How many CQL requests this reader has executed (retries included).
     pub fn queries(&self) -> u64 {
         self.queries.load(Ordering::Relaxed)

@@ -1,14 +1,16 @@
 //! [`CassandraSink`]: writes every completed epoch to Cassandra (design §4, §5).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
-use rankmysteps_dataflow::event::{Epoch, Micros, Reason};
+use rankmysteps_dataflow::event::{Day, Epoch, Micros, Reason};
 use rankmysteps_dataflow::output::{EpochOutput, Stats};
 use scylla::client::session::Session;
+
+use super::generation::fence_timestamp;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use tracing::{debug, info};
@@ -163,11 +165,13 @@ pub fn intent_key(job: &str) -> String {
 /// the next call.
 ///
 /// All writes are idempotent upserts and deletes of absolute values. Every write carries a
-/// client timestamp (`USING TIMESTAMP`) strictly greater than those of earlier epochs' writes of
-/// the same lane (the two lanes write disjoint rows): a request of an older epoch that reaches a
-/// replica late (after a client-side timeout and retry) therefore loses against newer values
-/// instead of resurrecting an old one, and an epoch's deletes and inserts never race each other
-/// (they touch distinct keys).
+/// client timestamp (`USING TIMESTAMP`) derived from the sink's generation and the epoch
+/// ([`fence_timestamp`]), strictly greater than those of earlier epochs' writes of the same
+/// lane (the two lanes write disjoint rows), and than those of every older generation: a
+/// request of an older epoch that reaches a replica late (after a client-side timeout and
+/// retry) therefore loses against newer values instead of resurrecting an old one, an older
+/// start of the process that still writes loses against this one, and an epoch's deletes and
+/// inserts never race each other (they touch distinct keys). No host's clock is involved.
 ///
 /// Readers may observe an epoch half applied (e.g. a user's old listing row deleted before the
 /// new one is inserted, or a top-k ahead of the standings): Cassandra has no multi-partition
@@ -185,6 +189,11 @@ pub struct CassandraSink {
     stats: Stats,
     /// The intent record found by a restart: not rewritten for epochs up to it.
     intent_floor: Option<Epoch>,
+    /// A restart's restored epochs (at or before the progress record), summed: the state of
+    /// the open days there, written whole as this generation's before its first epoch.
+    restored: Option<EpochOutput>,
+    /// Updates in `restored` when it was last consolidated.
+    restored_len: usize,
 }
 
 /// What the progress record of a bulk write says (cumulative over the run).
@@ -225,8 +234,11 @@ struct Writer {
     job: String,
     max_in_flight: usize,
     retries: u32,
-    /// The last client timestamp handed out (microseconds).
-    last_timestamp: AtomicI64,
+    /// The generation claimed by this start of the process (0 until one is set): the high part
+    /// of every write timestamp.
+    generation: AtomicU64,
+    /// The keyspace written.
+    keyspace: String,
     /// Bulk writes begun.
     writes: AtomicU64,
     /// The days this sink has written to `day_list`, and whether as final: a day is listed
@@ -256,7 +268,8 @@ impl CassandraSink {
             job: job.to_owned(),
             max_in_flight: config.max_in_flight,
             retries: config.retries,
-            last_timestamp: AtomicI64::new(0),
+            generation: AtomicU64::new(0),
+            keyspace: config.keyspace.clone(),
             writes: AtomicU64::new(0),
             listed: Mutex::new(BTreeMap::new()),
             crash_after_writes: std::env::var("RANKMYSTEPS_CRASH_AFTER_WRITES")
@@ -281,7 +294,73 @@ impl CassandraSink {
             positions: BTreeMap::new(),
             stats: Stats::default(),
             intent_floor: None,
+            restored: None,
+            restored_len: 0,
         })
+    }
+
+    /// Writes the state of the open days a restart restored, as this generation's own, before
+    /// anything else it writes (design §4). First each open day's partitions (`top_by_day`,
+    /// `users_by_total`, `histogram_by_day`, its `days` row) are deleted with the timestamp
+    /// (g, 0): that tombstone shadows, for good, every row an older start of the process wrote
+    /// there, including what a start still running sends late, and rows of intermediate
+    /// epochs no rewrite would touch. Then the days' rows as of the restored epoch P are
+    /// written with (g, P), below the rewrites and epochs that follow. `totals_by_user` rows
+    /// are partitioned by user: they are not deleted, only written again (as (g, P)).
+    /// Without a generation (tests of one run) there is nothing to fence and nothing is done.
+    fn write_restored(&mut self) -> Result<(), SinkError> {
+        let Some(mut state) = self.restored.take() else {
+            return Ok(());
+        };
+        let generation = self.writer.generation.load(Ordering::SeqCst);
+        if generation == 0 {
+            return Ok(());
+        }
+        consolidate_output(&mut state);
+        let closed: std::collections::BTreeSet<_> = state.closed.iter().copied().collect();
+        state.totals.retain(|((d, ..), _)| !closed.contains(d));
+        state.top.retain(|((d, _), _)| !closed.contains(d));
+        state.histogram.retain(|((d, ..), _)| !closed.contains(d));
+        state.users.retain(|((d, _), _)| !closed.contains(d));
+        state.closed.clear();
+        let days: std::collections::BTreeSet<_> = state
+            .totals
+            .iter()
+            .map(|((d, ..), _)| *d)
+            .chain(state.users.iter().map(|((d, _), _)| *d))
+            .collect();
+        let epoch = i64::try_from(state.epoch)
+            .map_err(|_| SinkError::cassandra("encoding the epoch", state.epoch.to_string()))?;
+        let (ts0, ts) = (self.writer.timestamp(0)?, self.writer.timestamp(epoch)?);
+        let w = &*self.writer;
+        let keyspace = w.keyspace.clone();
+        let mut plan = plan(&state)?;
+        w.runtime.block_on(async {
+            w.run_all(days.iter().copied(), |day| {
+                let keyspace = keyspace.clone();
+                async move { w.delete_day(&keyspace, day, ts0).await }
+            })
+            .await?;
+            w.write_data(&mut plan.data, ts).await?;
+            w.run_all(plan.marks.iter().copied(), |m| w.write_mark(m, epoch, ts))
+                .await
+        })?;
+        info!(
+            days = days.len(),
+            rows = plan.data.len(),
+            epoch,
+            generation,
+            "cassandra: restored open days written as this generation's"
+        );
+        Ok(())
+    }
+
+    /// Writes as generation `generation` from now on (claimed with
+    /// [`super::CassandraReader::claim_generation`] before the first epoch): every write
+    /// timestamp derives from it and the epoch, so this start's writes win over every older
+    /// start's, whenever those arrive.
+    pub fn set_generation(&mut self, generation: u64) {
+        self.writer.generation.store(generation, Ordering::SeqCst);
     }
 
     /// Continues after a restart from the progress record found (if any): the watermark,
@@ -373,19 +452,11 @@ fn bulk_lane(writer: &Writer, lane: &BulkLane, interval: std::time::Duration) {
 }
 
 impl Writer {
-    /// A client timestamp: wall clock in microseconds, but always after every one handed out
-    /// before (a clock step back must not let an old value win).
-    fn next_timestamp(&self) -> i64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-        let previous = self
-            .last_timestamp
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
-                Some(now.max(last + 1))
-            })
-            .expect("always Some");
-        now.max(previous + 1)
+    /// The client timestamp of this sink's writes of `epoch`: derived from the generation and
+    /// the epoch ([`fence_timestamp`]), never from this host's clock, so that a skewed clock
+    /// or an older start of the process still writing can never let an older value win.
+    fn timestamp(&self, epoch: i64) -> Result<i64, SinkError> {
+        fence_timestamp(self.generation.load(Ordering::SeqCst), epoch.max(0) as u64)
     }
 
     /// The bulk lane's write of `output` (epochs merged, top-k rows excluded): data, marks,
@@ -393,17 +464,11 @@ impl Writer {
     fn write_bulk(&self, output: &EpochOutput, committed: &Committed) -> Result<(), SinkError> {
         let started = Instant::now();
         let mut plan = plan(output)?;
-        let ts = self.next_timestamp();
+        // A merged write is written as of its latest epoch (the one its progress record names).
+        let ts = self.timestamp(committed.epoch)?;
         let crash = self.crash_after_writes == Some(self.writes.fetch_add(1, Ordering::SeqCst) + 1);
         self.runtime.block_on(async {
-            let units = units(&mut plan.data);
-            self.run_all(units, |unit| async move {
-                match unit {
-                    Unit::One(w) => self.write_one(w, ts).await,
-                    Unit::Batch(ws) => self.write_batch(ws, ts).await,
-                }
-            })
-            .await?;
+            self.write_data(&mut plan.data, ts).await?;
             if crash {
                 // Fault injection for the restart tests: die with the epoch half written,
                 // after a pause as long as a slow write's, in which the job goes on consuming
@@ -442,6 +507,37 @@ impl Writer {
         }
         Ok(())
     }
+    /// Writes a plan's data rows at `ts`: single writes and batches, bounded in flight.
+    async fn write_data(&self, data: &mut [Write], ts: i64) -> Result<(), SinkError> {
+        let units = units(data);
+        self.run_all(units, |unit| async move {
+            match unit {
+                Unit::One(w) => self.write_one(w, ts).await,
+                Unit::Batch(ws) => self.write_batch(ws, ts).await,
+            }
+        })
+        .await
+    }
+
+    /// Deletes `day`'s partitions of the per-day tables and its `days` row at `ts` (with
+    /// retries): what an older generation wrote there is shadowed for good.
+    async fn delete_day(&self, keyspace: &str, day: Day, ts: i64) -> Result<(), SinkError> {
+        for table in ["top_by_day", "users_by_total", "histogram_by_day", "days"] {
+            let cql = format!("DELETE FROM {keyspace}.{table} USING TIMESTAMP ? WHERE day = ?");
+            with_retries(self.retries, "deleting an open day's rows", || {
+                let cql = cql.clone();
+                async move {
+                    self.session
+                        .query_unpaged(cql, (ts, day_to_cql(day)))
+                        .await
+                        .map(|_| ())
+                }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Executes `write` (with retries).
     async fn write_one(&self, write: &Write, ts: i64) -> Result<(), SinkError> {
         let s = &self.session;
@@ -713,8 +809,51 @@ fn write_name(write: &Write) -> &'static str {
         Write::DayUsersDelete { .. } => "clearing a day's users",
     }
 }
+/// Sorts `updates` by key and sums the updates of each key, dropping zeros.
+fn consolidate<T: Ord>(updates: &mut Vec<(T, isize)>) {
+    updates.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out: Vec<(T, isize)> = Vec::with_capacity(updates.len());
+    for (key, diff) in updates.drain(..) {
+        match out.last_mut() {
+            Some((last, d)) if *last == key => *d += diff,
+            _ => out.push((key, diff)),
+        }
+    }
+    out.retain(|(_, d)| *d != 0);
+    *updates = out;
+}
+
+/// Consolidates the deltas of `output` (updates of one key summed, zeros dropped; a user's
+/// retraction of an old total sorts before the insertion of the new one, as plans expect).
+fn consolidate_output(output: &mut EpochOutput) {
+    consolidate(&mut output.totals);
+    consolidate(&mut output.top);
+    consolidate(&mut output.histogram);
+    consolidate(&mut output.users);
+}
+
 impl Sink for CassandraSink {
+    fn restore(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
+        // Summed as they come; consolidated whenever the sum doubles, so memory stays that of
+        // the open days' state, and time linear in the updates.
+        let state = self.restored.get_or_insert_with(EpochOutput::default);
+        state.epoch = output.epoch;
+        state.totals.extend_from_slice(&output.totals);
+        state.top.extend_from_slice(&output.top);
+        state.histogram.extend_from_slice(&output.histogram);
+        state.users.extend_from_slice(&output.users);
+        state.closed.extend_from_slice(&output.closed);
+        let len = state.totals.len() + state.top.len() + state.histogram.len() + state.users.len();
+        if len > 2 * self.restored_len + 4096 {
+            consolidate_output(state);
+            self.restored_len =
+                state.totals.len() + state.top.len() + state.histogram.len() + state.users.len();
+        }
+        Ok(())
+    }
+
     fn write_epoch(&mut self, output: &EpochOutput) -> Result<(), SinkError> {
+        self.write_restored()?;
         if let Some(last) = self.epoch.filter(|&last| output.epoch <= last) {
             return Err(SinkError::OutOfOrder {
                 epoch: output.epoch,
@@ -744,7 +883,7 @@ impl Sink for CassandraSink {
             ..EpochOutput::default()
         };
         let mut top = plan(&top_only)?;
-        let ts = self.writer.next_timestamp();
+        let ts = self.writer.timestamp(epoch)?;
         let w = &*self.writer;
         // The intent never goes back: while a restart writes again the epochs up to the intent
         // it found, that intent stands (should it stop again, they are written again).
@@ -825,6 +964,7 @@ impl Sink for CassandraSink {
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
+        self.write_restored()?;
         // Everything handed to the bulk lane is durable when it has closed.
         self.close()
     }

@@ -50,7 +50,7 @@ fn user_keys_sort_like_values() {
 fn schema_statements() {
     let config = CassandraConfig::default();
     let all = statements("ks1", &config.replication_cql());
-    assert_eq!(all.len(), 8);
+    assert_eq!(all.len(), 9);
     assert_eq!(
         all[0].split_whitespace().collect::<Vec<_>>().join(" "),
         "CREATE KEYSPACE IF NOT EXISTS ks1 WITH replication = \
@@ -64,6 +64,7 @@ fn schema_statements() {
         "days",
         "day_list",
         "progress",
+        "generations",
     ] {
         let prefix = format!("CREATE TABLE IF NOT EXISTS ks1.{table} (");
         assert!(all.iter().any(|s| s.starts_with(&prefix)), "{table}");

@@ -123,7 +123,14 @@ impl S3Archive {
             .build()
             .map_err(|e| SinkError::s3("starting the S3 client's runtime", e.to_string()))?;
         let client = runtime.block_on(async {
+            use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+            // HTTPS by rustls on ring (see the workspace's Cargo.toml), for the credential
+            // chain and the S3 client alike.
+            let http = aws_smithy_http_client::Builder::new()
+                .tls_provider(Provider::Rustls(CryptoMode::Ring))
+                .build_https();
             let mut loader = aws_config::defaults(BehaviorVersion::latest())
+                .http_client(http)
                 .region(Region::new(config.region.clone()));
             if let Some(credentials) = credentials {
                 loader = loader.credentials_provider(credentials);
