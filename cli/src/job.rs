@@ -363,6 +363,7 @@ pub fn run(
     let replay2 = replay.clone();
     let replay_through = recovery.replay_through;
 
+    let in_cluster = spec.cluster.is_some();
     let config = match &spec.cluster {
         None => timely::Config::process(spec.workers),
         Some(place) => timely::Config {
@@ -544,7 +545,37 @@ pub fn run(
         }
     })
     .map_err(CliError::Worker)?;
-    let joined: Result<Vec<()>, String> = guards.join().into_iter().collect();
+    // The workers are joined on a thread of their own, so that a process of a cluster can give
+    // up on a failure (below) without waiting for them.
+    let (joined_tx, joined_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("rankmysteps-join".into())
+        .spawn(move || {
+            let joined: Result<Vec<()>, String> = guards.join().into_iter().collect();
+            let _ = joined_tx.send(joined);
+        })
+        .map_err(|e| CliError::Worker(format!("starting the join thread: {e}")))?;
+    let joined = loop {
+        match joined_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(joined) => break joined,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                break Err("the join thread ended without a result".into())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if in_cluster => {
+                // A process of a timely cluster cannot stop alone: its sources would end, but
+                // its workers would wait for its peers' epochs forever, and the peers for it.
+                // So after a failure (a sink's or the archive's: a store away) it gives up on
+                // the dataflow and returns the error; the process exits, its peers lose the
+                // connection and stop, and the supervisor starts them all again, resuming
+                // from the progress record (nothing was committed past the failure).
+                if let Some(e) = failure.lock().expect("failure lock").take() {
+                    tracing::error!(error = %e, "failure in a cluster process: leaving the dataflow");
+                    return Err(e.into());
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    };
     // Every sender is gone with its worker: the sink thread drains, finishes and ends.
     sink_thread
         .join()

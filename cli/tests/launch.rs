@@ -1,7 +1,9 @@
 //! `rankmysteps launch` runs the four reference processes on loopback (127.0.0.1 … 127.0.0.4,
 //! one thread each, eight partitions) on the real services. The test kills a random process
 //! with SIGKILL twice, at random moments of the stream; the launcher stops the survivors and
-//! starts all four again each time. Meanwhile `inspect --config` sees every process of the
+//! starts all four again each time. Then Cassandra and the Kafka broker are restarted while
+//! records arrive: the processes fail, the launcher restarts them with backoff until the
+//! services are back, and they resume. Then `inspect --config` sees every process of the
 //! launched cluster and its lookups equal the reference; after SIGTERM to the launcher (a
 //! clean stop of every process) every Cassandra table, the counters, the archive and the dead
 //! letters equal the sequential reference. Compiled only with the `integration` feature;
@@ -17,7 +19,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::inspect::{inspect, lookups_equal_the_reference, open_days_held};
-use common::stream::{producer, send, three_phases, verify, wait_for, Sent};
+use common::stream::{
+    phase, producer, reference_of, send, three_phases, verify, wait_for, wait_for_within, Sent,
+};
 use common::Child;
 use rankmysteps_dataflow::random::SplitMix64 as Rng;
 
@@ -78,6 +82,25 @@ fn wait_said(events: &Path, needle: &str, count: usize) -> String {
     }
 }
 
+/// How many times the launcher has restarted the processes so far.
+fn restarts(events: &Path) -> usize {
+    std::fs::read_to_string(events)
+        .unwrap_or_default()
+        .matches("restarting every process in")
+        .count()
+}
+
+/// Runs `scripts/services ARGS` (stop or start one service), which must succeed.
+fn services(args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services");
+    let out = Command::new(script).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/services {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// SIGKILL to `pid`.
 fn kill_9(pid: u32) {
     let status = Command::new("kill")
@@ -109,10 +132,13 @@ fn four_launched_processes_survive_kill_9_and_match_the_reference() {
     let (topic, prefix, config, reader) = (&dep.topic, &dep.prefix, &dep.config, &dep.reader);
     let config_arg = config.to_str().unwrap();
 
-    let ([p1, p2, p3], reference) = three_phases(23, k);
+    let ([p1, p2, p3], _) = three_phases(23, k);
     let producer = producer();
-    // When the processes are killed, and which.
+    // When the processes are killed, and which; and a fourth phase (the 13th, still open),
+    // sent around the restarts of the services.
     let mut rng = Rng(29);
+    let p4 = phase(&mut rng, 400, &["2026-01-13"]);
+    let reference = reference_of(&[&p1, &p2, &p3, &p4], k);
 
     let logs = dep.dir.path().join("logs");
     let events = dep.dir.path().join("launch.log");
@@ -151,9 +177,38 @@ fn four_launched_processes_survive_kill_9_and_match_the_reference() {
             kill_9(second[&victim]);
         }
     });
-    let third = wait_started(&events, 3);
-    let all: Vec<&Sent> = p1.iter().chain(&p2).chain(&p3).collect();
-    wait_for(reader, topic, &mut launcher, all.len() as u64);
+    wait_started(&events, 3);
+    wait_for(
+        reader,
+        topic,
+        &mut launcher,
+        (p1.len() + p2.len() + p3.len()) as u64,
+    );
+    wait_said(&events, "recovered in ", 2);
+
+    // Cassandra goes away while records arrive, and comes back; then the broker does.
+    let restarts_before = restarts(&events);
+    let (p4a, p4b) = p4.split_at(p4.len() / 2);
+    services(&["stop", "cassandra"]);
+    send(&producer, topic, p4a, 2, Duration::from_millis(500), |_| {});
+    std::thread::sleep(Duration::from_secs(3));
+    services(&["start", "cassandra"]);
+    services(&["stop", "kafka"]);
+    std::thread::sleep(Duration::from_secs(2));
+    services(&["start", "kafka"]);
+    send(&producer, topic, p4b, 2, Duration::from_millis(200), |_| {});
+    let all: Vec<&Sent> = p1.iter().chain(&p2).chain(&p3).chain(&p4).collect();
+    wait_for_within(
+        reader,
+        topic,
+        &mut launcher,
+        all.len() as u64,
+        Duration::from_secs(240),
+    );
+    let outage = restarts(&events) - restarts_before;
+    assert!(outage >= 1, "Cassandra's restart went unnoticed");
+    wait_said(&events, "recovered in ", 3);
+    let third = started(&events);
 
     // The launched cluster, found through its cluster.toml: every process, one worker each,
     // the open days' keys over all four, lookups equal to the reference across processes.
@@ -164,14 +219,15 @@ fn four_launched_processes_survive_kill_9_and_match_the_reference() {
     let table = String::from_utf8(out.stdout).unwrap();
     assert_eq!(table.matches("ARRANGEMENT").count(), 4, "{table}");
 
-    // Both failures were recovered from, and said so.
-    let text = wait_said(&events, "recovered in ", 2);
-    assert!(text.contains("exited (killed by SIGKILL)"), "{text}");
+    // Every failure was recovered from, and said so.
+    let text = std::fs::read_to_string(&events).unwrap();
     assert_eq!(
-        text.matches("restarting every process in").count(),
+        text.matches("exited (killed by SIGKILL)").count(),
         2,
         "{text}"
     );
+    let total = restarts(&events);
+    assert_eq!(total, 2 + outage, "{text}");
 
     // A clean stop: SIGTERM to the launcher stops every process after its epoch.
     let status = Command::new("kill")
@@ -183,8 +239,11 @@ fn four_launched_processes_survive_kill_9_and_match_the_reference() {
     let text = std::fs::read_to_string(&events).unwrap();
     assert!(status.success(), "{status:?}: {text}");
     let last = text.lines().last().unwrap();
-    assert!(last.contains("stopped cleanly after 2 restarts"), "{text}");
-    println!("{last}");
+    assert!(
+        last.contains(&format!("stopped cleanly after {total} restarts")),
+        "{text}"
+    );
+    println!("{last} ({outage} of them for the services' restarts)");
     for pid in third.values() {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists(),
@@ -196,7 +255,7 @@ fn four_launched_processes_survive_kill_9_and_match_the_reference() {
         assert_eq!(
             log.matches(&format!("--- rankmysteps launch: process {i} "))
                 .count(),
-            3,
+            total + 1,
             "{log}"
         );
     }

@@ -160,9 +160,28 @@ pub fn progress(reader: &CassandraReader, topic: &str) -> Option<(u64, u64)> {
 
 /// Waits until the progress record counts `n` records (the worker must keep running).
 pub fn wait_for(reader: &CassandraReader, topic: &str, child: &mut Child, n: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(90);
+    wait_for_within(reader, topic, child, n, Duration::from_secs(90))
+}
+
+/// [`wait_for`] with its own deadline (reads that fail while Cassandra is away count as not
+/// yet).
+pub fn wait_for_within(
+    reader: &CassandraReader,
+    topic: &str,
+    child: &mut Child,
+    n: u64,
+    within: Duration,
+) -> u64 {
+    let deadline = Instant::now() + within;
     loop {
-        let p = progress(reader, topic);
+        let p = reader
+            .progress(&rankmysteps::recovery::progress_job(topic))
+            .ok()
+            .flatten()
+            .map(|p| {
+                let s = Stats::from(&p.stats);
+                (p.epoch, s.accepted + s.duplicate + s.rejected_total())
+            });
         if let Some((epoch, counted)) = p {
             assert!(counted <= n, "counted {counted} records of {n}: doubled");
             if counted == n {
