@@ -650,3 +650,106 @@ mod tests {
         assert_eq!(last_line(&dir.path().join("none")), None);
     }
 }
+
+#[cfg(test)]
+mod supervision {
+    //! The supervisor on stand-in processes (shell scripts in place of `rankmysteps worker`):
+    //! restarts with backoff, the limit, and a clean stop. No services.
+    use super::*;
+
+    /// A spec of `n` processes running `script` (given the worker's arguments), logs in `dir`.
+    fn spec(dir: &Path, script: &str, n: usize, max_restarts: Option<u32>) -> LaunchSpec {
+        let exe = dir.join("worker.sh");
+        std::fs::write(&exe, format!("#!/bin/sh\n{script}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        LaunchSpec {
+            exe,
+            config: dir.join("cluster.toml"),
+            processes: (0..n)
+                .map(|i| (i, format!("127.0.0.1:{i}"), None))
+                .collect(),
+            worker_args: vec!["--extra".into()],
+            log_dir: dir.join("logs"),
+            backoff: Backoff {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(200),
+                reset_after: Duration::from_secs(60),
+            },
+            grace: Duration::from_secs(5),
+            max_restarts,
+            terminal: false,
+        }
+    }
+
+    #[test]
+    fn a_process_that_keeps_failing_is_restarted_with_all_others_until_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        // Process 1 fails at once; process 0 would run for a minute.
+        let script = "echo \"args: $*\"\ncase \"$*\" in *'--process 1'*) echo 'Error: no broker'; exit 3;; esac\nexec sleep 60";
+        let stop = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let e = launch(spec(dir.path(), script, 2, Some(3)), stop).unwrap_err();
+        assert!(e.to_string().contains("giving up after 3 restarts"), "{e}");
+        // Four starts of each (the first and three restarts); process 0 was stopped each time.
+        for i in 0..2 {
+            let log =
+                std::fs::read_to_string(dir.path().join(format!("logs/process-{i}.log"))).unwrap();
+            assert_eq!(
+                log.matches("--- rankmysteps launch: process").count(),
+                4,
+                "{log}"
+            );
+            assert!(
+                log.contains(&format!(
+                    "args: worker --config {} --process {i} --supervised --extra",
+                    dir.path().join("cluster.toml").display()
+                )),
+                "{log}"
+            );
+        }
+        // Backoff 50 + 100 + 200 ms, far from the sleeps' minute: survivors were not waited for.
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            last_line(&dir.path().join("logs/process-1.log")).as_deref(),
+            Some("Error: no broker")
+        );
+    }
+
+    #[test]
+    fn a_signal_stops_every_process_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        // A stand-in that stops cleanly on SIGTERM, as a worker does after its epoch.
+        let script = "trap 'echo stopping; exit 0' TERM\nwhile true; do sleep 0.1; done";
+        let stop = Arc::new(AtomicUsize::new(0));
+        let signal = stop.clone();
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            signal.fetch_add(1, Ordering::SeqCst);
+        });
+        let report = launch(spec(dir.path(), script, 3, None), stop).unwrap();
+        stopper.join().unwrap();
+        assert!(report.clean, "{report:?}");
+        assert_eq!(report.restarts, 0);
+        for i in 0..3 {
+            let log =
+                std::fs::read_to_string(dir.path().join(format!("logs/process-{i}.log"))).unwrap();
+            assert!(log.ends_with("stopping\n"), "{log}");
+        }
+    }
+
+    #[test]
+    fn a_process_that_ignores_sigterm_is_killed_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "trap '' TERM\nwhile true; do sleep 0.1; done";
+        let stop = Arc::new(AtomicUsize::new(1));
+        let mut spec = spec(dir.path(), script, 1, None);
+        spec.grace = Duration::from_millis(300);
+        let report = launch(spec, stop).unwrap();
+        assert!(!report.clean, "killed is not clean: {report:?}");
+    }
+}
