@@ -36,9 +36,9 @@ pub enum CliError {
     /// The web page could not be served.
     #[error(transparent)]
     Web(#[from] rankmysteps_web::WebError),
-    /// `launch` cannot start or keep its processes.
-    #[error("launch: {0}")]
-    Launch(String),
+    /// Running the job, a restart, the archive or the launcher failed.
+    #[error(transparent)]
+    Runtime(#[from] rankmysteps_runtime::RuntimeError),
     /// A worker thread failed.
     #[error("worker failed: {0}")]
     Worker(String),

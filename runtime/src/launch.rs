@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::CliError;
+use crate::RuntimeError;
 
 /// How long survivors of a crash get to stop on SIGTERM before SIGKILL: their cluster is
 /// already broken, so there is no epoch left for them to finish.
@@ -40,7 +40,7 @@ const SURVIVOR_GRACE: Duration = Duration::from_secs(5);
 /// bound here (every 127/8 address is on the loopback interface, so a local cluster on
 /// 127.0.0.1 … 127.0.0.4 is all here). A file listing at most one host is process 0. An
 /// error says, for every host, why it is not here.
-pub fn local_processes(hosts: &[String]) -> Result<Vec<usize>, CliError> {
+pub fn local_processes(hosts: &[String]) -> Result<Vec<usize>, RuntimeError> {
     if hosts.len() <= 1 {
         return Ok(vec![0]);
     }
@@ -60,7 +60,7 @@ pub fn local_processes(hosts: &[String]) -> Result<Vec<usize>, CliError> {
         }
     }
     if local.is_empty() {
-        return Err(CliError::Launch(format!(
+        return Err(RuntimeError::Launch(format!(
             "no process of [cluster] hosts is on this machine ({}); run launch on the worker \
              hosts, or name the processes with --process",
             why.join("; ")
@@ -158,9 +158,9 @@ impl Proc {
     }
 
     /// Starts the process, its output appended to its log after a header line.
-    fn start(&mut self, spec: &LaunchSpec, attempt: u32) -> Result<(), CliError> {
+    fn start(&mut self, spec: &LaunchSpec, attempt: u32) -> Result<(), RuntimeError> {
         let path = self.log_path(&spec.log_dir);
-        let io = |source| CliError::Io {
+        let io = |source| RuntimeError::Io {
             path: path.clone(),
             source,
         };
@@ -190,7 +190,9 @@ impl Proc {
             // Its own group: a terminal's Ctrl-C reaches the launcher only, which forwards it.
             .process_group(0)
             .spawn()
-            .map_err(|e| CliError::Launch(format!("cannot start {}: {e}", spec.exe.display())))?;
+            .map_err(|e| {
+                RuntimeError::Launch(format!("cannot start {}: {e}", spec.exe.display()))
+            })?;
         self.child = Some(child);
         self.started = Instant::now();
         self.state = State::Starting;
@@ -368,8 +370,8 @@ fn state_text(p: &Proc) -> String {
 
 /// Runs and supervises `spec`'s processes until `stop` counts a signal (a second one kills
 /// them at once), or until more than `max_restarts` restarts.
-pub fn launch(spec: LaunchSpec, stop: Arc<AtomicUsize>) -> Result<LaunchReport, CliError> {
-    std::fs::create_dir_all(&spec.log_dir).map_err(|source| CliError::Io {
+pub fn launch(spec: LaunchSpec, stop: Arc<AtomicUsize>) -> Result<LaunchReport, RuntimeError> {
+    std::fs::create_dir_all(&spec.log_dir).map_err(|source| RuntimeError::Io {
         path: spec.log_dir.clone(),
         source,
     })?;
@@ -470,7 +472,7 @@ pub fn launch(spec: LaunchSpec, stop: Arc<AtomicUsize>) -> Result<LaunchReport, 
             break 'run Ok(false);
         }
         if spec.max_restarts.is_some_and(|m| report.restarts >= m) {
-            break 'run Err(CliError::Launch(format!(
+            break 'run Err(RuntimeError::Launch(format!(
                 "giving up after {} restarts (--max-restarts); the logs are in {}",
                 report.restarts,
                 spec.log_dir.display()
@@ -517,7 +519,7 @@ fn start_all(
     spec: &LaunchSpec,
     attempt: u32,
     out: &mut Output,
-) -> Result<(), CliError> {
+) -> Result<(), RuntimeError> {
     for i in 0..procs.len() {
         if let Err(e) = procs[i].start(spec, attempt) {
             for p in procs.iter_mut() {

@@ -39,7 +39,7 @@ use rankmysteps_sinks::SinkError;
 use rankmysteps_sources::chunk::{wall_clock, Chunk, ChunkSource, Pull};
 use rankmysteps_sources::kafka::record_pos;
 
-use crate::error::CliError;
+use crate::error::RuntimeError;
 
 /// The `job` of the progress record of a worker consuming `topic`: the topic itself, so that
 /// a worker pointed at another topic never resumes at offsets recorded for a different one.
@@ -131,7 +131,7 @@ pub fn plan(
     grace: Micros,
     skew: Micros,
     epoch_ms: u64,
-) -> Result<Recovery, CliError> {
+) -> Result<Recovery, RuntimeError> {
     let progress = reader.progress(job)?;
     let intent = reader.progress(&intent_key(job))?;
     let positions = |p: &Progress| -> BTreeMap<u32, u64> {
@@ -158,7 +158,7 @@ pub fn plan(
     };
     let Some(archive) = archive else {
         if recovery.replay_through.is_some() {
-            return Err(CliError::Recovery(
+            return Err(RuntimeError::Recovery(
                 "Cassandra holds a progress record, but without the archive ([s3]) the state of \
                  the open days cannot be rebuilt; configure the [s3] section the job ran with"
                     .into(),
@@ -170,7 +170,7 @@ pub fn plan(
     let raw = objects(archive, ObjectKind::Raw, topic, from)?;
     if recovery.replay_through.is_none() {
         if let Some((key, _)) = raw.first() {
-            return Err(CliError::Recovery(format!(
+            return Err(RuntimeError::Recovery(format!(
                 "the archive holds objects of topic {topic} (e.g. s3://{}/{key}) but Cassandra \
                  has no progress record for them: either a previous run stopped before its first \
                  epoch was written (delete {}raw/{topic}/ and {}rejected/{topic}/ to start over) \
@@ -220,7 +220,7 @@ fn objects(
     kind: ObjectKind,
     topic: &str,
     from: Option<Day>,
-) -> Result<Vec<(String, rankmysteps_sinks::s3::ObjectKey)>, CliError> {
+) -> Result<Vec<(String, rankmysteps_sinks::s3::ObjectKey)>, RuntimeError> {
     let prefix = format!("{}{}/{topic}/", archive.prefix(), kind.dir());
     // Keys of day D start with `<prefix>D/`; every key of D and later sorts after `<prefix>D`.
     let after = from.map(|d| format!("{prefix}{}", format_day(d)));

@@ -22,7 +22,7 @@ use rankmysteps_sources::operator::{parse_source, parse_source_archived, Throttl
 use rankmysteps_sources::parse::{ParseConfig, Parser};
 use timely::dataflow::ProbeHandle;
 
-use crate::error::CliError;
+use crate::error::RuntimeError;
 
 /// Where events come from.
 #[derive(Clone, Debug)]
@@ -144,9 +144,9 @@ pub fn run(
     spec: JobSpec,
     sink: Box<dyn Sink>,
     stop: Arc<AtomicBool>,
-) -> Result<JobReport, CliError> {
+) -> Result<JobReport, RuntimeError> {
     if spec.workers == 0 {
-        return Err(CliError::Setting("workers must be at least 1".into()));
+        return Err(RuntimeError::Setting("workers must be at least 1".into()));
     }
     let file = match &spec.input {
         Input::File { path, epoch_events } => Some(FileInput::open(path, *epoch_events)?.shared()),
@@ -190,7 +190,7 @@ pub fn run(
             ))
         }
         (_, None) if !recovery.replay.is_empty() => {
-            return Err(CliError::Setting(
+            return Err(RuntimeError::Setting(
                 "a restart's replay needs the archive ([s3])".into(),
             ))
         }
@@ -334,7 +334,7 @@ pub fn run(
                     }
                 }
             })
-            .map_err(|e| CliError::Worker(format!("cannot start the sink thread: {e}")))?
+            .map_err(|e| RuntimeError::Worker(format!("cannot start the sink thread: {e}")))?
     };
     let uploader = match (&spec.archive, &spec.input) {
         (
@@ -350,7 +350,7 @@ pub fn run(
             failure.clone(),
         )),
         (Some(_), _) => {
-            return Err(CliError::Setting(
+            return Err(RuntimeError::Setting(
                 "the raw-event archive needs Kafka input".into(),
             ))
         }
@@ -544,7 +544,7 @@ pub fn run(
             }
         }
     })
-    .map_err(CliError::Worker)?;
+    .map_err(RuntimeError::Worker)?;
     // The workers are joined on a thread of their own, so that a process of a cluster can give
     // up on a failure (below) without waiting for them.
     let (joined_tx, joined_rx) = std::sync::mpsc::channel();
@@ -554,7 +554,7 @@ pub fn run(
             let joined: Result<Vec<()>, String> = guards.join().into_iter().collect();
             let _ = joined_tx.send(joined);
         })
-        .map_err(|e| CliError::Worker(format!("starting the join thread: {e}")))?;
+        .map_err(|e| RuntimeError::Worker(format!("starting the join thread: {e}")))?;
     let joined = loop {
         match joined_rx.recv_timeout(Duration::from_millis(100)) {
             Ok(joined) => break joined,
@@ -579,8 +579,8 @@ pub fn run(
     // Every sender is gone with its worker: the sink thread drains, finishes and ends.
     sink_thread
         .join()
-        .map_err(|_| CliError::Worker("the sink thread panicked".into()))?;
-    joined.map_err(CliError::Worker)?;
+        .map_err(|_| RuntimeError::Worker("the sink thread panicked".into()))?;
+    joined.map_err(RuntimeError::Worker)?;
     if let Some(e) = failure.lock().expect("failure lock").take() {
         return Err(e.into());
     }
@@ -634,14 +634,16 @@ impl SharedS3Input {
         prefix: &str,
         epoch_events: u64,
         epoch_length: Micros,
-    ) -> Result<Self, CliError> {
+    ) -> Result<Self, RuntimeError> {
         if epoch_events == 0 {
-            return Err(CliError::Setting("epoch_events must be at least 1".into()));
+            return Err(RuntimeError::Setting(
+                "epoch_events must be at least 1".into(),
+            ));
         }
         let archive = rankmysteps_sinks::s3::S3Archive::connect(config)?;
         let keys: std::collections::VecDeque<String> = archive.list(prefix)?.into();
         if keys.is_empty() {
-            return Err(CliError::Setting(format!(
+            return Err(RuntimeError::Setting(format!(
                 "no archive objects under s3://{}/{prefix}",
                 config.bucket
             )));
