@@ -30,9 +30,6 @@ pub enum CliError {
     /// A sink failed.
     #[error(transparent)]
     Sink(#[from] rankmysteps_sinks::SinkError),
-    /// A restart cannot rebuild its state.
-    #[error("cannot restart from the progress record: {0}")]
-    Recovery(String),
     /// The web page could not be served.
     #[error(transparent)]
     Web(#[from] rankmysteps_web::WebError),

@@ -10,13 +10,12 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::stream::{interrupt, phase, reference_epoch, send};
+use common::stream::{interrupt, phase, producer, reference_epoch, send};
 use common::Child;
 use rankmysteps_dataflow::event::{format_day, format_user, Reason};
 use rankmysteps_dataflow::pipeline::Settings;
 use rankmysteps_dataflow::random::SplitMix64 as Rng;
 use rankmysteps_dataflow::reference::Reference;
-use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
 
 #[test]
@@ -27,11 +26,7 @@ fn worker_matches_reference_on_real_kafka() {
     // One day (none closes: epochs do not matter), three offsets, ties, duplicates, bad records
     // of every parse-time reason.
     let records = phase(&mut Rng(42), 3000, &["2026-01-10"]);
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", common::brokers())
-        .set("enable.idempotence", "true")
-        .create()
-        .unwrap();
+    let producer = producer();
     // Keyed by user: one user's records share a partition, in send order.
     send(&producer, topic, &records, 1, Duration::ZERO, |_| {});
 
@@ -249,11 +244,7 @@ fn a_resume_offset_kafka_no_longer_has_is_an_error() {
     let (topic, config, reader) = (&dep.topic, &dep.config, &dep.reader);
     let mut rng = Rng(5);
     let first = phase(&mut rng, 200, &["2026-01-10"]);
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", common::brokers())
-        .set("enable.idempotence", "true")
-        .create()
-        .unwrap();
+    let producer = producer();
     send(&producer, topic, &first, 1, Duration::ZERO, |_| {});
     let mut w = worker(config, &[], None);
     wait_for(reader, topic, &mut w, first.len() as u64);

@@ -416,7 +416,10 @@ pub fn launch(spec: LaunchSpec, stop: Arc<AtomicUsize>) -> Result<LaunchReport, 
     let mut delay = spec.backoff.initial;
     let mut failed_at: Option<Instant> = None;
     let result = 'run: loop {
-        start_all(&mut procs, &spec, report.restarts + 1, &mut out)?;
+        if let Err(e) = start_all(&mut procs, &spec, report.restarts + 1, &mut out) {
+            // The poller is stopped below, as on every way out.
+            break 'run Err(e);
+        }
         let started = Instant::now();
         // Supervise until a process exits or a signal comes.
         let exited = loop {

@@ -151,11 +151,20 @@ pub fn worker(config: &Path, args: &[&str], crash_after_writes: Option<u64>) -> 
 
 /// The progress record's epoch and number of records counted, if there is one.
 pub fn progress(reader: &CassandraReader, topic: &str) -> Option<(u64, u64)> {
-    let p = reader
-        .progress(&rankmysteps::recovery::progress_job(topic))
-        .unwrap()?;
-    let s = Stats::from(&p.stats);
-    Some((p.epoch, s.accepted + s.duplicate + s.rejected_total()))
+    try_progress(reader, topic).unwrap()
+}
+
+/// [`progress`], or the read's error (Cassandra away).
+fn try_progress(
+    reader: &CassandraReader,
+    topic: &str,
+) -> Result<Option<(u64, u64)>, rankmysteps_sinks::SinkError> {
+    Ok(reader
+        .progress(&rankmysteps::recovery::progress_job(topic))?
+        .map(|p| {
+            let s = Stats::from(&p.stats);
+            (p.epoch, s.accepted + s.duplicate + s.rejected_total())
+        }))
 }
 
 /// Waits until the progress record counts `n` records (the worker must keep running).
@@ -174,14 +183,7 @@ pub fn wait_for_within(
 ) -> u64 {
     let deadline = Instant::now() + within;
     loop {
-        let p = reader
-            .progress(&rankmysteps::recovery::progress_job(topic))
-            .ok()
-            .flatten()
-            .map(|p| {
-                let s = Stats::from(&p.stats);
-                (p.epoch, s.accepted + s.duplicate + s.rejected_total())
-            });
+        let p = try_progress(reader, topic).ok().flatten();
         if let Some((epoch, counted)) = p {
             assert!(counted <= n, "counted {counted} records of {n}: doubled");
             if counted == n {
