@@ -13,14 +13,6 @@ pub enum CliError {
         /// The cause.
         source: std::io::Error,
     },
-    /// `cluster.toml` is not valid.
-    #[error("invalid configuration {path}: {detail}")]
-    Config {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
     /// A setting is out of range or unreadable.
     #[error("invalid setting: {0}")]
     Setting(String),

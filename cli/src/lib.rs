@@ -4,7 +4,6 @@
 pub mod bench;
 pub mod bench_e2e;
 pub mod bench_web;
-pub mod config;
 pub mod doctor;
 pub mod error;
 pub mod produce;
@@ -13,4 +12,6 @@ pub mod view;
 
 pub use error::CliError;
 // The runtime's modules under their old paths: `rankmysteps::job`, `rankmysteps::recovery`, ...
-pub use rankmysteps_runtime::{archive, introspect, job, launch, metrics, progress, recovery};
+pub use rankmysteps_runtime::{
+    archive, config, introspect, job, launch, metrics, progress, recovery, worker,
+};

@@ -11,6 +11,7 @@ use rankmysteps::config::{parse_duration, ClusterConfig};
 use rankmysteps::job::{self, Input, JobSpec};
 use rankmysteps::progress::Display;
 use rankmysteps::view::TerminalView;
+use rankmysteps::worker::DEFAULT_METRICS;
 use rankmysteps_dataflow::event::{format_day, format_user, parse_day, parse_user, Reason};
 use rankmysteps_dataflow::pipeline::Settings;
 use rankmysteps_sinks::local::{read_standing, read_top, LocalDirSink, LocalOptions};
@@ -91,7 +92,7 @@ enum Command {
     /// state (starting, running, epoch, lag, restarting): a table redrawn every second on a
     /// terminal, else a line per event and a status line every 10 s. Each process's output
     /// goes to LOG_DIR/process-I.log. When one exits, the others are stopped and all are
-    /// started again with backoff (1 s doubling to 30 s; back to 1 s after a minute up): a
+    /// started again with backoff (1 s doubling to --backoff-max; back to 1 s after a minute up): a
     /// timely cluster cannot go on without a peer, and every process resumes from the
     /// progress record, so nothing is lost or doubled. Ctrl-C/SIGTERM stop every process
     /// after its current epoch (a second Ctrl-C kills them). On real hosts, run launch on each
@@ -318,6 +319,15 @@ struct SchemaArgs {
     config: PathBuf,
 }
 
+/// A number of seconds for clap: finite, not negative, at most a day.
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if (0.0..=86_400.0).contains(&s) => Ok(s),
+        Ok(_) => Err("must be between 0 and 86400 seconds".into()),
+        Err(e) => Err(format!("not a number of seconds: {e}")),
+    }
+}
+
 #[derive(Args)]
 struct LaunchArgs {
     /// The deployment description.
@@ -331,11 +341,16 @@ struct LaunchArgs {
     #[arg(long, value_name = "DIR", default_value = "logs")]
     log_dir: PathBuf,
     /// Seconds a process may take to stop cleanly (finish its epoch) before it is killed.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = seconds)]
     grace: f64,
     /// Give up (stop everything, exit status 1) after this many restarts [default: never].
     #[arg(long, value_name = "N")]
     max_restarts: Option<u32>,
+    /// The longest wait before a restart, in seconds: the wait starts at 1 s and doubles at
+    /// each failure up to this (a service that is down is not hammered), and starts over after
+    /// a minute without failure.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = seconds)]
+    backoff_max: f64,
     /// More arguments for every `worker` (after --), e.g. -- --dedup-window 1h.
     #[arg(last = true, value_name = "WORKER_ARGS")]
     worker_args: Vec<String>,
@@ -705,247 +720,62 @@ fn wait_for(stop: &AtomicBool) {
 }
 
 fn worker(args: WorkerArgs) -> Result<()> {
+    use rankmysteps::worker::{Worker, WorkerOptions};
     let config = ClusterConfig::load(&args.config)?;
-    let df = &config.dataflow;
-    let kafka = config.kafka.clone().with_context(|| {
-        format!(
-            "{}: a worker needs a [kafka] section",
-            args.config.display()
-        )
-    })?;
-    let partitions =
-        rankmysteps_sources::kafka::partition_count(&kafka, Duration::from_secs(15))
-            .with_context(|| format!("reading the partitions of topic {:?}", kafka.topic))?;
-    let hosts = if args.standalone {
-        &config.cluster.hosts[..config.cluster.hosts.len().min(1)]
-    } else {
-        &config.cluster.hosts[..]
-    };
-    let cluster = (hosts.len() > 1).then(|| job::ClusterPlace {
-        process: args.process,
-        addresses: hosts.to_vec(),
-    });
-    if cluster
-        .as_ref()
-        .is_some_and(|c| c.process >= c.addresses.len())
-    {
-        bail!(
-            "--process {} but [cluster] hosts lists {} processes",
-            args.process,
-            hosts.len()
-        );
-    }
-    let workers = args.workers.unwrap_or(config.cluster.threads).max(1);
-    let metrics = Arc::new(rankmysteps::metrics::Metrics::default());
-    let introspection = match (&args.capture, args.no_introspection) {
-        (_, true) => None,
-        (None, false) => Some(rankmysteps::introspect::Introspection::default()),
-        (Some(path), false) => {
-            let capture = rankmysteps::introspect::Capture::create(path)
-                .with_context(|| format!("--capture: cannot create {}", path.display()))?;
-            Some(rankmysteps::introspect::Introspection::with_capture(
-                capture,
-            ))
-        }
-    }
-    .map(|i| Arc::new(i.with_metrics(metrics.clone())));
-    let metrics_addr = args
-        .metrics
-        .clone()
-        .or_else(|| config.cluster.metrics.get(args.process).cloned())
-        .unwrap_or_else(|| DEFAULT_METRICS.to_owned());
-    if metrics_addr != "off" {
-        let listener = std::net::TcpListener::bind(&metrics_addr)
-            .with_context(|| format!("metrics: cannot listen on {metrics_addr}"))?;
-        metrics
-            .serve(listener, introspection.clone())
-            .with_context(|| format!("metrics: cannot serve on {metrics_addr}"))?;
-    }
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signal(&stop)?;
     if args.supervised {
         stop_without_parent(stop.clone());
     }
-    // The lag thread ends with the job (set after the job returns, however it ends).
-    let stop_lag = Arc::new(AtomicBool::new(false));
-    let mut lag_thread = None;
-    if args.process == 0 {
-        // Process 0 delivers the epochs, so it knows the positions the lag is measured from.
-        lag_thread = metrics.watch_lag(
-            kafka.clone(),
-            partitions,
-            Duration::from_secs(2),
-            stop_lag.clone(),
-        );
-    }
-    let grace = df.grace_micros()?;
-    let skew = df.skew_micros()?;
-    let dedup_window = match &args.dedup_window {
-        Some(text) => parse_duration(text).with_context(|| {
-            format!("--dedup-window: cannot read {text:?} as a duration (e.g. 1h, 60s)")
-        })?,
-        None => df.dedup_window_micros()?,
-    };
-    // One connection to the archive, for the restart and the dead letters.
-    let archive = match &config.s3 {
-        Some(s3) => Some(Arc::new(
-            rankmysteps_sinks::s3::S3Archive::connect(s3)
-                .with_context(|| format!("connecting to the S3 archive (bucket {})", s3.bucket))?,
-        )),
-        None => None,
-    };
-    // A restart: where the last run's progress record says to resume, and what to replay.
-    let mut generation = None;
-    let recovery = match &config.cassandra {
-        Some(c) => {
-            let reader = rankmysteps_sinks::cassandra::CassandraReader::connect(c)
-                .with_context(|| format!("connecting to Cassandra at {:?}", c.contact_points))?;
-            let share = rankmysteps::recovery::Share {
-                process: args.process,
-                threads: workers,
-                processes: hosts.len().max(1),
-            };
-            let job = rankmysteps::recovery::progress_job(&kafka.topic);
-            // This start's generation (design §4): its writes' timestamps derive from it, and a
-            // newer start of the same process fences this one.
-            let g = reader
-                .claim_generation(&job, args.process)
-                .context("claiming a generation in Cassandra (does the keyspace have the generations table? rankmysteps schema apply)")?;
-            generation = Some(g);
-            let recovery = rankmysteps::recovery::plan(
-                &reader,
-                &job,
-                Some(g),
-                archive.as_deref(),
-                &kafka.topic,
-                share,
-                grace,
-                skew,
-                df.epoch_ms.max(1),
-            )?;
-            if let Some(p) = &recovery.progress {
-                eprintln!(
-                    "rankmysteps: resuming after epoch {} (watermark {}): replaying {} archive objects (through epoch {}), {} uncommitted objects deleted",
-                    p.epoch,
-                    p.watermark.as_deref().unwrap_or("none"),
-                    recovery.replay.len(),
-                    recovery.replay_through.unwrap_or(p.epoch),
-                    recovery.deleted
-                );
-            } else if recovery.replay_through.is_some() {
-                eprintln!(
-                    "rankmysteps: the first epoch was being written when the last run stopped: replaying {} archive objects",
-                    recovery.replay.len()
-                );
-            }
-            Some(recovery)
-        }
-        None if config.s3.is_some() => bail!(
-            "{}: [s3] without [cassandra]: the archive stays free of duplicates across restarts \
-             only with the progress record, which lives in Cassandra",
-            args.config.display()
-        ),
-        None => {
-            tracing::warn!("no [cassandra]: no progress record, consuming from the beginning");
-            None
-        }
-    };
-    if let Some(r) = &recovery {
-        // Kafka must still hold everything from the recorded positions on (never a silent jump).
-        rankmysteps_sources::kafka::check_start(
-            &kafka,
-            partitions,
-            &r.start,
-            Duration::from_secs(15),
-        )
-        .context("cannot resume from the progress record")?;
-    }
-    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    if args.process == 0 {
-        // The dead letters first: an epoch's rejected records are durable before the progress
-        // record that covers them.
-        if let Some(archive) = &archive {
-            sinks.push(Box::new(rankmysteps::archive::RejectedArchive {
-                archive: archive.clone(),
-                topic: kafka.topic.clone(),
-                epoch_ms: df.epoch_ms.max(1),
-            }));
-        }
-        if let Some(c) = &config.cassandra {
-            let mut sink = rankmysteps_sinks::cassandra::CassandraSink::connect(
-                c,
-                &rankmysteps::recovery::progress_job(&kafka.topic),
-            )
-            .with_context(|| format!("connecting to Cassandra at {:?}", c.contact_points))?;
-            if let Some(r) = &recovery {
-                sink.resume(r.progress.as_ref(), r.replay_through);
-            }
-            if let Some(g) = generation {
-                sink.set_generation(g);
-            }
-            sinks.push(Box::new(sink));
-        }
-        if let Some(out) = &args.out {
-            sinks.push(Box::new(LocalDirSink::create(
-                out,
-                LocalOptions::default(),
-            )?));
+    let worker = Worker::prepare(
+        WorkerOptions {
+            config_path: args.config,
+            config,
+            process: args.process,
+            standalone: args.standalone,
+            workers: args.workers,
+            out: args.out,
+            metrics: args.metrics,
+            introspection: !args.no_introspection,
+            capture: args.capture,
+            quiet: args.quiet,
+            dedup_window: args.dedup_window,
+        },
+        &stop,
+    )?;
+    if let Some(r) = worker.recovery() {
+        if let Some(p) = &r.progress {
+            eprintln!(
+                "rankmysteps: resuming after epoch {} (watermark {}): replaying {} archive objects (through epoch {}), {} uncommitted objects deleted",
+                p.epoch,
+                p.watermark.as_deref().unwrap_or("none"),
+                r.replay.len(),
+                r.replay_through.unwrap_or(p.epoch),
+                r.deleted
+            );
+        } else if r.replay_through.is_some() {
+            eprintln!(
+                "rankmysteps: the first epoch was being written when the last run stopped: replaying {} archive objects",
+                r.replay.len()
+            );
+        } else if r.deleted > 0 {
+            eprintln!(
+                "rankmysteps: the last run stopped before its first epoch was written: {} uncommitted archive objects deleted, consuming from the beginning",
+                r.deleted
+            );
         }
     }
-    let sink = rankmysteps::metrics::Measured {
-        inner: Box::new(Fanout(sinks)),
-        metrics: metrics.clone(),
-    };
-    let spec = JobSpec {
-        introspection: introspection.clone(),
-        linger: None,
-        workers,
-        settings: Settings {
-            k: df.k,
-            grace,
-            initial_watermark: recovery.as_ref().and_then(|r| r.initial_watermark),
-            dedup_window,
-            epoch_length: df.epoch_ms.max(1) as i64 * 1000,
-        },
-        parse: ParseConfig {
-            max_steps: df.max_steps_per_event,
-            max_clock_skew: skew,
-            time_zone: df.zone()?,
-        },
-        input: Input::Kafka {
-            config: kafka.clone(),
-            partitions,
-            epoch_ms: df.epoch_ms.max(1),
-            start: recovery
-                .as_ref()
-                .map(|r| r.start.clone())
-                .unwrap_or_default(),
-        },
-        max_epochs_ahead: df.max_epochs_ahead,
-        cluster,
-        metrics: Some(metrics),
-        archive: config.s3.clone(),
-        coalesce: true,
-        recovery,
-        progress: Display::quiet_if(args.quiet),
-    };
     eprintln!(
         "rankmysteps: worker process {} consuming {} ({} partitions) with {} threads{}",
-        args.process,
-        kafka.topic,
-        partitions,
-        workers,
-        generation.map_or(String::new(), |g| format!(", generation {g}"))
+        worker.process,
+        worker.topic,
+        worker.partitions,
+        worker.workers,
+        worker
+            .generation
+            .map_or(String::new(), |g| format!(", generation {g}"))
     );
-    let report = job::run(spec, Box::new(sink), stop);
-    if let Some(introspection) = &introspection {
-        introspection.finish();
-    }
-    stop_lag.store(true, std::sync::atomic::Ordering::SeqCst);
-    if let Some(thread) = lag_thread {
-        let _ = thread.join();
-    }
-    let report = report?;
+    let report = worker.run(stop)?;
     eprintln!(
         "rankmysteps: stopped after {} epochs ({} more, {} archived records, replayed to restore the state): accepted {}, duplicate {}, rejected {}",
         report.epochs,
@@ -1051,7 +881,10 @@ fn launch(args: LaunchArgs) -> Result<()> {
         processes,
         worker_args: args.worker_args,
         log_dir: args.log_dir,
-        backoff: Backoff::default(),
+        backoff: Backoff {
+            max: Duration::from_secs_f64(args.backoff_max),
+            ..Backoff::default()
+        },
         grace: Duration::from_secs_f64(args.grace),
         max_restarts: args.max_restarts,
         terminal: std::io::stderr().is_terminal(),
@@ -1080,9 +913,6 @@ fn launch(args: LaunchArgs) -> Result<()> {
     }
     Ok(())
 }
-
-/// Where a process serves /metrics and /debug/ when nothing says otherwise.
-const DEFAULT_METRICS: &str = "127.0.0.1:9898";
 
 fn inspect(args: InspectArgs) -> Result<()> {
     use rankmysteps::introspect::{gather, render, GatherResult, SortBy};

@@ -300,3 +300,76 @@ fn a_resume_offset_kafka_no_longer_has_is_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_partition_added_while_running_stops_the_worker_and_a_restart_reads_it() {
+    use common::stream::{reference_of, verify, wait_for, worker};
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    let k = 5;
+    let dep = common::Deployment::new("grown", 2, 2, k, None);
+    let (topic, prefix, config, reader) = (&dep.topic, &dep.prefix, &dep.config, &dep.reader);
+    let mut rng = Rng(8);
+    let first = phase(&mut rng, 300, &["2026-01-10"]);
+    // The second closes the 10th (a record of the 13th first), whichever partition it is in.
+    let mut second = phase(&mut rng, 300, &["2026-01-13"]);
+    second.insert(0, common::stream::closing_record(9));
+    send(&producer(), topic, &first, 1, Duration::ZERO, |_| {});
+    let log = dep.dir.path().join("worker.err");
+    let mut w = Child(
+        Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
+            .args(["worker", "--metrics", "off", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(reader, topic, &mut w, first.len() as u64);
+
+    // A third partition, and records in it (a new producer sees it at once).
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .create()
+        .unwrap();
+    let grown = futures_executor::block_on(
+        admin.create_partitions([&NewPartitions::new(topic, 3)], &AdminOptions::new()),
+    )
+    .unwrap();
+    assert!(grown.iter().all(|r| r.is_ok()), "{grown:?}");
+    send(&producer(), topic, &second, 1, Duration::ZERO, |_| {});
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .create()
+        .unwrap();
+    let (_, in_new) =
+        rdkafka::consumer::Consumer::fetch_watermarks(&consumer, topic, 2, Duration::from_secs(10))
+            .unwrap();
+    assert!(in_new > 0, "no record in the new partition");
+
+    // The worker notices (within its 10 s check), ends after its epoch, and says why.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = w.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the partition went unnoticed");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "topic {topic:?} now has 3 partitions, not the 2 this job started with"
+        )),
+        "{err}"
+    );
+
+    // A restart consumes the new partition from its beginning: nothing skipped or doubled.
+    let mut w = worker(config, &[], None);
+    let all: Vec<&common::stream::Sent> = first.iter().chain(&second).collect();
+    wait_for(reader, topic, &mut w, all.len() as u64);
+    interrupt(&mut w);
+    let reference = reference_of(&[&first, &second], k);
+    verify(reader, topic, prefix, &reference, &all, k);
+}

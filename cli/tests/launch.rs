@@ -12,103 +12,19 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::inspect::{inspect, lookups_equal_the_reference, open_days_held};
+use common::launch::{
+    free_port, kill_9, restarts, services, started, wait_recovered, wait_said, wait_started,
+};
 use common::stream::{
     phase, producer, reference_of, send, three_phases, verify, wait_for, wait_for_within, Sent,
 };
 use common::Child;
 use rankmysteps_dataflow::random::SplitMix64 as Rng;
-
-/// A port free on `ip` right now.
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The pid of every process as the launcher's events last started it.
-fn started(events: &Path) -> BTreeMap<usize, u32> {
-    let text = std::fs::read_to_string(events).unwrap_or_default();
-    let mut pids = BTreeMap::new();
-    for line in text.lines() {
-        let Some(rest) = line.split("process ").nth(1) else {
-            continue;
-        };
-        if let Some((index, pid)) = rest.split_once(" started (pid ") {
-            let pid = pid.split(',').next().unwrap();
-            pids.insert(index.parse().unwrap(), pid.parse().unwrap());
-        }
-    }
-    pids
-}
-
-/// Waits until the launcher has started all four processes `starts` times in all.
-fn wait_started(events: &Path, starts: usize) -> BTreeMap<usize, u32> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = std::fs::read_to_string(events).unwrap_or_default();
-        if text.matches(" started (pid ").count() >= starts * 4 {
-            return started(events);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not started {starts} times: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Waits until the launcher's events say `needle` `count` times; returns them.
-fn wait_said(events: &Path, needle: &str, count: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = std::fs::read_to_string(events).unwrap_or_default();
-        if text.matches(needle).count() >= count {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not {count} times {needle:?}: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// How many times the launcher has restarted the processes so far.
-fn restarts(events: &Path) -> usize {
-    std::fs::read_to_string(events)
-        .unwrap_or_default()
-        .matches("restarting every process in")
-        .count()
-}
-
-/// Runs `scripts/services ARGS` (stop or start one service), which must succeed.
-fn services(args: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services");
-    let out = Command::new(script).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "scripts/services {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// SIGKILL to `pid`.
-fn kill_9(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
 
 #[test]
 fn four_launched_processes_survive_kill_9_and_match_the_reference() {
@@ -207,16 +123,7 @@ fn four_launched_processes_survive_kill_9_and_match_the_reference() {
     );
     // Settled: the last restart has been recovered from (a broker just back can still fail a
     // start or two, e.g. NotLeaderForPartition, after the records are all counted).
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let text = std::fs::read_to_string(&events).unwrap();
-        let recovered = text.rfind("recovered in ");
-        if recovered.is_some() && recovered > text.rfind("restarting every process in") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not recovered: {text}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_recovered(&events);
     let outage = restarts(&events) - restarts_before;
     assert!(outage >= 1, "Cassandra's restart went unnoticed");
     let third = started(&events);

@@ -138,3 +138,81 @@ fn restarts_change_nothing_and_double_nothing() {
     let all: Vec<&Sent> = p1.iter().chain(&p2).chain(&p3).chain(&p4).collect();
     verify(reader, topic, prefix, &reference, &all, k);
 }
+
+/// A start stopped in its first epoch leaves archive objects and no record in Cassandra. The
+/// next start of the same deployment deletes them (uncommitted) and consumes everything again;
+/// but on a keyspace where no start of the process ever ran, existing objects are refused,
+/// again and again, and never deleted (another deployment's archive, a wrong keyspace).
+#[test]
+fn a_first_epoch_never_written_leaves_objects_the_next_start_deletes() {
+    use rankmysteps_sinks::s3::ArchiveRecord;
+    use std::process::{Command, Stdio};
+    let k = 5;
+    let dep = common::Deployment::new("unwritten", 2, 1, k, None);
+    let (topic, prefix, config, reader) = (&dep.topic, &dep.prefix, &dep.config, &dep.reader);
+    let mut rng = Rng(13);
+    let p1 = phase(&mut rng, 300, &["2026-01-10"]);
+    let mut p2 = phase(&mut rng, 200, &["2026-01-13"]);
+    p2.insert(0, common::stream::closing_record(9));
+    let producer = common::stream::producer();
+    send(&producer, topic, &p1, 1, Duration::ZERO, |_| {});
+    send(&producer, topic, &p2, 1, Duration::ZERO, |_| {});
+
+    // What a start killed in its first epoch leaves: the first records of partition 0
+    // archived, nothing in Cassandra.
+    let s3 = rankmysteps::config::ClusterConfig::load(config).unwrap().s3.unwrap();
+    let archive = rankmysteps_sinks::s3::S3Archive::connect(&s3).unwrap();
+    assert!(archive.list(prefix).unwrap().is_empty());
+    let today = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400) as rankmysteps_dataflow::event::Day;
+    let left = archive
+        .put_raw(
+            topic,
+            today,
+            0,
+            &[ArchiveRecord {
+                partition: 0,
+                offset: 0,
+                kafka_timestamp: None,
+                epoch: Some(1),
+                ingested: Some(0),
+                raw: b"{\"left\":\"by the start that died\"}".to_vec(),
+            }],
+        )
+        .unwrap();
+
+    // No start of this process ever claimed a generation here: refused, twice, nothing
+    // claimed, nothing deleted.
+    let job = rankmysteps::recovery::progress_job(topic);
+    for _ in 0..2 {
+        let out = Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
+            .args(["worker", "--metrics", "off", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("this is the first start of this process in keyspace")
+                && err.contains(&dep.keyspace),
+            "{err}"
+        );
+        assert_eq!(reader.generation(&job, 0).unwrap(), None);
+        assert!(archive.list(prefix).unwrap().contains(&left));
+    }
+
+    // The start that left it had claimed its generation: the next start deletes it and
+    // consumes everything; every record is archived once, every table equals the reference.
+    assert_eq!(reader.claim_generation(&job, 0).unwrap(), 1);
+    let mut w = worker(config, &[], None);
+    let all: Vec<&Sent> = p1.iter().chain(&p2).collect();
+    wait_for(reader, topic, &mut w, all.len() as u64);
+    interrupt(&mut w);
+    assert!(!archive.list(prefix).unwrap().contains(&left));
+    let reference = common::stream::reference_of(&[&p1, &p2], k);
+    verify(reader, topic, prefix, &reference, &all, k);
+}

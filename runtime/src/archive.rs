@@ -40,6 +40,7 @@ impl Uploader {
         epoch_ms: u64,
         stop: Arc<AtomicBool>,
         failure: Arc<Mutex<Option<SinkError>>>,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Arc<Uploader> {
         let (sender, receiver) = channel::<Job>();
         std::thread::Builder::new()
@@ -56,12 +57,12 @@ impl Uploader {
                         for job in &jobs {
                             let day = ingest_day(job.epoch, epoch_ms);
                             for (partition, records) in &job.batches {
-                                let (archive, topic, stop, failure) =
-                                    (&archive, &topic, &stop, &failure);
+                                let (archive, topic, stop, failure, metrics) =
+                                    (&archive, &topic, &stop, &failure, metrics.as_deref());
                                 scope.spawn(move || {
                                     put_with_retries(
                                         archive, topic, day, *partition, records, job.epoch, stop,
-                                        failure,
+                                        failure, metrics,
                                     )
                                 });
                             }
@@ -108,10 +109,15 @@ fn put_with_retries(
     epoch: Epoch,
     stop: &AtomicBool,
     failure: &Mutex<Option<SinkError>>,
+    metrics: Option<&crate::metrics::Metrics>,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match archive.put_raw(topic, day, partition, records) {
+        let put = archive.put_raw(topic, day, partition, records);
+        if let Some(m) = metrics {
+            m.store_request("s3", put.is_ok());
+        }
+        match put {
             Ok(_) => return,
             Err(e) if stop.load(Ordering::SeqCst) => {
                 tracing::error!(error = %e, epoch, "archive failed while stopping");
@@ -197,6 +203,11 @@ impl Archiver for WorkerArchiver {
 }
 
 /// A [`Sink`] writing each epoch's rejected records to `rejected/`, one object per partition.
+///
+/// Like the raw archive's uploads, a failed write is retried with backoff while the job runs
+/// (the sink thread waits, and the epochs behind it wait for it: a store that is down stops
+/// the job from advancing, and it resumes by itself when the store is back); once `stop` is
+/// set, a failure is the sink's error, so nothing after it is committed.
 pub struct RejectedArchive {
     /// The archive.
     pub archive: Arc<S3Archive>,
@@ -204,6 +215,10 @@ pub struct RejectedArchive {
     pub topic: String,
     /// Epoch length, for the ingest day of the keys.
     pub epoch_ms: u64,
+    /// The job's stop flag.
+    pub stop: Arc<AtomicBool>,
+    /// Where failed writes are counted.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Sink for RejectedArchive {
@@ -228,8 +243,24 @@ impl Sink for RejectedArchive {
         for (partition, mut records) in by_partition {
             records.sort_by_key(|(r, _, _)| r.offset);
             let (first, last) = (records[0].0.offset, records[records.len() - 1].0.offset);
-            self.archive
-                .put_rejected(&self.topic, day, partition, first, last, &records)?;
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let put =
+                    self.archive
+                        .put_rejected(&self.topic, day, partition, first, last, &records);
+                if let Some(m) = &self.metrics {
+                    m.store_request("s3", put.is_ok());
+                }
+                match put {
+                    Ok(_) => break,
+                    Err(e) if self.stop.load(Ordering::SeqCst) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, epoch = output.epoch, ?backoff, "dead letters' put failed; retrying");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -13,6 +13,14 @@ pub enum RuntimeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// `cluster.toml` is not valid.
+    #[error("invalid configuration {path}: {detail}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// A setting is out of range or unreadable.
     #[error("invalid setting: {0}")]
     Setting(String),
@@ -31,6 +39,37 @@ pub enum RuntimeError {
     /// `launch` cannot start or keep its processes.
     #[error("launch: {0}")]
     Launch(String),
+    /// A system call failed (a listener, a file created).
+    #[error("{what}: {source}")]
+    Os {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A step of a start failed: what was being done, and why.
+    #[error("{context}")]
+    Context {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        #[source]
+        source: Box<RuntimeError>,
+    },
+    /// The topic's partition count changed while the job ran: it stopped after its last
+    /// epoch, and a restart consumes the new partitions from their beginning.
+    #[error(
+        "topic {topic:?} now has {now} partitions, not the {was} this job started with: \
+         stopped after the last complete epoch; start it again to consume them (launch does)"
+    )]
+    TopicChanged {
+        /// The topic.
+        topic: String,
+        /// Its partitions at the start.
+        was: u32,
+        /// Its partitions now.
+        now: u32,
+    },
     /// A worker thread failed.
     #[error("worker failed: {0}")]
     Worker(String),

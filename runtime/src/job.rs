@@ -348,6 +348,7 @@ pub fn run(
             epoch_ms.to_owned(),
             stop.clone(),
             failure.clone(),
+            spec.metrics.clone(),
         )),
         (Some(_), _) => {
             return Err(RuntimeError::Setting(

@@ -1,6 +1,9 @@
 //! The RankMySteps runtime: what runs a job and keeps it running, as library code that the
 //! `run`, `worker` and `launch` commands call (the CLI keeps argument parsing and printing).
 //!
+//! - [`config`]: the deployment description, `cluster.toml` (with environment overrides);
+//! - [`worker`]: one process of a deployment: its restart, sinks and job, wired from the
+//!   configuration;
 //! - [`job`]: the job runner: sources, the dataflow on timely workers (one process or a
 //!   cluster), the sink thread, lingering live state;
 //! - [`recovery`]: a restart from the progress record (what to replay, what to delete);
@@ -11,6 +14,7 @@
 //! - [`progress`]: progress of long work on a terminal or in a log.
 
 pub mod archive;
+pub mod config;
 pub mod error;
 pub mod introspect;
 pub mod job;
@@ -18,5 +22,6 @@ pub mod launch;
 pub mod metrics;
 pub mod progress;
 pub mod recovery;
+pub mod worker;
 
 pub use error::RuntimeError;

@@ -47,6 +47,11 @@ pub struct Metrics {
     lag_now: Mutex<Vec<(u32, i64)>>,
     /// Next offset by partition as of the last delivered epoch.
     positions: Mutex<BTreeMap<u32, u64>>,
+    /// Failed requests to a store that are retried in place (`s3`: archive uploads, `kafka`:
+    /// the lag thread's reads of the partition ends).
+    store_errors: Family<Label, Counter>,
+    /// 1 while a store's requests fail (the job then waits for it), else 0.
+    store_failing: Family<Label, Gauge>,
 }
 
 /// Seconds, from 1 ms to about 33 s (16 buckets, doubling).
@@ -70,7 +75,15 @@ impl Default for Metrics {
             lag: Family::default(),
             lag_now: Mutex::new(Vec::new()),
             positions: Mutex::new(BTreeMap::new()),
+            store_errors: Family::default(),
+            store_failing: Family::default(),
         };
+        for store in ["s3", "kafka"] {
+            let _ = m.store_errors.get_or_create(&[("store", store.to_owned())]);
+            let _ = m
+                .store_failing
+                .get_or_create(&[("store", store.to_owned())]);
+        }
         // Every reason is shown from the start (at 0), so rates exist before the first rejection.
         for r in Reason::ALL {
             let _ = m.rejected.get_or_create(&[("reason", r.code().to_owned())]);
@@ -126,6 +139,17 @@ impl Default for Metrics {
             "rankmysteps_consumer_lag",
             "Records behind the partition's end (measured every 2 s by process 0)",
             m.lag.clone(),
+        );
+        r.register(
+            "rankmysteps_store_errors",
+            "Failed requests to a store, retried in place (s3: archive uploads; kafka: reads of \
+             the partition ends by process 0)",
+            m.store_errors.clone(),
+        );
+        r.register(
+            "rankmysteps_store_failing",
+            "1 while a store's requests fail (epochs wait for it), else 0",
+            m.store_failing.clone(),
         );
         m
     }
@@ -192,11 +216,13 @@ impl Metrics {
                         if stop.load(Ordering::SeqCst) {
                             return;
                         }
-                        if let Ok((_, high)) = consumer.fetch_watermarks(
+                        let ends = consumer.fetch_watermarks(
                             &kafka.topic,
                             p as i32,
                             Duration::from_secs(5),
-                        ) {
+                        );
+                        metrics.store_request("kafka", ends.is_ok());
+                        if let Ok((_, high)) = ends {
                             lag.push((p, high - positions.get(&p).copied().unwrap_or(0) as i64));
                         }
                     }
@@ -215,6 +241,16 @@ impl Metrics {
                 None
             }
         }
+    }
+
+    /// Records the outcome of a request to `store` ("s3", "kafka"): a failure counts, and the
+    /// store is failing until a request succeeds again.
+    pub fn store_request(&self, store: &str, ok: bool) {
+        let label = [("store", store.to_owned())];
+        if !ok {
+            self.store_errors.get_or_create(&label).inc();
+        }
+        self.store_failing.get_or_create(&label).set(i64::from(!ok));
     }
 
     /// Records the latency of an epoch (end of its wall-clock interval → delivery).

@@ -64,6 +64,8 @@ pub struct Recovery {
     pub replay: Vec<ReplayObject>,
     /// Archive objects deleted (beyond the recorded offsets).
     pub deleted: usize,
+    /// This start's generation, when [`plan`] claimed one.
+    pub generation: Option<u64>,
 }
 
 /// An archive object to replay: its key, partition, and the offsets to keep (below `until`).
@@ -115,16 +117,21 @@ pub fn first_ingest_day(w: Micros, grace: Micros, skew: Micros, epoch_ms: u64) -
     earliest.div_euclid(MICROS_PER_DAY) as Day - 1
 }
 
-/// Reads the progress and intent records, deletes the archive objects of uncommitted epochs
-/// (this process's partitions; `rejected/` ones on process 0) and lists what to replay. See
-/// the module docs. With `generation` (this start's, claimed), nothing is deleted unless it is
-/// still the latest claimed of this process: an older start still running must not delete
-/// what a newer one has archived.
+/// Reads the progress and intent records, claims this start's generation (design §4; with
+/// `claim`), deletes the archive objects of uncommitted epochs (this process's partitions;
+/// `rejected/` ones on process 0) and lists what to replay. See the module docs.
+///
+/// The generation is claimed only once the restart is known to be possible: an archive that
+/// holds objects while Cassandra holds no record of any start of this process is refused
+/// without claiming, so that starting again (a launcher retrying) refuses it again rather
+/// than deleting another deployment's archive. Nothing is deleted unless the claimed
+/// generation is still the latest of this process: an older start still running must not
+/// delete what a newer one has archived.
 #[allow(clippy::too_many_arguments)]
 pub fn plan(
     reader: &CassandraReader,
     job: &str,
-    generation: Option<u64>,
+    claim: bool,
     archive: Option<&S3Archive>,
     topic: &str,
     share: Share,
@@ -156,7 +163,25 @@ pub fn plan(
         initial_watermark,
         ..Recovery::default()
     };
+    // Whether an earlier start of this process claimed a generation in this keyspace.
+    let earlier_start = reader.generation(job, share.process)?.is_some();
+    let claimed = |recovery: &mut Recovery| -> Result<(), RuntimeError> {
+        if claim {
+            let g =
+                reader
+                    .claim_generation(job, share.process)
+                    .map_err(|e| RuntimeError::Context {
+                        context: "claiming a generation in Cassandra (does the keyspace have the \
+                              generations table? rankmysteps schema apply)"
+                            .into(),
+                        source: Box::new(e.into()),
+                    })?;
+            recovery.generation = Some(g);
+        }
+        Ok(())
+    };
     let Some(archive) = archive else {
+        claimed(&mut recovery)?;
         if recovery.replay_through.is_some() {
             return Err(RuntimeError::Recovery(
                 "Cassandra holds a progress record, but without the archive ([s3]) the state of \
@@ -168,21 +193,34 @@ pub fn plan(
     };
     let from = initial_watermark.map(|w| first_ingest_day(w, grace, skew, epoch_ms));
     let raw = objects(archive, ObjectKind::Raw, topic, from)?;
-    if recovery.replay_through.is_none() {
+    // No progress and no intent record: nothing was ever committed. If an earlier start of
+    // this process claimed a generation in this keyspace, the objects are that start's,
+    // archived before it was stopped in its first epoch: they are uncommitted, deleted below
+    // like any beyond the recorded offsets, and everything is consumed again. Only on a first
+    // start is an existing archive an error: then it was written against another keyspace,
+    // and deleting it could lose another deployment's data.
+    if recovery.replay_through.is_none() && !earlier_start {
         if let Some((key, _)) = raw.first() {
             return Err(RuntimeError::Recovery(format!(
                 "the archive holds objects of topic {topic} (e.g. s3://{}/{key}) but Cassandra \
-                 has no progress record for them: either a previous run stopped before its first \
-                 epoch was written (delete {}raw/{topic}/ and {}rejected/{topic}/ to start over) \
-                 or [cassandra] does not point at the keyspace that run wrote",
+                 has no progress record for them, and this is the first start of this process \
+                 in keyspace {}: [cassandra] does not point at the keyspace the run that wrote \
+                 them used (or the keyspace was created again); point it there, or delete \
+                 {}raw/{topic}/ and {}rejected/{topic}/ to start over",
                 archive.bucket(),
+                reader.keyspace(),
                 archive.prefix(),
                 archive.prefix()
             )));
         }
+        claimed(&mut recovery)?;
         return Ok(recovery);
     }
-    if let Some(g) = generation {
+    claimed(&mut recovery)?;
+    if recovery.replay_through.is_none() && raw.is_empty() {
+        return Ok(recovery);
+    }
+    if let Some(g) = recovery.generation {
         reader.check_generation(job, share.process, g)?;
     }
     for (key, k) in raw {

@@ -175,4 +175,5 @@ pub fn archived(
 }
 
 pub mod inspect;
+pub mod launch;
 pub mod stream;

@@ -25,10 +25,19 @@ pub struct Sent {
     pub meaning: Result<(Day, i64, u32, Option<String>), Reason>,
 }
 
-/// `n` records of the given days (local civil dates), with ties (steps in multiples of 5),
-/// duplicates (few event ids), three UTC offsets, and a tenth of bad records.
+/// `n` records of 40 users on the given days: see [`phase_among`].
 pub fn phase(rng: &mut Rng, n: usize, days: &[&str]) -> Vec<Sent> {
-    let users: Vec<User> = (1..=40u128).map(|i| i * 0x1_0000_0001).collect();
+    phase_among(rng, n, days, &users(40))
+}
+
+/// `n` distinct users.
+pub fn users(n: u128) -> Vec<User> {
+    (1..=n).map(|i| i * 0x1_0000_0001).collect()
+}
+
+/// `n` records of `users` on the given days (local civil dates), with ties (steps in
+/// multiples of 5), duplicates (few event ids), three UTC offsets, and a tenth of bad records.
+pub fn phase_among(rng: &mut Rng, n: usize, days: &[&str], users: &[User]) -> Vec<Sent> {
     let offsets = [
         ("+05:45", 5 * 3600 + 45 * 60),
         ("-08:00", -8 * 3600),

@@ -111,7 +111,7 @@ impl CassandraReader {
     }
 
     /// The keyspace read.
-    pub(super) fn keyspace(&self) -> &str {
+    pub fn keyspace(&self) -> &str {
         &self.keyspace
     }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::CliError;
+use crate::error::RuntimeError;
 
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -166,8 +166,8 @@ impl ClusterConfig {
 
     /// Reads and validates a `cluster.toml`, with the overrides of the process environment
     /// ([`ENV_PREFIX`]) applied on top of the file.
-    pub fn load(path: &Path) -> Result<ClusterConfig, CliError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CliError::Io {
+    pub fn load(path: &Path) -> Result<ClusterConfig, RuntimeError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RuntimeError::Io {
             path: path.to_owned(),
             source,
         })?;
@@ -176,7 +176,7 @@ impl ClusterConfig {
 
     /// The defaults with the overrides of the process environment ([`ENV_PREFIX`]): the
     /// configuration of commands run without `--config`.
-    pub fn from_env() -> Result<ClusterConfig, CliError> {
+    pub fn from_env() -> Result<ClusterConfig, RuntimeError> {
         ClusterConfig::from_toml(Path::new("(environment)"), "", std::env::vars())
     }
 
@@ -186,8 +186,8 @@ impl ClusterConfig {
         path: &Path,
         text: &str,
         vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<ClusterConfig, CliError> {
-        let config_err = |detail: String| CliError::Config {
+    ) -> Result<ClusterConfig, RuntimeError> {
+        let config_err = |detail: String| RuntimeError::Config {
             path: path.to_owned(),
             detail,
         };
@@ -214,7 +214,7 @@ impl ClusterConfig {
         })?;
         let c = &config.cluster;
         if !c.metrics.is_empty() && c.metrics.len() != c.hosts.len().max(1) {
-            return Err(CliError::Config {
+            return Err(RuntimeError::Config {
                 path: path.to_owned(),
                 detail: format!(
                     "[cluster] metrics lists {} addresses for {} processes (hosts): one per process, in the same order",
@@ -228,7 +228,7 @@ impl ClusterConfig {
         config.dataflow.dedup_window_micros()?;
         config.dataflow.zone()?;
         if let Some(c) = &config.cassandra {
-            c.validate().map_err(|e| CliError::Config {
+            c.validate().map_err(|e| RuntimeError::Config {
                 path: path.to_owned(),
                 detail: format!("[cassandra]: {e}"),
             })?;
@@ -239,16 +239,16 @@ impl ClusterConfig {
 
 impl Dataflow {
     /// `grace` in microseconds.
-    pub fn grace_micros(&self) -> Result<i64, CliError> {
+    pub fn grace_micros(&self) -> Result<i64, RuntimeError> {
         parse_duration(&self.grace).ok_or_else(|| {
-            CliError::Setting(format!("grace: cannot read {:?} as a duration", self.grace))
+            RuntimeError::Setting(format!("grace: cannot read {:?} as a duration", self.grace))
         })
     }
 
     /// `dedup_window` in microseconds.
-    pub fn dedup_window_micros(&self) -> Result<i64, CliError> {
+    pub fn dedup_window_micros(&self) -> Result<i64, RuntimeError> {
         parse_duration(&self.dedup_window).ok_or_else(|| {
-            CliError::Setting(format!(
+            RuntimeError::Setting(format!(
                 "dedup_window: cannot read {:?} as a duration",
                 self.dedup_window
             ))
@@ -256,9 +256,9 @@ impl Dataflow {
     }
 
     /// `max_clock_skew` in microseconds.
-    pub fn skew_micros(&self) -> Result<i64, CliError> {
+    pub fn skew_micros(&self) -> Result<i64, RuntimeError> {
         parse_duration(&self.max_clock_skew).ok_or_else(|| {
-            CliError::Setting(format!(
+            RuntimeError::Setting(format!(
                 "max_clock_skew: cannot read {:?} as a duration",
                 self.max_clock_skew
             ))
@@ -266,9 +266,9 @@ impl Dataflow {
     }
 
     /// The default time zone.
-    pub fn zone(&self) -> Result<jiff::tz::TimeZone, CliError> {
+    pub fn zone(&self) -> Result<jiff::tz::TimeZone, RuntimeError> {
         jiff::tz::TimeZone::get(&self.default_time_zone).map_err(|e| {
-            CliError::Setting(format!(
+            RuntimeError::Setting(format!(
                 "default_time_zone {:?}: {e}",
                 self.default_time_zone
             ))
@@ -400,7 +400,7 @@ mod tests {
         assert_eq!(config.kafka.unwrap().topic, reference.kafka.unwrap().topic);
     }
 
-    fn with_env(text: &str, vars: &[(&str, &str)]) -> Result<ClusterConfig, CliError> {
+    fn with_env(text: &str, vars: &[(&str, &str)]) -> Result<ClusterConfig, RuntimeError> {
         ClusterConfig::from_toml(
             Path::new("test.toml"),
             text,

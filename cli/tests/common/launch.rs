@@ -1,0 +1,141 @@
+//! Driving `rankmysteps launch` from a test: its event lines (pids started, restarts,
+//! recoveries), SIGKILL to a process, and the services script's stop and start.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A port free on `ip` right now.
+pub fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The pid of every process as the launcher's events last started it.
+pub fn started(events: &Path) -> BTreeMap<usize, u32> {
+    let text = std::fs::read_to_string(events).unwrap_or_default();
+    let mut pids = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.split("process ").nth(1) else {
+            continue;
+        };
+        if let Some((index, pid)) = rest.split_once(" started (pid ") {
+            let pid = pid.split(',').next().unwrap();
+            pids.insert(index.parse().unwrap(), pid.parse().unwrap());
+        }
+    }
+    pids
+}
+
+/// Waits until the launcher has started all four processes `starts` times in all.
+pub fn wait_started(events: &Path, starts: usize) -> BTreeMap<usize, u32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(events).unwrap_or_default();
+        if text.matches(" started (pid ").count() >= starts * 4 {
+            return started(events);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not started {starts} times: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the launcher's events say `needle` `count` times; returns them.
+pub fn wait_said(events: &Path, needle: &str, count: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(events).unwrap_or_default();
+        if text.matches(needle).count() >= count {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {count} times {needle:?}: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// How many times the launcher has restarted the processes so far.
+pub fn restarts(events: &Path) -> usize {
+    std::fs::read_to_string(events)
+        .unwrap_or_default()
+        .matches("restarting every process in")
+        .count()
+}
+
+/// Runs `scripts/services ARGS` (stop or start one service), which must succeed.
+pub fn services(args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services");
+    let out = Command::new(script).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/services {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// SIGKILL to `pid`.
+pub fn kill_9(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits (up to 3 min) until the launcher's last restart has been recovered from: its events
+/// say "recovered in" after the last "restarting every process in".
+pub fn wait_recovered(events: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let text = std::fs::read_to_string(events).unwrap_or_default();
+        let recovered = text.rfind("recovered in ");
+        if recovered.is_some() && recovered > text.rfind("restarting every process in") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not recovered: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The value of the sample `name` (with its labels, e.g. `m{store="s3"}`) in `/metrics` at
+/// `addr` (`None`: not served or not there).
+pub fn metric(addr: &str, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits (up to `within`) until [`metric`] is `value`.
+pub fn wait_metric(addr: &str, name: &str, value: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = metric(addr, name);
+        if got == Some(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} at {addr}: {got:?}, not {value}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
