@@ -41,6 +41,9 @@ enum BenchCommand {
     Replay(ReplayArgs),
     /// End to end on the real services: Kafka → worker → Cassandra, throughput and freshness.
     E2e(crate::bench_e2e::E2eArgs),
+    /// End-to-end throughput of `launch`ed clusters of 1, 2, 4 … processes on loopback, on
+    /// the real services: a preloaded topic, consumed, archived and committed.
+    Cluster(crate::bench_cluster::ClusterArgs),
     /// The web page's API and event streams on Cassandra: latency of top and standing at a
     /// steady request rate, and the cost of 1 000 open event streams.
     Web(crate::bench_web::WebArgs),
@@ -163,6 +166,7 @@ pub fn bench(args: BenchArgs) -> Result<(), CliError> {
         BenchCommand::CoreOnce(a) => core_once(a),
         BenchCommand::Replay(a) => replay(a),
         BenchCommand::E2e(a) => crate::bench_e2e::e2e(a),
+        BenchCommand::Cluster(a) => crate::bench_cluster::cluster(a),
         BenchCommand::Web(a) => crate::bench_web::web(a),
         BenchCommand::WebWriter(a) => crate::bench_web::writer(a),
         BenchCommand::Window(a) => window(a),

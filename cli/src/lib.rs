@@ -2,6 +2,7 @@
 //! benchmarks the core. The binary (`main.rs`) is a thin clap layer over this library.
 
 pub mod bench;
+pub mod bench_cluster;
 pub mod bench_e2e;
 pub mod bench_web;
 pub mod doctor;

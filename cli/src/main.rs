@@ -888,6 +888,7 @@ fn launch(args: LaunchArgs) -> Result<()> {
         grace: Duration::from_secs_f64(args.grace),
         max_restarts: args.max_restarts,
         terminal: std::io::stderr().is_terminal(),
+        epoch_ms: Some(config.dataflow.epoch_ms.max(1)),
     };
     let report = rankmysteps::launch::launch(spec, stop)?;
     let mut recoveries = report.recoveries.clone();

@@ -17,8 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::launch::{
-    free_port, kill_9, restarts, services, started, wait_metric, wait_recovered, wait_said,
-    wait_started,
+    free_port, kill_9, restarts, started, wait_metric, wait_recovered, wait_said, wait_started,
+    Outage,
 };
 use common::stream::{
     closing_record, phase_among, producer, reference_of, send, users, verify, wait_for_within, Sent,
@@ -143,22 +143,22 @@ fn a_million_records_through_kills_and_outages_equal_the_reference() {
     // the broker is restarted.
     let (p4a, rest) = p4.split_at(p4.len() / 3);
     let (p4b, p4c) = rest.split_at(rest.len() / 2);
-    services(&["stop", "cassandra"]);
+    let outage = Outage::begin("cassandra");
     send(&producer, topic, p4a, 4, Duration::from_millis(500), |_| {});
     std::thread::sleep(Duration::from_secs(3));
-    services(&["start", "cassandra"]);
+    outage.end();
     // The archive's uploads are retried in place: the processes wait (no restart needed) and
     // say so on /metrics.
     wait_recovered(&events);
-    services(&["stop", "s3"]);
+    let outage = Outage::begin("s3");
     send(&producer, topic, p4b, 4, Duration::from_millis(500), |_| {});
     let failing = r#"rankmysteps_store_failing{store="s3"}"#;
     wait_metric(&process_0_metrics, failing, 1.0, Duration::from_secs(60));
-    services(&["start", "s3"]);
+    outage.end();
     wait_metric(&process_0_metrics, failing, 0.0, Duration::from_secs(60));
-    services(&["stop", "kafka"]);
+    let outage = Outage::begin("kafka");
     std::thread::sleep(Duration::from_secs(2));
-    services(&["start", "kafka"]);
+    outage.end();
     send(&producer, topic, p4c, 4, Duration::from_millis(200), |_| {});
     wait_for_within(
         reader,

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::inspect::{inspect, lookups_equal_the_reference, open_days_held};
 use common::launch::{
-    free_port, kill_9, restarts, services, started, wait_recovered, wait_said, wait_started,
+    free_port, kill_9, restarts, started, wait_recovered, wait_said, wait_started, Outage,
 };
 use common::stream::{
     phase, producer, reference_of, send, three_phases, verify, wait_for, wait_for_within, Sent,
@@ -105,13 +105,13 @@ fn four_launched_processes_survive_kill_9_and_match_the_reference() {
     // Cassandra goes away while records arrive, and comes back; then the broker does.
     let restarts_before = restarts(&events);
     let (p4a, p4b) = p4.split_at(p4.len() / 2);
-    services(&["stop", "cassandra"]);
+    let outage = Outage::begin("cassandra");
     send(&producer, topic, p4a, 2, Duration::from_millis(500), |_| {});
     std::thread::sleep(Duration::from_secs(3));
-    services(&["start", "cassandra"]);
-    services(&["stop", "kafka"]);
+    outage.end();
+    let outage = Outage::begin("kafka");
     std::thread::sleep(Duration::from_secs(2));
-    services(&["start", "kafka"]);
+    outage.end();
     send(&producer, topic, p4b, 2, Duration::from_millis(200), |_| {});
     let all: Vec<&Sent> = p1.iter().chain(&p2).chain(&p3).chain(&p4).collect();
     wait_for_within(

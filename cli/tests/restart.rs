@@ -160,7 +160,10 @@ fn a_first_epoch_never_written_leaves_objects_the_next_start_deletes() {
 
     // What a start killed in its first epoch leaves: the first records of partition 0
     // archived, nothing in Cassandra.
-    let s3 = rankmysteps::config::ClusterConfig::load(config).unwrap().s3.unwrap();
+    let s3 = rankmysteps::config::ClusterConfig::load(config)
+        .unwrap()
+        .s3
+        .unwrap();
     let archive = rankmysteps_sinks::s3::S3Archive::connect(&s3).unwrap();
     assert!(archive.list(prefix).unwrap().is_empty());
     let today = (std::time::SystemTime::now()

@@ -111,6 +111,16 @@ pub struct LaunchSpec {
     pub max_restarts: Option<u32>,
     /// Redraw a status table every second (a terminal) instead of printing lines.
     pub terminal: bool,
+    /// `[dataflow] epoch_ms` of the deployment: a process counts as running once it completes
+    /// an epoch that began after its start (none: once it completes any epoch).
+    pub epoch_ms: Option<u64>,
+}
+
+/// The wall clock, milliseconds since 1970.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// How a launch ended.
@@ -147,6 +157,8 @@ struct Proc {
     metrics: Option<String>,
     child: Option<Child>,
     started: Instant,
+    /// The wall clock at the start, milliseconds since 1970.
+    started_ms: u64,
     state: State,
     epoch: Option<u64>,
     lag: Option<i64>,
@@ -195,6 +207,7 @@ impl Proc {
             })?;
         self.child = Some(child);
         self.started = Instant::now();
+        self.started_ms = wall_ms();
         self.state = State::Starting;
         self.epoch = None;
         self.lag = None;
@@ -384,6 +397,7 @@ pub fn launch(spec: LaunchSpec, stop: Arc<AtomicUsize>) -> Result<LaunchReport, 
             metrics: metrics.clone(),
             child: None,
             started: Instant::now(),
+            started_ms: wall_ms(),
             state: State::Starting,
             epoch: None,
             lag: None,
@@ -433,7 +447,7 @@ pub fn launch(spec: LaunchSpec, stop: Arc<AtomicUsize>) -> Result<LaunchReport, 
             {
                 break Some((i, status));
             }
-            observe(&mut procs, &polls);
+            observe(&mut procs, &polls, spec.epoch_ms);
             if let Some(at) = failed_at {
                 if procs.iter().all(|p| p.state == State::Running) {
                     let took = at.elapsed();
@@ -545,9 +559,11 @@ fn start_all(
 }
 
 /// Takes the processes' states from the poller's latest summaries: running once a summary
-/// newer than the process names a completed epoch (a process without an address: once it
-/// has lived 5 s).
-fn observe(procs: &mut [Proc], polls: &Polls) {
+/// newer than the process names a completed epoch that began after the process started (with
+/// `epoch_ms`; streaming epochs are wall-clock intervals, so the epochs a restart replays from
+/// the archive do not count: it is running once it is past them, consuming live); a process
+/// without an address: once it has lived 5 s.
+fn observe(procs: &mut [Proc], polls: &Polls, epoch_ms: Option<u64>) {
     let polls = polls.lock().unwrap();
     for (p, (at, summary)) in procs.iter_mut().zip(polls.iter()) {
         if p.child.is_none() || p.state != State::Starting && p.state != State::Running {
@@ -567,7 +583,10 @@ fn observe(procs: &mut [Proc], polls: &Polls) {
             .as_array()
             .filter(|l| !l.is_empty())
             .map(|l| l.iter().filter_map(|p| p[1].as_i64()).sum());
-        if p.epoch.is_some() {
+        let live = |e: u64| {
+            epoch_ms.is_none_or(|ms| e.saturating_add(1).saturating_mul(ms) >= p.started_ms)
+        };
+        if p.epoch.is_some_and(live) {
             p.state = State::Running;
         }
     }
@@ -684,6 +703,7 @@ mod supervision {
             grace: Duration::from_secs(5),
             max_restarts,
             terminal: false,
+            epoch_ms: None,
         }
     }
 

@@ -83,6 +83,34 @@ pub fn services(args: &[&str]) {
     );
 }
 
+/// A service stopped by a test ([`Outage::begin`]): started again by [`Outage::end`], or when
+/// dropped (a test that fails during an outage leaves the service running for the next).
+pub struct Outage(Option<&'static str>);
+
+impl Outage {
+    /// Stops `service`.
+    pub fn begin(service: &'static str) -> Outage {
+        services(&["stop", service]);
+        Outage(Some(service))
+    }
+
+    /// Starts the service again (waits until it is healthy).
+    pub fn end(mut self) {
+        if let Some(service) = self.0.take() {
+            services(&["start", service]);
+        }
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        if let Some(service) = self.0.take() {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services");
+            let _ = Command::new(script).args(["start", service]).status();
+        }
+    }
+}
+
 /// SIGKILL to `pid`.
 pub fn kill_9(pid: u32) {
     let status = Command::new("kill")
