@@ -17,8 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::launch::{
-    free_port, kill_9, restarts, started, wait_metric, wait_recovered, wait_said, wait_started,
-    Outage,
+    kill_9, loopback_cluster, restarts, started, wait_metric, wait_recovered, wait_said,
+    wait_started, Outage,
 };
 use common::stream::{
     closing_record, phase_among, producer, reference_of, send, users, verify, wait_for_within, Sent,
@@ -43,29 +43,9 @@ fn a_million_records_through_kills_and_outages_equal_the_reference() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
         .max(1_000_000);
-    let ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"];
-    let list = |port: &dyn Fn(&str) -> String| {
-        ips.iter()
-            .map(|ip| format!("\"{ip}:{}\"", port(ip)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let hosts = list(&|ip| free_port(ip).to_string());
-    let ports: Vec<u16> = ips.iter().map(|ip| free_port(ip)).collect();
-    let process_0_metrics = format!("{}:{}", ips[0], ports[0]);
-    let metrics = ips
-        .iter()
-        .zip(&ports)
-        .map(|(ip, port)| format!("\"{ip}:{port}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let dep = common::Deployment::new(
-        "faults",
-        8,
-        1,
-        k,
-        Some(&format!("hosts = [{hosts}]\nmetrics = [{metrics}]")),
-    );
+    let (cluster, metrics) = loopback_cluster();
+    let process_0_metrics = &metrics[0];
+    let dep = common::Deployment::new("faults", 8, 1, k, Some(&cluster));
     let (topic, prefix, config, reader) = (&dep.topic, &dep.prefix, &dep.config, &dep.reader);
 
     // Phase 1 closes no day (10 and 11 January); phase 2 starts with a record that closes both
@@ -153,9 +133,9 @@ fn a_million_records_through_kills_and_outages_equal_the_reference() {
     let outage = Outage::begin("s3");
     send(&producer, topic, p4b, 4, Duration::from_millis(500), |_| {});
     let failing = r#"rankmysteps_store_failing{store="s3"}"#;
-    wait_metric(&process_0_metrics, failing, 1.0, Duration::from_secs(60));
+    wait_metric(process_0_metrics, failing, 1.0, Duration::from_secs(60));
     outage.end();
-    wait_metric(&process_0_metrics, failing, 0.0, Duration::from_secs(60));
+    wait_metric(process_0_metrics, failing, 0.0, Duration::from_secs(60));
     let outage = Outage::begin("kafka");
     std::thread::sleep(Duration::from_secs(2));
     outage.end();

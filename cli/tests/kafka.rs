@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::stream::{interrupt, phase, producer, reference_epoch, send};
+use common::stream::{
+    exit_within, interrupt, logged_worker, phase, producer, reference_epoch, send,
+};
 use common::Child;
 use rankmysteps_dataflow::event::{format_day, format_user, Reason};
 use rankmysteps_dataflow::pipeline::Settings;
@@ -271,23 +273,12 @@ fn a_resume_offset_kafka_no_longer_has_is_an_error() {
 
     let fails = |config: &std::path::Path| {
         let log = dep.dir.path().join("worker.err");
-        let mut child = Child(
-            Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
-                .args(["worker", "--metrics", "off", "--config"])
-                .arg(config)
-                .stdin(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap(),
+        let mut child = logged_worker(config, &log);
+        let status = exit_within(
+            &mut child,
+            Duration::from_secs(90),
+            "the worker resumed regardless",
         );
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let status = loop {
-            if let Some(status) = child.0.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "the worker resumed regardless");
-            std::thread::sleep(Duration::from_millis(100));
-        };
         assert!(!status.success());
         std::fs::read_to_string(&log).unwrap()
     };
@@ -316,15 +307,7 @@ fn a_partition_added_while_running_stops_the_worker_and_a_restart_reads_it() {
     second.insert(0, common::stream::closing_record(9));
     send(&producer(), topic, &first, 1, Duration::ZERO, |_| {});
     let log = dep.dir.path().join("worker.err");
-    let mut w = Child(
-        Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
-            .args(["worker", "--metrics", "off", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut w = logged_worker(config, &log);
     wait_for(reader, topic, &mut w, first.len() as u64);
 
     // A third partition, and records in it (a new producer sees it at once).
@@ -348,14 +331,11 @@ fn a_partition_added_while_running_stops_the_worker_and_a_restart_reads_it() {
     assert!(in_new > 0, "no record in the new partition");
 
     // The worker notices (within its 10 s check), ends after its epoch, and says why.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = w.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the partition went unnoticed");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = exit_within(
+        &mut w,
+        Duration::from_secs(60),
+        "the partition went unnoticed",
+    );
     let err = std::fs::read_to_string(&log).unwrap();
     assert!(!status.success(), "{err}");
     assert!(

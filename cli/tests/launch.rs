@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::inspect::{inspect, lookups_equal_the_reference, open_days_held};
 use common::launch::{
-    free_port, kill_9, restarts, started, wait_recovered, wait_said, wait_started, Outage,
+    kill_9, loopback_cluster, restarts, started, wait_recovered, wait_said, wait_started, Outage,
 };
 use common::stream::{
     phase, producer, reference_of, send, three_phases, verify, wait_for, wait_for_within, Sent,
@@ -29,22 +29,8 @@ use rankmysteps_dataflow::random::SplitMix64 as Rng;
 #[test]
 fn four_launched_processes_survive_kill_9_and_match_the_reference() {
     let k = 5;
-    let ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"];
-    let list = |port: &dyn Fn(&str) -> String| {
-        ips.iter()
-            .map(|ip| format!("\"{ip}:{}\"", port(ip)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let hosts = list(&|ip| free_port(ip).to_string());
-    let metrics = list(&|ip| free_port(ip).to_string());
-    let dep = common::Deployment::new(
-        "launch",
-        8,
-        1,
-        k,
-        Some(&format!("hosts = [{hosts}]\nmetrics = [{metrics}]")),
-    );
+    let (cluster, _) = loopback_cluster();
+    let dep = common::Deployment::new("launch", 8, 1, k, Some(&cluster));
     let (topic, prefix, config, reader) = (&dep.topic, &dep.prefix, &dep.config, &dep.reader);
     let config_arg = config.to_str().unwrap();
 

@@ -16,6 +16,32 @@ pub fn free_port(ip: &str) -> u16 {
         .port()
 }
 
+/// Four processes on the loopback addresses 127.0.0.1 … 127.0.0.4, on free ports: the
+/// `[cluster]` lines `hosts = [...]` and `metrics = [...]`, and the metrics addresses.
+pub fn loopback_cluster() -> (String, Vec<String>) {
+    let ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"];
+    let addrs = || -> Vec<String> {
+        ips.iter()
+            .map(|ip| format!("{ip}:{}", free_port(ip)))
+            .collect()
+    };
+    let quoted = |a: &[String]| {
+        a.iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (hosts, metrics) = (addrs(), addrs());
+    (
+        format!(
+            "hosts = [{}]\nmetrics = [{}]",
+            quoted(&hosts),
+            quoted(&metrics)
+        ),
+        metrics,
+    )
+}
+
 /// The pid of every process as the launcher's events last started it.
 pub fn started(events: &Path) -> BTreeMap<usize, u32> {
     let text = std::fs::read_to_string(events).unwrap_or_default();

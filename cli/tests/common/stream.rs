@@ -158,6 +158,31 @@ pub fn worker(config: &Path, args: &[&str], crash_after_writes: Option<u64>) -> 
     Child(command.spawn().unwrap())
 }
 
+/// `rankmysteps worker --metrics off --config config`, its stderr written to `log`.
+pub fn logged_worker(config: &Path, log: &Path) -> Child {
+    Child(
+        Command::new(env!("CARGO_BIN_EXE_rankmysteps"))
+            .args(["worker", "--metrics", "off", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits until `child` exits, which it must within `within` (else: `why` it should have).
+pub fn exit_within(child: &mut Child, within: Duration, why: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{why}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The progress record's epoch and number of records counted, if there is one.
 pub fn progress(reader: &CassandraReader, topic: &str) -> Option<(u64, u64)> {
     try_progress(reader, topic).unwrap()
