@@ -17,8 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::launch::{
-    kill_9, loopback_cluster, restarts, started, wait_metric, wait_recovered, wait_said,
-    wait_started, Outage,
+    kill_9, loopback_cluster, restarts, started, stop_launcher, wait_metric, wait_recovered,
+    wait_said, wait_started, Outage,
 };
 use common::stream::{
     closing_record, phase_among, producer, reference_of, send, users, verify, wait_for_within, Sent,
@@ -152,14 +152,7 @@ fn a_million_records_through_kills_and_outages_equal_the_reference() {
     assert!(outage >= 1, "Cassandra's outage went unnoticed");
 
     // A clean stop: SIGTERM to the launcher stops every process after its epoch.
-    let status = Command::new("kill")
-        .args(["-TERM", &launcher.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = launcher.0.wait().unwrap();
-    let text = std::fs::read_to_string(&events).unwrap();
-    assert!(status.success(), "{status:?}: {text}");
+    let text = stop_launcher(&mut launcher, &events);
     assert_eq!(
         text.matches("exited (killed by SIGKILL) after").count(),
         kills,

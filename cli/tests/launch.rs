@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use common::inspect::{inspect, lookups_equal_the_reference, open_days_held};
 use common::launch::{
-    kill_9, loopback_cluster, restarts, started, wait_recovered, wait_said, wait_started, Outage,
+    kill_9, loopback_cluster, restarts, started, stop_launcher, wait_recovered, wait_said,
+    wait_started, Outage,
 };
 use common::stream::{
     phase, producer, reference_of, send, three_phases, verify, wait_for, wait_for_within, Sent,
@@ -135,14 +136,7 @@ fn four_launched_processes_survive_kill_9_and_match_the_reference() {
     assert_eq!(total, 2 + outage, "{text}");
 
     // A clean stop: SIGTERM to the launcher stops every process after its epoch.
-    let status = Command::new("kill")
-        .args(["-TERM", &launcher.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = launcher.0.wait().unwrap();
-    let text = std::fs::read_to_string(&events).unwrap();
-    assert!(status.success(), "{status:?}: {text}");
+    let text = stop_launcher(&mut launcher, &events);
     let last = text.lines().last().unwrap();
     assert!(
         last.contains(&format!("stopped cleanly after {total} restarts")),

@@ -193,3 +193,17 @@ pub fn wait_metric(addr: &str, name: &str, value: f64, within: Duration) {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// SIGTERM to the launcher, which must then stop every process and exit with status 0;
+/// returns its events (`events`, its stderr).
+pub fn stop_launcher(launcher: &mut super::Child, events: &Path) -> String {
+    let status = Command::new("kill")
+        .args(["-TERM", &launcher.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = launcher.0.wait().unwrap();
+    let text = std::fs::read_to_string(events).unwrap();
+    assert!(status.success(), "{status:?}: {text}");
+    text
+}
