@@ -268,7 +268,7 @@ fn core_once(a: CoreOnceArgs) -> Result<(), CliError> {
         epoch_latencies.pop();
     }
     epoch_latencies.sort();
-    let events = stats.accepted + stats.duplicate + stats.rejected_total();
+    let events = stats.records();
     println!(
         "{}",
         serde_json::json!({

@@ -66,24 +66,6 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
-/// The pids of the processes a launcher's events say it started last.
-fn started_pids(events: &str) -> Vec<u32> {
-    let mut pids = std::collections::BTreeMap::new();
-    for line in events.lines() {
-        if let Some(rest) = line.split("process ").nth(1) {
-            if let Some((index, pid)) = rest.split_once(" started (pid ") {
-                if let (Ok(i), Some(Ok(p))) = (
-                    index.parse::<usize>(),
-                    pid.split(',').next().map(str::parse::<u32>),
-                ) {
-                    pids.insert(i, p);
-                }
-            }
-        }
-    }
-    pids.into_values().collect()
-}
-
 /// One run's figures.
 struct Run {
     processes: usize,
@@ -194,10 +176,11 @@ pub fn cluster(args: ClusterArgs) -> Result<(), CliError> {
         let mut first: Option<(Instant, u64)> = None;
         let deadline = started + Duration::from_secs(args.timeout);
         let outcome = loop {
-            let counted = reader.progress(&job).ok().flatten().map(|p| {
-                let s = rankmysteps_dataflow::output::Stats::from(&p.stats);
-                s.accepted + s.duplicate + s.rejected_total()
-            });
+            let counted = reader
+                .progress(&job)
+                .ok()
+                .flatten()
+                .map(|p| rankmysteps_dataflow::output::Stats::from(&p.stats).records());
             if let Some(c) = counted {
                 first.get_or_insert((Instant::now(), c));
                 if c >= args.events {
@@ -221,8 +204,8 @@ pub fn cluster(args: ClusterArgs) -> Result<(), CliError> {
             std::thread::sleep(Duration::from_millis(50));
         };
         let events = std::fs::read_to_string(&events_log).unwrap_or_default();
-        let cpu: f64 = started_pids(&events)
-            .into_iter()
+        let cpu: f64 = crate::launch::started_pids(&events)
+            .into_values()
             .filter_map(cpu_seconds)
             .sum();
         let _ = Command::new("kill")

@@ -741,7 +741,7 @@ fn worker(args: WorkerArgs) -> Result<()> {
             quiet: args.quiet,
             dedup_window: args.dedup_window,
         },
-        &stop,
+        stop,
     )?;
     if let Some(r) = worker.recovery() {
         if let Some(p) = &r.progress {
@@ -775,7 +775,7 @@ fn worker(args: WorkerArgs) -> Result<()> {
             .generation
             .map_or(String::new(), |g| format!(", generation {g}"))
     );
-    let report = worker.run(stop)?;
+    let report = worker.run()?;
     eprintln!(
         "rankmysteps: stopped after {} epochs ({} more, {} archived records, replayed to restore the state): accepted {}, duplicate {}, rejected {}",
         report.epochs,

@@ -35,6 +35,11 @@ impl Stats {
     pub fn rejected_total(&self) -> u64 {
         self.rejected.iter().sum()
     }
+
+    /// Every record counted: accepted, duplicate or rejected.
+    pub fn records(&self) -> u64 {
+        self.accepted + self.duplicate + self.rejected_total()
+    }
 }
 
 /// An input position: the next record to read of one partition (for a file: partition 0 and the

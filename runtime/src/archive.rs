@@ -98,7 +98,8 @@ impl Uploader {
     }
 }
 
-/// Writes one object, retrying with backoff for as long as the job runs (see [`Uploader`]).
+/// Writes one object, retrying with backoff for as long as the job runs (see [`Uploader`]);
+/// a failure once the job stops is recorded in `failure`.
 #[allow(clippy::too_many_arguments)]
 fn put_with_retries(
     archive: &S3Archive,
@@ -111,21 +112,36 @@ fn put_with_retries(
     failure: &Mutex<Option<SinkError>>,
     metrics: Option<&crate::metrics::Metrics>,
 ) {
+    let put = retry_in_place("archive put", epoch, stop, metrics, || {
+        archive.put_raw(topic, day, partition, records)
+    });
+    if let Err(e) = put {
+        tracing::error!(error = %e, epoch, "archive failed while stopping");
+        failure.lock().expect("failure lock").get_or_insert(e);
+    }
+}
+
+/// Runs `put` (a write to S3 of epoch `epoch`) until it succeeds, with backoff (200 ms
+/// doubling to 10 s), each outcome recorded in `metrics` as a request to `s3`; once `stop` is
+/// set, a failure is returned instead of retried.
+fn retry_in_place<T>(
+    what: &str,
+    epoch: Epoch,
+    stop: &AtomicBool,
+    metrics: Option<&crate::metrics::Metrics>,
+    mut put: impl FnMut() -> Result<T, SinkError>,
+) -> Result<T, SinkError> {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let put = archive.put_raw(topic, day, partition, records);
+        let outcome = put();
         if let Some(m) = metrics {
-            m.store_request("s3", put.is_ok());
+            m.store_request("s3", outcome.is_ok());
         }
-        match put {
-            Ok(_) => return,
-            Err(e) if stop.load(Ordering::SeqCst) => {
-                tracing::error!(error = %e, epoch, "archive failed while stopping");
-                failure.lock().expect("failure lock").get_or_insert(e);
-                return;
-            }
+        match outcome {
+            Ok(done) => return Ok(done),
+            Err(e) if stop.load(Ordering::SeqCst) => return Err(e),
             Err(e) => {
-                tracing::warn!(error = %e, epoch, ?backoff, "archive put failed; retrying");
+                tracing::warn!(error = %e, epoch, ?backoff, "{what} failed; retrying");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
@@ -243,24 +259,16 @@ impl Sink for RejectedArchive {
         for (partition, mut records) in by_partition {
             records.sort_by_key(|(r, _, _)| r.offset);
             let (first, last) = (records[0].0.offset, records[records.len() - 1].0.offset);
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                let put =
+            retry_in_place(
+                "dead letters' put",
+                output.epoch,
+                &self.stop,
+                self.metrics.as_deref(),
+                || {
                     self.archive
-                        .put_rejected(&self.topic, day, partition, first, last, &records);
-                if let Some(m) = &self.metrics {
-                    m.store_request("s3", put.is_ok());
-                }
-                match put {
-                    Ok(_) => break,
-                    Err(e) if self.stop.load(Ordering::SeqCst) => return Err(e),
-                    Err(e) => {
-                        tracing::warn!(error = %e, epoch = output.epoch, ?backoff, "dead letters' put failed; retrying");
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                    }
-                }
-            }
+                        .put_rejected(&self.topic, day, partition, first, last, &records)
+                },
+            )?;
         }
         Ok(())
     }

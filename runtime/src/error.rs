@@ -74,3 +74,11 @@ pub enum RuntimeError {
     #[error("worker failed: {0}")]
     Worker(String),
 }
+
+/// `what` failed because of `source`: a [`RuntimeError::Context`].
+pub(crate) fn context(source: impl Into<RuntimeError>, what: impl Into<String>) -> RuntimeError {
+    RuntimeError::Context {
+        context: what.into(),
+        source: Box::new(source.into()),
+    }
+}

@@ -529,6 +529,27 @@ pub fn launch(spec: LaunchSpec, stop: Arc<AtomicUsize>) -> Result<LaunchReport, 
     }
 }
 
+/// The pid of every process as a launcher's event lines (its output) last say it started
+/// ("process I started (pid P, ..."), by process index: for tools and tests that watch a
+/// launch from outside.
+pub fn started_pids(events: &str) -> std::collections::BTreeMap<usize, u32> {
+    let mut pids = std::collections::BTreeMap::new();
+    for line in events.lines() {
+        let Some(rest) = line.split("process ").nth(1) else {
+            continue;
+        };
+        if let Some((index, pid)) = rest.split_once(" started (pid ") {
+            if let (Ok(i), Some(Ok(p))) = (
+                index.parse::<usize>(),
+                pid.split(',').next().map(str::parse::<u32>),
+            ) {
+                pids.insert(i, p);
+            }
+        }
+    }
+    pids
+}
+
 /// Starts every process (attempt `attempt`); if one cannot be started, the started ones are
 /// stopped again and that is the error.
 fn start_all(

@@ -159,8 +159,7 @@ impl Metrics {
     /// Records a delivered epoch's counters.
     pub fn epoch(&self, out: &EpochOutput) {
         let s = &out.stats;
-        let total = s.accepted + s.duplicate + s.rejected_total();
-        self.events_in.inc_by(total);
+        self.events_in.inc_by(s.records());
         self.accepted.inc_by(s.accepted);
         self.duplicate.inc_by(s.duplicate);
         for r in Reason::ALL {

@@ -39,7 +39,7 @@ use rankmysteps_sinks::SinkError;
 use rankmysteps_sources::chunk::{wall_clock, Chunk, ChunkSource, Pull};
 use rankmysteps_sources::kafka::record_pos;
 
-use crate::error::RuntimeError;
+use crate::error::{context, RuntimeError};
 
 /// The `job` of the progress record of a worker consuming `topic`: the topic itself, so that
 /// a worker pointed at another topic never resumes at offsets recorded for a different one.
@@ -163,44 +163,19 @@ pub fn plan(
         initial_watermark,
         ..Recovery::default()
     };
-    // Whether an earlier start of this process claimed a generation in this keyspace.
-    let earlier_start = reader.generation(job, share.process)?.is_some();
-    let claimed = |recovery: &mut Recovery| -> Result<(), RuntimeError> {
-        if claim {
-            let g =
-                reader
-                    .claim_generation(job, share.process)
-                    .map_err(|e| RuntimeError::Context {
-                        context: "claiming a generation in Cassandra (does the keyspace have the \
-                              generations table? rankmysteps schema apply)"
-                            .into(),
-                        source: Box::new(e.into()),
-                    })?;
-            recovery.generation = Some(g);
-        }
-        Ok(())
-    };
-    let Some(archive) = archive else {
-        claimed(&mut recovery)?;
-        if recovery.replay_through.is_some() {
-            return Err(RuntimeError::Recovery(
-                "Cassandra holds a progress record, but without the archive ([s3]) the state of \
-                 the open days cannot be rebuilt; configure the [s3] section the job ran with"
-                    .into(),
-            ));
-        }
-        return Ok(recovery);
-    };
     let from = initial_watermark.map(|w| first_ingest_day(w, grace, skew, epoch_ms));
-    let raw = objects(archive, ObjectKind::Raw, topic, from)?;
+    let raw = match archive {
+        Some(archive) => objects(archive, ObjectKind::Raw, topic, from)?,
+        None => Vec::new(),
+    };
     // No progress and no intent record: nothing was ever committed. If an earlier start of
     // this process claimed a generation in this keyspace, the objects are that start's,
     // archived before it was stopped in its first epoch: they are uncommitted, deleted below
     // like any beyond the recorded offsets, and everything is consumed again. Only on a first
-    // start is an existing archive an error: then it was written against another keyspace,
-    // and deleting it could lose another deployment's data.
-    if recovery.replay_through.is_none() && !earlier_start {
-        if let Some((key, _)) = raw.first() {
+    // start is an existing archive an error (and no generation is claimed): then it was
+    // written against another keyspace, and deleting it could lose another deployment's data.
+    if let (None, Some(archive), Some((key, _))) = (recovery.replay_through, archive, raw.first()) {
+        if reader.generation(job, share.process)?.is_none() {
             return Err(RuntimeError::Recovery(format!(
                 "the archive holds objects of topic {topic} (e.g. s3://{}/{key}) but Cassandra \
                  has no progress record for them, and this is the first start of this process \
@@ -213,10 +188,27 @@ pub fn plan(
                 archive.prefix()
             )));
         }
-        claimed(&mut recovery)?;
-        return Ok(recovery);
     }
-    claimed(&mut recovery)?;
+    if claim {
+        let g = reader.claim_generation(job, share.process).map_err(|e| {
+            context(
+                e,
+                "claiming a generation in Cassandra (does the keyspace have the generations \
+                 table? rankmysteps schema apply)",
+            )
+        })?;
+        recovery.generation = Some(g);
+    }
+    let Some(archive) = archive else {
+        if recovery.replay_through.is_some() {
+            return Err(RuntimeError::Recovery(
+                "Cassandra holds a progress record, but without the archive ([s3]) the state of \
+                 the open days cannot be rebuilt; configure the [s3] section the job ran with"
+                    .into(),
+            ));
+        }
+        return Ok(recovery);
+    };
     if recovery.replay_through.is_none() && raw.is_empty() {
         return Ok(recovery);
     }

@@ -19,7 +19,7 @@ use rankmysteps_sources::kafka::KafkaConfig;
 use rankmysteps_sources::parse::ParseConfig;
 
 use crate::config::{parse_duration, ClusterConfig};
-use crate::error::RuntimeError;
+use crate::error::{context, RuntimeError};
 use crate::introspect::{Capture, Introspection};
 use crate::job::{self, ClusterPlace, Input, JobReport, JobSpec};
 use crate::metrics::{Measured, Metrics};
@@ -79,22 +79,14 @@ pub struct Worker {
     sink: Measured,
     metrics: Arc<Metrics>,
     introspection: Option<Arc<Introspection>>,
-}
-
-/// `context: cause` as an error.
-fn context(what: impl Into<String>) -> impl FnOnce(RuntimeError) -> RuntimeError {
-    let what = what.into();
-    move |source| RuntimeError::Context {
-        context: what,
-        source: Box::new(source),
-    }
+    stop: Arc<AtomicBool>,
 }
 
 impl Worker {
     /// Connects, claims a generation, plans the restart and checks the Kafka positions it
-    /// resumes from (see the module docs).
-    /// `stop` ends the job (after its current epoch) and the retries of a store that is down.
-    pub fn prepare(opts: WorkerOptions, stop: &Arc<AtomicBool>) -> Result<Worker, RuntimeError> {
+    /// resumes from (see the module docs). `stop`, once set, ends the job after its current
+    /// epoch, and the retries of a store that is down.
+    pub fn prepare(opts: WorkerOptions, stop: Arc<AtomicBool>) -> Result<Worker, RuntimeError> {
         let WorkerOptions {
             config_path,
             config,
@@ -115,7 +107,12 @@ impl Worker {
         })?;
         let partitions =
             rankmysteps_sources::kafka::partition_count(&kafka, Duration::from_secs(15)).map_err(
-                |e| context(format!("reading the partitions of topic {:?}", kafka.topic))(e.into()),
+                |e| {
+                    context(
+                        e,
+                        format!("reading the partitions of topic {:?}", kafka.topic),
+                    )
+                },
             )?;
         let hosts = if standalone {
             &config.cluster.hosts[..config.cluster.hosts.len().min(1)]
@@ -178,24 +175,28 @@ impl Worker {
         let archive = match &config.s3 {
             Some(s3) => Some(Arc::new(
                 rankmysteps_sinks::s3::S3Archive::connect(s3).map_err(|e| {
-                    context(format!(
-                        "connecting to the S3 archive (bucket {})",
-                        s3.bucket
-                    ))(e.into())
+                    context(
+                        e,
+                        format!("connecting to the S3 archive (bucket {})", s3.bucket),
+                    )
                 })?,
             )),
             None => None,
         };
         let job_name = recovery::progress_job(&kafka.topic);
-        let cassandra_context = |c: &rankmysteps_sinks::cassandra::CassandraConfig| {
-            context(format!("connecting to Cassandra at {:?}", c.contact_points))
+        let cassandra_context = |c: &rankmysteps_sinks::cassandra::CassandraConfig,
+                                 e: rankmysteps_sinks::SinkError| {
+            context(
+                e,
+                format!("connecting to Cassandra at {:?}", c.contact_points),
+            )
         };
         // A restart: where the last run's progress record says to resume, and what to replay.
         let mut generation = None;
         let recovery: Option<Recovery> = match &config.cassandra {
             Some(c) => {
                 let reader = rankmysteps_sinks::cassandra::CassandraReader::connect(c)
-                    .map_err(|e| cassandra_context(c)(e.into()))?;
+                    .map_err(|e| cassandra_context(c, e))?;
                 let share = Share {
                     process,
                     threads: workers,
@@ -241,7 +242,7 @@ impl Worker {
                 &r.start,
                 Duration::from_secs(15),
             )
-            .map_err(|e| context("cannot resume from the progress record")(e.into()))?;
+            .map_err(|e| context(e, "cannot resume from the progress record"))?;
         }
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
         if process == 0 {
@@ -258,7 +259,7 @@ impl Worker {
             }
             if let Some(c) = &config.cassandra {
                 let mut sink = rankmysteps_sinks::cassandra::CassandraSink::connect(c, &job_name)
-                    .map_err(|e| cassandra_context(c)(e.into()))?;
+                    .map_err(|e| cassandra_context(c, e))?;
                 if let Some(r) = &recovery {
                     sink.resume(r.progress.as_ref(), r.replay_through);
                 }
@@ -322,6 +323,7 @@ impl Worker {
             sink,
             metrics,
             introspection,
+            stop,
         })
     }
 
@@ -331,11 +333,11 @@ impl Worker {
         self.spec.recovery.as_ref()
     }
 
-    /// Runs the job until `stop` is set or it fails. A partition added to the topic while it
+    /// Runs the job until its stop flag is set or it fails. A partition added to the topic while it
     /// runs ends it with [`RuntimeError::TopicChanged`] (after its current epoch, everything
     /// committed): a restart consumes the new partitions from their beginning, so nothing in
     /// them is skipped.
-    pub fn run(self, stop: Arc<AtomicBool>) -> Result<JobReport, RuntimeError> {
+    pub fn run(self) -> Result<JobReport, RuntimeError> {
         let Worker {
             process,
             topic,
@@ -345,6 +347,7 @@ impl Worker {
             sink,
             metrics,
             introspection,
+            stop,
             ..
         } = self;
         // The helper threads end with the job (set after it returns, however it ends).
@@ -399,6 +402,13 @@ fn watch_topic(
     done: Arc<AtomicBool>,
     changed: Arc<Mutex<Option<u32>>>,
 ) -> Option<JoinHandle<()>> {
+    let consumer: rdkafka::consumer::BaseConsumer = match kafka.client_config().create() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "no check of the partition count: cannot create a Kafka client");
+            return None;
+        }
+    };
     let spawned = std::thread::Builder::new()
         .name("rankmysteps-topic".into())
         .spawn(move || {
@@ -409,7 +419,12 @@ fn watch_topic(
                     continue;
                 }
                 next = std::time::Instant::now() + TOPIC_CHECK;
-                match rankmysteps_sources::kafka::partition_count(&kafka, Duration::from_secs(5)) {
+                let count = rankmysteps_sources::kafka::partition_count_with(
+                    &consumer,
+                    &kafka,
+                    Duration::from_secs(5),
+                );
+                match count {
                     Ok(now) if now != partitions => {
                         tracing::error!(
                             topic = kafka.topic,

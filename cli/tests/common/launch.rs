@@ -44,18 +44,7 @@ pub fn loopback_cluster() -> (String, Vec<String>) {
 
 /// The pid of every process as the launcher's events last started it.
 pub fn started(events: &Path) -> BTreeMap<usize, u32> {
-    let text = std::fs::read_to_string(events).unwrap_or_default();
-    let mut pids = BTreeMap::new();
-    for line in text.lines() {
-        let Some(rest) = line.split("process ").nth(1) else {
-            continue;
-        };
-        if let Some((index, pid)) = rest.split_once(" started (pid ") {
-            let pid = pid.split(',').next().unwrap();
-            pids.insert(index.parse().unwrap(), pid.parse().unwrap());
-        }
-    }
-    pids
+    rankmysteps::launch::started_pids(&std::fs::read_to_string(events).unwrap_or_default())
 }
 
 /// Waits until the launcher has started all four processes `starts` times in all.

@@ -195,10 +195,7 @@ fn try_progress(
 ) -> Result<Option<(u64, u64)>, rankmysteps_sinks::SinkError> {
     Ok(reader
         .progress(&rankmysteps::recovery::progress_job(topic))?
-        .map(|p| {
-            let s = Stats::from(&p.stats);
-            (p.epoch, s.accepted + s.duplicate + s.rejected_total())
-        }))
+        .map(|p| (p.epoch, Stats::from(&p.stats).records())))
 }
 
 /// Waits until the progress record counts `n` records (the worker must keep running).

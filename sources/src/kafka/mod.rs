@@ -6,4 +6,6 @@ mod config;
 mod source;
 
 pub use config::KafkaConfig;
-pub use source::{check_start, partition_count, record_pos, split_pos, KafkaSource};
+pub use source::{
+    check_start, partition_count, partition_count_with, record_pos, split_pos, KafkaSource,
+};

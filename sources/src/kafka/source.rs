@@ -29,6 +29,16 @@ pub fn split_pos(pos: u64) -> (u32, u64) {
 /// The number of partitions of the topic.
 pub fn partition_count(config: &KafkaConfig, timeout: Duration) -> Result<u32, SourceError> {
     let consumer: BaseConsumer = config.client_config().create().map_err(kafka_error)?;
+    partition_count_with(&consumer, config, timeout)
+}
+
+/// [`partition_count`] through an existing client (one that asks again and again need not
+/// connect each time).
+pub fn partition_count_with(
+    consumer: &BaseConsumer,
+    config: &KafkaConfig,
+    timeout: Duration,
+) -> Result<u32, SourceError> {
     let metadata = consumer
         .fetch_metadata(Some(&config.topic), timeout)
         .map_err(kafka_error)?;
