@@ -27,7 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::cursor::{cursor_list, Cursor};
-use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine, ValBatcher, ValSpine};
+use differential_dataflow::trace::implementations::ord_neu::{VecOrdKeyBuilder, VecOrdValBuilder};
+use differential_dataflow::trace::implementations::{KeySpine, ValSpine};
 use differential_dataflow::trace::{SpanOf, TraceReader};
 use differential_dataflow::AsCollection;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -37,6 +38,7 @@ use timely::dataflow::operators::generic::{InputHandleCore, Operator, OutputBuil
 use timely::dataflow::operators::{Capability, Concat};
 use timely::progress::frontier::Antichain;
 
+use crate::batcher::SortBatcher;
 use crate::event::{is_closed, Day, Epoch, Micros, User};
 use crate::pipeline::{epoch_of, route_day, Coll, Settings, VecStream};
 use crate::ranking::{rank_prefix, TopRow};
@@ -56,6 +58,11 @@ pub type ByTotalTrace = TraceAgent<KeySpine<(Day, Reverse<u64>, User), Epoch, is
 pub type CandidatesTrace = TraceAgent<ValSpine<Day, (Reverse<u64>, User), Epoch, isize>>;
 /// `top-k`: day → the day's top-k rows, on the day's worker.
 pub type TopTrace = TraceAgent<ValSpine<Day, TopRow, Epoch, isize>>;
+
+/// The batcher of a key arrangement: one sort per sealed epoch ([`SortBatcher`]).
+type KeyBatcher<K, R> = SortBatcher<(K, ()), Epoch, R, VecOrdKeyBuilder<K, Epoch, R>>;
+/// The batcher of a key-value arrangement ([`SortBatcher`]).
+type ValBatcher<K, V, R> = SortBatcher<(K, V), Epoch, R, VecOrdValBuilder<K, V, Epoch, R>>;
 
 /// The watermarks one worker has seen: W(e) for every epoch e before `through`.
 #[derive(Debug, Default)]
@@ -132,7 +139,7 @@ pub fn state<'scope>(
     >(&scope, 1);
     let steps = accepted.inner.map_in_place_steps().concat(retired);
     let totals_arranged: Arranged<'scope, TotalsTrace> =
-        arrange_core::<_, _, KeyBatcher<(Day, User), Epoch, Steps>, _>(
+        arrange_core::<_, _, KeyBatcher<(Day, User), Steps>, _>(
             steps,
             Pipeline,
             "totals",
@@ -148,7 +155,7 @@ pub fn state<'scope>(
     timely::dataflow::operators::ConnectLoop::connect_loop(changes.retire, retire_handle);
 
     let histogram_arranged: Arranged<'scope, HistogramTrace> =
-        arrange_core::<_, _, KeyBatcher<(Day, u64), Epoch, isize>, _>(
+        arrange_core::<_, _, KeyBatcher<(Day, u64), isize>, _>(
             changes.contributions,
             Exchange::new(|((k, ()), _, _): &(((Day, u64), ()), Epoch, isize)| route_day(k.0)),
             "histogram",
@@ -160,7 +167,7 @@ pub fn state<'scope>(
         |&(day, total), n| (day, total, n as u64),
     );
     let users_arranged: Arranged<'scope, UsersTrace> =
-        arrange_core::<_, _, KeyBatcher<Day, Epoch, isize>, _>(
+        arrange_core::<_, _, KeyBatcher<Day, isize>, _>(
             changes.presence,
             Exchange::new(|((day, ()), _, _): &((Day, ()), Epoch, isize)| route_day(*day)),
             "users",
@@ -168,7 +175,7 @@ pub fn state<'scope>(
         );
     let users = count_changes(users_arranged.clone(), "Users", |&day, n| (day, n as u64));
     let by_total: Arranged<'scope, ByTotalTrace> =
-        arrange_core::<_, _, KeyBatcher<(Day, Reverse<u64>, User), Epoch, isize>, _>(
+        arrange_core::<_, _, KeyBatcher<(Day, Reverse<u64>, User), isize>, _>(
             changes.index,
             Exchange::new(
                 |((k, ()), _, _): &(((Day, Reverse<u64>, User), ()), Epoch, isize)| route_day(k.0),
@@ -177,7 +184,7 @@ pub fn state<'scope>(
             KeyBatcher::new,
         );
     let candidates: Arranged<'scope, CandidatesTrace> =
-        arrange_core::<_, _, ValBatcher<Day, (Reverse<u64>, User), Epoch, isize>, _>(
+        arrange_core::<_, _, ValBatcher<Day, (Reverse<u64>, User), isize>, _>(
             changes.candidates,
             Exchange::new(
                 |((day, _), _, _): &((Day, (Reverse<u64>, User)), Epoch, isize)| route_day(*day),
@@ -187,7 +194,7 @@ pub fn state<'scope>(
         );
     let rows = top_k(candidates, settings.k);
     let top_arranged: Arranged<'scope, TopTrace> =
-        arrange_core::<_, _, ValBatcher<Day, TopRow, Epoch, isize>, _>(
+        arrange_core::<_, _, ValBatcher<Day, TopRow, isize>, _>(
             rows.all,
             Pipeline,
             "top-k",

@@ -6,6 +6,7 @@
 //! [`reference`] implements the same semantics without a dataflow, for tests.
 
 pub mod arranged;
+pub mod batcher;
 pub mod dedup;
 pub mod deliver;
 pub mod event;

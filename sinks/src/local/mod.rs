@@ -28,4 +28,4 @@ pub use format::{
 pub use read::{
     list_days, read_progress, read_rejected, read_standing, read_top, read_top_file, read_totals,
 };
-pub use sink::{LocalDirSink, LocalOptions};
+pub use sink::{LocalDirSink, LocalOptions, WRITE_COST_FACTOR};

@@ -24,12 +24,21 @@ use crate::{Sink, SinkError};
 /// dead-letter backlog in memory.
 const REJECTED_BUFFER_LIMIT: usize = 8 << 20;
 
+/// With a non-zero `min_write_interval`, the next write waits at least this many times as long as
+/// the last one took, so that rewriting the files stays under a tenth of the sink's time.
+pub const WRITE_COST_FACTOR: u32 = 9;
+
 /// Options of a [`LocalDirSink`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalOptions {
     /// Open days' files, `rejected.jsonl` and `progress.json` are written at most once per this
     /// interval (the latest completed epoch wins); closed days are written as soon as they close,
     /// and [`Sink::finish`] writes everything pending. `Duration::ZERO` writes after every epoch.
+    ///
+    /// A non-zero interval also stretches with the cost of a write: the next one waits at least
+    /// [`WRITE_COST_FACTOR`] times as long as the last one took. A day of a million users is a
+    /// totals.csv of ~50 MB, rewritten whole; without the stretch a long replay would spend a
+    /// quarter of its CPU rewriting it every second.
     pub min_write_interval: Duration,
 }
 
@@ -117,6 +126,8 @@ pub struct LocalDirSink {
     /// Counters over the run.
     stats: Stats,
     last_write: Instant,
+    /// How long the last write took (see [`WRITE_COST_FACTOR`]).
+    last_write_cost: Duration,
     finished: bool,
 }
 
@@ -171,6 +182,7 @@ impl LocalDirSink {
             stats: Stats::default(),
             // The first write waits one interval too: a fast replay writes nothing until then.
             last_write: Instant::now(),
+            last_write_cost: Duration::ZERO,
             finished: false,
         })
     }
@@ -308,6 +320,7 @@ impl LocalDirSink {
     /// Brings the directory up to the latest completed epoch: dirty days, then the buffered
     /// rejected lines, then progress.json, which must come last since it vouches for the rest.
     fn write_pending(&mut self, sync: bool) -> Result<(), SinkError> {
+        let started = Instant::now();
         // A day leaves `dirty` only once written, so a failed write is retried by the next call.
         while let Some(&day) = self.dirty.first() {
             if let Some(state) = self.days.get(&day) {
@@ -352,7 +365,19 @@ impl LocalDirSink {
             self.progress_dirty = false;
         }
         self.last_write = Instant::now();
+        self.last_write_cost = self.last_write - started;
         Ok(())
+    }
+
+    /// Whether a write of the open days is due (see [`LocalOptions::min_write_interval`]).
+    fn write_due(&self) -> bool {
+        let interval = self.options.min_write_interval;
+        let wait = if interval.is_zero() {
+            interval
+        } else {
+            interval.max(self.last_write_cost * WRITE_COST_FACTOR)
+        };
+        self.last_write.elapsed() >= wait
     }
 }
 
@@ -361,7 +386,7 @@ impl Sink for LocalDirSink {
     /// a quiet stream still reaches the directory.
     fn tick(&mut self) -> Result<(), SinkError> {
         let pending = self.progress_dirty || !self.dirty.is_empty() || !self.rejected.is_empty();
-        if pending && self.last_write.elapsed() >= self.options.min_write_interval {
+        if pending && self.write_due() {
             self.write_pending(false)?;
         }
         Ok(())
@@ -409,8 +434,7 @@ impl Sink for LocalDirSink {
         self.epoch = Some(output.epoch);
         self.progress_dirty = true;
 
-        let due = self.last_write.elapsed() >= self.options.min_write_interval
-            || self.rejected.len() >= REJECTED_BUFFER_LIMIT;
+        let due = self.write_due() || self.rejected.len() >= REJECTED_BUFFER_LIMIT;
         let dirty_days = self.dirty.len();
         if due {
             self.write_pending(false)?;
