@@ -60,9 +60,9 @@ pub type CandidatesTrace = TraceAgent<ValSpine<Day, (Reverse<u64>, User), Epoch,
 pub type TopTrace = TraceAgent<ValSpine<Day, TopRow, Epoch, isize>>;
 
 /// The batcher of a key arrangement: one sort per sealed epoch ([`SortBatcher`]).
-type KeyBatcher<K, R> = SortBatcher<(K, ()), Epoch, R, VecOrdKeyBuilder<K, Epoch, R>>;
+type KeyBatcher<K, R> = SortBatcher<K, (), Epoch, R, VecOrdKeyBuilder<K, Epoch, R>>;
 /// The batcher of a key-value arrangement ([`SortBatcher`]).
-type ValBatcher<K, V, R> = SortBatcher<(K, V), Epoch, R, VecOrdValBuilder<K, V, Epoch, R>>;
+type ValBatcher<K, V, R> = SortBatcher<K, V, Epoch, R, VecOrdValBuilder<K, V, Epoch, R>>;
 
 /// The watermarks one worker has seen: W(e) for every epoch e before `through`.
 #[derive(Debug, Default)]
@@ -416,8 +416,15 @@ fn totals<'scope>(
                     // The top-k candidates must follow the epochs in order.
                     changes.sort_by_key(|c| c.time);
                 }
-                let (mut t_buf, mut c_buf, mut p_buf, mut i_buf, mut k_buf) =
-                    (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                // Sized once: growing them by doubling would copy them into fresh pages.
+                let n = 2 * changes.len();
+                let (mut t_buf, mut c_buf, mut p_buf, mut i_buf, mut k_buf) = (
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::new(),
+                    Vec::with_capacity(n),
+                    Vec::new(),
+                );
                 for Change {
                     time,
                     day,

@@ -12,17 +12,63 @@
 
 use std::marker::PhantomData;
 
-use differential_dataflow::batcher::merge::Sealer;
 use differential_dataflow::batcher::{Batcher, Extract};
 use differential_dataflow::consolidation::consolidate_updates;
 use differential_dataflow::difference::Semigroup;
 use differential_dataflow::logging::{BatcherEvent, Logger};
+use differential_dataflow::trace::implementations::ord_neu::{OrdKeyBuilder, OrdValBuilder};
+use differential_dataflow::trace::implementations::Layout;
+use differential_dataflow::trace::Builder;
 use timely::progress::frontier::{Antichain, AntichainRef};
 
+/// Builds a batch from one sorted, consolidated chunk, sized exactly, and leaves the chunk empty
+/// with its capacity (differential's `Sealer` takes the chunk and drops its allocation).
+pub trait SealChunk<K, V, T, R> {
+    /// The batch built.
+    type Batch;
+    /// A batch of `chunk`'s updates (`None` if it is empty), which has `keys` distinct keys and
+    /// `vals` distinct (key, value) pairs; `chunk` is drained.
+    fn seal_chunk(chunk: &mut Vec<((K, V), T, R)>, keys: usize, vals: usize)
+        -> Option<Self::Batch>;
+}
+
+impl<L: Layout, K, V, T, R> SealChunk<K, V, T, R> for OrdKeyBuilder<L, Vec<((K, V), T, R)>>
+where
+    Self: Builder<Input = Vec<((K, V), T, R)>>,
+{
+    type Batch = <Self as Builder>::Output;
+    fn seal_chunk(chunk: &mut Vec<((K, V), T, R)>, keys: usize, _: usize) -> Option<Self::Batch> {
+        let mut builder = Self::with_capacity(keys, keys, chunk.len());
+        builder.push(chunk);
+        builder.done()
+    }
+}
+
+impl<L: Layout, K, V, T, R> SealChunk<K, V, T, R> for OrdValBuilder<L, Vec<((K, V), T, R)>>
+where
+    Self: Builder<Input = Vec<((K, V), T, R)>>,
+{
+    type Batch = <Self as Builder>::Output;
+    fn seal_chunk(
+        chunk: &mut Vec<((K, V), T, R)>,
+        keys: usize,
+        vals: usize,
+    ) -> Option<Self::Batch> {
+        let mut builder = Self::with_capacity(keys, vals, chunk.len());
+        builder.push(chunk);
+        builder.done()
+    }
+}
+
 /// Sorts and consolidates the updates of a batch once, when it is sealed; `S` builds the batch.
-pub struct SortBatcher<D, T, R, S> {
+///
+/// Its two buffers keep their capacity from epoch to epoch (at most the largest epoch's
+/// updates): fresh buffers of that size every epoch are fresh pages the kernel must zero.
+pub struct SortBatcher<K, V, T, R, S> {
     /// Updates inserted and not yet extracted, in arrival order.
-    pending: Vec<(D, T, R)>,
+    pending: Vec<((K, V), T, R)>,
+    /// The updates being extracted; empty (with its capacity) between extractions.
+    ready: Vec<((K, V), T, R)>,
     /// The least time in `pending` after the last extraction.
     frontier: Antichain<T>,
     /// Reports the records held, as differential's own batchers do.
@@ -31,11 +77,12 @@ pub struct SortBatcher<D, T, R, S> {
     sealer: PhantomData<S>,
 }
 
-impl<D, T, R, S> SortBatcher<D, T, R, S> {
+impl<K, V, T, R, S> SortBatcher<K, V, T, R, S> {
     /// An empty batcher; `logger` and `operator` attribute its records in differential's log.
     pub fn new(logger: Option<Logger>, operator: usize) -> Self {
         SortBatcher {
             pending: Vec::new(),
+            ready: Vec::new(),
             frontier: Antichain::new(),
             logger,
             operator,
@@ -48,7 +95,7 @@ impl<D, T, R, S> SortBatcher<D, T, R, S> {
             logger.log(BatcherEvent {
                 operator: self.operator,
                 records_diff: records,
-                size_diff: records * std::mem::size_of::<(D, T, R)>() as isize,
+                size_diff: records * std::mem::size_of::<((K, V), T, R)>() as isize,
                 capacity_diff: 0,
                 allocations_diff: 0,
             });
@@ -56,17 +103,18 @@ impl<D, T, R, S> SortBatcher<D, T, R, S> {
     }
 }
 
-impl<D, T, R, S> Batcher<Vec<(D, T, R)>> for SortBatcher<D, T, R, S>
+impl<K, V, T, R, S> Batcher<Vec<((K, V), T, R)>> for SortBatcher<K, V, T, R, S>
 where
-    D: Ord + Clone + 'static,
+    K: Ord + Clone + 'static,
+    V: Ord + Clone + 'static,
     T: Ord + Clone + timely::progress::Timestamp,
     R: Semigroup + 'static,
-    S: Sealer<Vec<(D, T, R)>>,
+    S: SealChunk<K, V, T, R>,
 {
-    fn insert(&mut self, container: &mut Vec<(D, T, R)>) {
+    fn insert(&mut self, container: &mut Vec<((K, V), T, R)>) {
         self.log(container.len() as isize);
-        if self.pending.is_empty() {
-            // Take the buffer as it is: no copy for the first message of a batch.
+        if self.pending.is_empty() && self.pending.capacity() < container.len() {
+            // Take the buffer as it is: no copy, and nothing of ours worth keeping.
             std::mem::swap(&mut self.pending, container);
         } else {
             self.pending.append(container);
@@ -74,43 +122,55 @@ where
     }
 }
 
-impl<D, T, R, S> Extract for SortBatcher<D, T, R, S>
+impl<K, V, T, R, S> Extract for SortBatcher<K, V, T, R, S>
 where
-    D: Ord + Clone + 'static,
+    K: Ord + Clone + 'static,
+    V: Ord + Clone + 'static,
     T: Ord + Clone + timely::progress::Timestamp,
     R: Semigroup + 'static,
-    S: Sealer<Vec<(D, T, R)>>,
+    S: SealChunk<K, V, T, R>,
 {
     type Time = T;
-    type Output = S::Output;
+    type Output = S::Batch;
 
     /// Extracts the updates whose time is not in advance of `upper`, sorted and consolidated.
     fn extract<'a>(
         &'a mut self,
         upper: AntichainRef<'_, T>,
-    ) -> (Option<S::Output>, AntichainRef<'a, T>) {
+    ) -> (Option<S::Batch>, AntichainRef<'a, T>) {
         let held = self.pending.len();
-        let mut ready = if self.pending.iter().all(|(_, t, _)| !upper.less_equal(t)) {
-            std::mem::take(&mut self.pending)
+        debug_assert!(self.ready.is_empty());
+        if self.pending.iter().all(|(_, t, _)| !upper.less_equal(t)) {
+            std::mem::swap(&mut self.pending, &mut self.ready);
         } else {
-            let (ready, kept): (Vec<_>, Vec<_>) = self
-                .pending
-                .drain(..)
-                .partition(|(_, t, _)| !upper.less_equal(t));
+            let mut kept = Vec::new();
+            for update in self.pending.drain(..) {
+                if upper.less_equal(&update.1) {
+                    kept.push(update);
+                } else {
+                    self.ready.push(update);
+                }
+            }
             self.pending = kept;
-            ready
-        };
+        }
         self.log(-((held - self.pending.len()) as isize));
         self.frontier.clear();
         if let Some(least) = self.pending.iter().map(|(_, t, _)| t).min() {
             self.frontier.insert(least.clone());
         }
-        consolidate_updates(&mut ready);
-        let batch = if ready.is_empty() {
-            None
-        } else {
-            S::seal(&mut vec![ready])
-        };
+        consolidate_updates(&mut self.ready);
+        let (mut keys, mut vals) = (0, 0);
+        for (i, ((k, v), _, _)) in self.ready.iter().enumerate() {
+            let previous = i.checked_sub(1).map(|j| &self.ready[j].0);
+            if previous.is_none_or(|(pk, _)| pk != k) {
+                keys += 1;
+                vals += 1;
+            } else if previous.is_some_and(|(_, pv)| pv != v) {
+                vals += 1;
+            }
+        }
+        let batch = S::seal_chunk(&mut self.ready, keys, vals);
+        self.ready.clear();
         (batch, self.frontier.borrow())
     }
 }
