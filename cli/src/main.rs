@@ -279,7 +279,8 @@ struct RunArgs {
     /// Do not draw the live leaderboard.
     #[arg(long)]
     no_view: bool,
-    /// Rewrite output files at most this often, in milliseconds (final results are always written).
+    /// Rewrite output files at most this often, in milliseconds, and no sooner than nine times
+    /// the last rewrite's duration (0: after every epoch). Final results are always written.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     write_interval_ms: u64,
     /// Show no progress of the replay (by default: a bar on a terminal, else a plain line
