@@ -103,13 +103,10 @@ impl<K, V, T, R, S> SortBatcher<K, V, T, R, S> {
     }
 }
 
+// Inserting needs nothing of the types; the bounds are those of extraction, below.
 impl<K, V, T, R, S> Batcher<Vec<((K, V), T, R)>> for SortBatcher<K, V, T, R, S>
 where
-    K: Ord + Clone + 'static,
-    V: Ord + Clone + 'static,
-    T: Ord + Clone + timely::progress::Timestamp,
-    R: Semigroup + 'static,
-    S: SealChunk<K, V, T, R>,
+    Self: Extract,
 {
     fn insert(&mut self, container: &mut Vec<((K, V), T, R)>) {
         self.log(container.len() as isize);
