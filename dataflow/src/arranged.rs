@@ -39,6 +39,7 @@ use timely::dataflow::operators::{Capability, Concat};
 use timely::progress::frontier::Antichain;
 
 use crate::batcher::SortBatcher;
+use crate::checkpoint::CheckpointPlan;
 use crate::event::{is_closed, Day, Epoch, Micros, User};
 use crate::pipeline::{epoch_of, route_day, Coll, Settings, VecStream};
 use crate::ranking::{rank_prefix, TopRow};
@@ -48,6 +49,8 @@ use crate::ranking::{rank_prefix, TopRow};
 pub type Steps = (i64, i64);
 /// `totals`: (day, user) → [`Steps`], on the user's worker.
 pub type TotalsTrace = TraceAgent<KeySpine<(Day, User), Epoch, Steps>>;
+/// A batch of `totals`.
+type TotalsBatch = <TotalsTrace as TraceReader>::Batch;
 /// `histogram`: (day, total) → number of users with that total, on the day's worker.
 pub type HistogramTrace = TraceAgent<KeySpine<(Day, u64), Epoch, isize>>;
 /// `users`: day → number of ranked users, on the day's worker.
@@ -128,16 +131,24 @@ pub struct State<'scope> {
 
 /// Builds every arrangement from the accepted steps (`((day, user), steps)` per epoch,
 /// consolidated, on the user's worker) and the watermark.
+///
+/// `restored`: `(epoch, (day, user, total) of this worker's users)` from a checkpoint part,
+/// entered into `totals` at that epoch. `plan`: `Totals` files its piece of each checkpoint.
 pub fn state<'scope>(
     accepted: Coll<'scope, (Day, User), i64>,
     watermark: VecStream<'scope, Micros>,
     settings: &Settings,
+    restored: Option<(Epoch, Vec<(Day, User, i64)>)>,
+    plan: Option<CheckpointPlan>,
 ) -> State<'scope> {
     let scope = accepted.inner.scope();
     let (retire_handle, retired) = timely::dataflow::operators::Feedback::feedback::<
         Vec<(((Day, User), ()), Epoch, Steps)>,
     >(&scope, 1);
-    let steps = accepted.inner.map_in_place_steps().concat(retired);
+    let mut steps = accepted.inner.map_in_place_steps().concat(retired);
+    if let Some((epoch, totals)) = restored {
+        steps = steps.concat(restore(scope, epoch, totals));
+    }
     let totals_arranged: Arranged<'scope, TotalsTrace> =
         arrange_core::<_, _, KeyBatcher<(Day, User), Steps>, _>(
             steps,
@@ -151,6 +162,7 @@ pub fn state<'scope>(
         watermark,
         settings,
         watermarks.clone(),
+        plan,
     );
     timely::dataflow::operators::ConnectLoop::connect_loop(changes.retire, retire_handle);
 
@@ -214,6 +226,85 @@ pub fn state<'scope>(
             watermarks,
         },
     }
+}
+
+/// The `Restore` source: a checkpoint part's totals as updates of the `totals` arrangement at
+/// `epoch` (one per user and day, as if its steps had been accepted then); then nothing.
+fn restore<'scope>(
+    scope: timely::dataflow::Scope<'scope, Epoch>,
+    epoch: Epoch,
+    totals: Vec<(Day, User, i64)>,
+) -> VecStream<'scope, (((Day, User), ()), Epoch, Steps)> {
+    use timely::container::CapacityContainerBuilder;
+    let mut totals = Some(totals);
+    timely::dataflow::operators::generic::operator::source::<
+        _,
+        CapacityContainerBuilder<Vec<(((Day, User), ()), Epoch, Steps)>>,
+        _,
+        _,
+    >(scope, "Restore", move |cap, _info| {
+        let mut cap = Some(cap);
+        move |output| {
+            if let (Some(cap), Some(totals)) = (cap.take(), totals.take()) {
+                let at = cap.delayed(&epoch);
+                output.session(&at).give_iterator(
+                    totals
+                        .into_iter()
+                        .map(|(day, user, steps)| (((day, user), ()), epoch, (steps, 1))),
+                );
+            }
+        }
+    })
+}
+
+/// `(day, user, total)` of every user in `before` (all of its updates) and `new` (its updates
+/// before `mark`): the `totals` trace before `mark`, when `before` holds every batch before the
+/// ones taken (`new`) and those start at or before `mark`. Sorted by (day, user).
+fn totals_before(
+    before: Vec<TotalsBatch>,
+    new: Vec<TotalsBatch>,
+    mark: Epoch,
+) -> Vec<(Day, User, i64)> {
+    let walk = |batches: Vec<TotalsBatch>, keep: &dyn Fn(Epoch) -> bool| {
+        let mut out: Vec<((Day, User), Steps)> = Vec::new();
+        let (mut cursor, storage) = cursor_list(batches);
+        while let Some(&key) = cursor.get_key(&storage) {
+            let mut acc: Steps = (0, 0);
+            cursor.map_times(&storage, |t, d| {
+                if keep(*t) {
+                    acc.0 += d.0;
+                    acc.1 += d.1;
+                }
+            });
+            if acc != (0, 0) {
+                out.push((key, acc));
+            }
+            cursor.step_key(&storage);
+        }
+        out
+    };
+    let old = walk(before, &|_| true);
+    let new = walk(new, &|t| t < mark);
+    // Merge two sorted runs; a user is present while it has epochs with steps.
+    let mut out = Vec::with_capacity(old.len() + new.len());
+    let (mut a, mut b) = (old.into_iter().peekable(), new.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x.0 == y.0 => {
+                let (k, s) = a.next().expect("peeked");
+                let (_, t) = b.next().expect("peeked");
+                (k, (s.0 + t.0, s.1 + t.1))
+            }
+            (Some(x), Some(y)) if x.0 < y.0 => a.next().expect("peeked"),
+            (Some(_), Some(_)) | (None, Some(_)) => b.next().expect("peeked"),
+            (Some(_), None) => a.next().expect("peeked"),
+            (None, None) => break,
+        };
+        if next.1 .1 > 0 {
+            out.push((next.0 .0, next.0 .1, next.1 .0));
+        }
+    }
+    out
 }
 
 /// Accepted steps as updates of the `totals` arrangement.
@@ -338,6 +429,7 @@ fn totals<'scope>(
     watermark: VecStream<'scope, Micros>,
     settings: &Settings,
     log: WatermarkLog,
+    plan: Option<CheckpointPlan>,
 ) -> TotalsChanges<'scope> {
     let (k, grace, initial) = (settings.k, settings.grace, settings.initial_watermark);
     let mut follower = Follower::new(arranged.trace.clone());
@@ -370,6 +462,8 @@ fn totals<'scope>(
         let mut current: Option<Micros> = initial;
         let mut changes: Vec<Change> = Vec::new();
         let mut times: Vec<(Epoch, Steps)> = Vec::new();
+        // The last checkpoint mark filed.
+        let mut filed: Option<Epoch> = None;
         move |frontiers| {
             wm_input.for_each(|cap, data| {
                 if let Some(&w) = data.iter().max() {
@@ -378,7 +472,26 @@ fn totals<'scope>(
                     entry.1 = entry.1.max(w);
                 }
             });
-            if let Some((caps, batches)) = follower.take(&mut input, 5) {
+            let taken = follower.take(&mut input, 5);
+            // A mark T the batches taken reach (lower ≤ T ≤ upper): the trace before T is the
+            // trace through `lower` plus the new batches' updates before T, readable only now,
+            // before `advance` lets the trace compact past T.
+            if let (Some(plan), Some(&lower), Some(&upper)) = (
+                &plan,
+                follower.lower.elements().first(),
+                follower.upper.elements().first(),
+            ) {
+                if let Some(mark) = plan
+                    .latest(upper)
+                    .filter(|&m| m >= lower && filed.is_none_or(|f| m > f))
+                {
+                    let new = taken.as_ref().map_or_else(Vec::new, |(_, b)| b.clone());
+                    let at = totals_before(follower.before(), new, mark);
+                    plan.drafts.borrow_mut().put_totals(mark, at);
+                    filed = Some(mark);
+                }
+            }
+            if let Some((caps, batches)) = taken {
                 let (mut batch_cursor, batch_storage) = cursor_list(batches);
                 let (mut trace_cursor, trace_storage) = cursor_list(follower.before());
                 let mut several_times = false;

@@ -89,6 +89,28 @@ impl DedupWindow {
         true
     }
 
+    /// Every remembered `(id hash, accepted ingestion time)`, sorted, for a checkpoint.
+    pub fn entries(&self) -> Vec<(u64, Micros)> {
+        let mut out = Vec::with_capacity(self.len());
+        for ids in self.buckets.values() {
+            out.extend(ids.iter().map(|(&k, &t)| (k, t)));
+        }
+        // Deterministic: equal windows give equal checkpoints.
+        out.sort_unstable();
+        out
+    }
+
+    /// Remembers `entries` (from [`entries`](DedupWindow::entries)) as if their events had
+    /// been accepted at their times: each in the bucket it was in.
+    pub fn restore(&mut self, entries: &[(u64, Micros)]) {
+        for &(key, t) in entries {
+            self.buckets
+                .entry(t.div_euclid(self.width))
+                .or_default()
+                .insert(key, t);
+        }
+    }
+
     /// Ids remembered.
     pub fn len(&self) -> usize {
         self.buckets.values().map(|ids| ids.len()).sum()
@@ -139,6 +161,31 @@ mod tests {
         assert_ne!(base, id_key(1, 2, "abcdefgi"));
         assert_ne!(base, id_key(1, 2, "abcdefgh\0"));
         assert_ne!(id_key(1, 2, ""), id_key(1, 2, "\0"));
+    }
+
+    #[test]
+    fn a_restored_window_decides_as_the_original() {
+        let mut w = DedupWindow::new(10);
+        for (i, t) in [(1u64, 0), (2, 7), (3, 15), (4, 19)] {
+            w.advance(t);
+            assert!(w.admit(i, t));
+        }
+        let mut r = DedupWindow::new(10);
+        r.restore(&w.entries());
+        assert_eq!(r.len(), w.len());
+        for (key, t) in [
+            (1, 20),
+            (2, 17),
+            (2, 18),
+            (3, 25),
+            (3, 26),
+            (4, 29),
+            (5, 29),
+        ] {
+            w.advance(t);
+            r.advance(t);
+            assert_eq!(w.admit(key, t), r.admit(key, t), "{key} at {t}");
+        }
     }
 
     #[test]

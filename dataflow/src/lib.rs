@@ -7,6 +7,7 @@
 
 pub mod arranged;
 pub mod batcher;
+pub mod checkpoint;
 pub mod dedup;
 pub mod deliver;
 pub mod event;

@@ -24,6 +24,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Capability, ConnectLoop, Feedback};
 use timely::dataflow::Stream;
 
+use crate::checkpoint::{CheckpointPlan, Restore};
 use crate::dedup::{id_key, DedupWindow};
 use crate::event::{close_of_day, is_closed, Day, Epoch, Event, Micros, Reason, Rejection, User};
 use crate::output::Stats;
@@ -122,15 +123,50 @@ pub fn route_day(day: Day) -> u64 {
     mix(day as u64)
 }
 
+/// What a checkpointing or restarted job adds to [`build`] (design §4).
+#[derive(Clone, Default)]
+pub struct Extras {
+    /// This worker's checkpoint part to start from: its totals enter at epoch `mark − 1`, its
+    /// window is admission's (the initial watermark, in [`Settings`], must be the part's).
+    pub restore: Option<Restore>,
+    /// Take checkpoints ([`crate::checkpoint`]).
+    pub checkpoint: Option<CheckpointPlan>,
+}
+
 /// Builds the whole dataflow from parsed events (see [`Outputs`]).
 pub fn build<'scope>(events: VecStream<'scope, Event>, settings: &Settings) -> Outputs<'scope> {
+    build_with(events, settings, Extras::default())
+}
+
+/// [`build`], restored from a checkpoint part and taking checkpoints as `extras` says.
+pub fn build_with<'scope>(
+    events: VecStream<'scope, Event>,
+    settings: &Settings,
+    extras: Extras,
+) -> Outputs<'scope> {
     let scope = events.scope();
     // W(e-1) must reach admission at epoch e: a feedback edge delays the watermark by one epoch.
     let (feedback, delayed_watermark) = scope.feedback::<Vec<Micros>>(1);
-    let admitted = admit(events, delayed_watermark, settings);
+    let (window, totals) = match extras.restore {
+        Some(r) => (r.window, Some((r.mark - 1, r.totals))),
+        None => (Vec::new(), None),
+    };
+    let admitted = admit(
+        events,
+        delayed_watermark,
+        settings,
+        window,
+        extras.checkpoint.clone(),
+    );
     let watermark = watermark(admitted.local_max, settings.initial_watermark);
     watermark.clone().connect_loop(feedback);
-    let state = crate::arranged::state(admitted.accepted, watermark.clone(), settings);
+    let state = crate::arranged::state(
+        admitted.accepted,
+        watermark.clone(),
+        settings,
+        totals,
+        extras.checkpoint,
+    );
     Outputs {
         totals: state.totals,
         top: state.top,
@@ -250,10 +286,15 @@ struct Admitted<'scope> {
 /// [`DedupWindow`]); otherwise it is accepted. Output `accepted`: one record per `(day, user)`
 /// with diff = the steps accepted in the epoch, consolidated per epoch. The window forgets ids
 /// as it passes, so its memory follows the ids of one window, not the events of a day.
+///
+/// With a checkpoint plan, before it applies an epoch ≥ a mark T (or once both inputs have
+/// passed T), it files the window and W(T − 1) as T's piece ([`crate::checkpoint`]).
 fn admit<'scope>(
     events: VecStream<'scope, Event>,
     watermark: VecStream<'scope, Micros>,
     settings: &Settings,
+    restored_window: Vec<(u64, Micros)>,
+    plan: Option<CheckpointPlan>,
 ) -> Admitted<'scope> {
     let (grace, initial_watermark) = (settings.grace, settings.initial_watermark);
     let settings = settings.clone();
@@ -274,7 +315,25 @@ fn admit<'scope>(
         let mut wm = WatermarkView::new(initial_watermark);
         // The ids of this worker's users accepted within the window.
         let mut window = DedupWindow::new(settings.dedup_window);
+        window.restore(&restored_window);
+        drop(restored_window);
         let mut sums: FxHashMap<(Day, User), i64> = FxHashMap::default();
+        let latest = {
+            let plan = plan.clone();
+            move |epoch: Epoch| plan.as_ref().and_then(|p| p.latest(epoch))
+        };
+        // The last mark filed.
+        let mut filed: Option<Epoch> = None;
+        let mut file = move |mark: Epoch, window: &DedupWindow, wm: &mut WatermarkView| {
+            if let Some(plan) = plan.as_ref().filter(|_| filed.is_none_or(|f| mark > f)) {
+                // W(T − 1): the values stamped up to T (all in: both frontiers are past T).
+                let w = wm.at(mark);
+                plan.drafts
+                    .borrow_mut()
+                    .put_admission(mark, window.entries(), w);
+                filed = Some(mark);
+            }
+        };
         move |frontiers| {
             input.for_each(|cap, data| stash.absorb(&cap, 4, data));
             wm_input.for_each(|cap, data| wm.absorb(epoch_of(&cap), data));
@@ -285,6 +344,10 @@ fn admit<'scope>(
             while let Some((time, caps, batches)) =
                 stash.pop_complete(&[&frontiers[0], &frontiers[1]])
             {
+                // Before an epoch ≥ T is applied, the window is the state before T.
+                if let Some(mark) = latest(time) {
+                    file(mark, &window, &mut wm);
+                }
                 let w_prev = wm.at(time);
                 let mut stats = Stats::default();
                 let mut late = Vec::new();
@@ -346,6 +409,13 @@ fn admit<'scope>(
                 }
                 if let Some(max) = max {
                     max_h.session(&caps[3]).give(max);
+                }
+            }
+            // Both inputs past a mark T: no epoch before T can still change the window.
+            let first = |i: usize| frontiers[i].frontier().first().copied();
+            if let (Some(a), Some(b)) = (first(0), first(1)) {
+                if let Some(mark) = a.min(b).checked_sub(1).and_then(&latest) {
+                    file(mark, &window, &mut wm);
                 }
             }
         }

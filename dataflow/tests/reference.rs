@@ -798,3 +798,296 @@ fn lookups_match_reference_and_arrangements_hold_open_days_4_workers() {
     lookups_and_held_days(42, 4);
     lookups_and_held_days(43, 4);
 }
+
+/// Runs the dataflow like [`run_dataflow`], taking checkpoints every `every` epochs or starting
+/// from `restore[worker]` (then epochs before its mark must be empty in `input`); returns the
+/// outputs and every checkpoint part a worker completed, as `(worker, part)`.
+fn run_checkpointed(
+    workers: usize,
+    input: Vec<Vec<Record>>,
+    settings: Settings,
+    every: Epoch,
+    restore: Option<Vec<rankmysteps_dataflow::checkpoint::WorkerState>>,
+) -> (
+    Vec<EpochOutput>,
+    Vec<(usize, rankmysteps_dataflow::checkpoint::WorkerState)>,
+) {
+    use rankmysteps_dataflow::checkpoint::{track_positions, CheckpointPlan, DraftBook};
+    use rankmysteps_dataflow::pipeline::{build_with, Extras};
+    let input = Arc::new(input);
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let parts = Arc::new(Mutex::new(Vec::new()));
+    let (results2, parts2) = (results.clone(), parts.clone());
+    let restore = Arc::new(restore);
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let results = results2.clone();
+        let settings = settings.clone();
+        let probe = timely::dataflow::ProbeHandle::new();
+        let part = restore.as_ref().as_ref().map(|r| r[index].clone());
+        let after = part.as_ref().map_or(0, |p| p.mark);
+        let drafts = DraftBook::new(settings.grace);
+        let plan = CheckpointPlan {
+            every,
+            after,
+            positions: part
+                .as_ref()
+                .map(|p| p.positions.clone())
+                .unwrap_or_default(),
+            drafts: drafts.clone(),
+        };
+        let (mut events, mut rejects, mut positions) = worker.dataflow::<Epoch, _, _>(|scope| {
+            let (ein, events) = scope.new_input::<Vec<Event>>();
+            let (rin, rejects) = scope.new_input::<Vec<Rejection>>();
+            let (pin, positions) = scope.new_input::<Vec<Position>>();
+            track_positions(positions.clone(), &plan);
+            let extras = Extras {
+                restore: part.map(Into::into),
+                checkpoint: Some(plan),
+            };
+            let outputs = build_with(events, &settings, extras);
+            deliver(outputs, rejects, positions, &settings, &probe, move |out| {
+                results.lock().unwrap().push(out)
+            });
+            (ein, rin, pin)
+        });
+        let take = || {
+            if let Some(state) = drafts.borrow_mut().take_complete() {
+                parts2.lock().unwrap().push((index, state));
+            }
+        };
+        for (epoch, records) in input.iter().enumerate() {
+            for (i, record) in records.iter().enumerate() {
+                if i % peers != index {
+                    continue;
+                }
+                match record {
+                    Record::Event(e) => events.send(e.clone()),
+                    Record::Rejected(pos, reason) => rejects.send(Rejection {
+                        pos: *pos,
+                        reason: *reason,
+                        detail: String::new(),
+                        raw: format!("raw-{pos}").into_bytes(),
+                    }),
+                }
+            }
+            if index == 0 {
+                positions.send(Position {
+                    partition: 0,
+                    next: epoch as u64,
+                });
+            }
+            let next = epoch as Epoch + 1;
+            events.advance_to(next);
+            rejects.advance_to(next);
+            positions.advance_to(next);
+            while probe.less_than(&next) {
+                worker.step();
+                take();
+            }
+        }
+        drop((events, rejects, positions));
+        while !probe.done() {
+            worker.step();
+            take();
+        }
+    })
+    .expect("timely");
+    let mut out = results.lock().unwrap().clone();
+    out.sort_by_key(|o| o.epoch);
+    let parts = parts.lock().unwrap().clone();
+    (out, parts)
+}
+
+/// A restart from a checkpoint (design §4): each worker starts from its part of the checkpoint
+/// at mark T (totals at T − 1, its window, W(T − 1)) and reads only the epochs from T on; it
+/// must then produce exactly what the uninterrupted run produced from T on, and hold the same
+/// open days at T − 1. Without the restored window it must differ (the test can fail).
+fn checkpoint_restart_matches_uninterrupted(seed: u64, workers: usize) {
+    let settings = Settings {
+        k: 5,
+        grace: 6 * 3600 * MICROS_PER_SEC,
+        initial_watermark: None,
+        dedup_window: 8 * MICROS_PER_SEC,
+        epoch_length: MICROS_PER_SEC,
+    };
+    let mut input = random_input(seed, 40, 120, 40);
+    // The restart is at mark 20. Repeats in epochs 20 and 21 of ids accepted in 17 to 19
+    // (inside the window): only the restored window makes them duplicates.
+    let mark: Epoch = 20;
+    let repeats: Vec<Record> = input[17..20]
+        .iter()
+        .flatten()
+        .filter(|r| matches!(r, Record::Event(e) if e.event_id.is_some()))
+        .cloned()
+        .collect();
+    for (i, mut r) in repeats.into_iter().enumerate() {
+        if let Record::Event(e) = &mut r {
+            e.pos = 1_000_000 + i as u64;
+        }
+        input[20 + i % 2].push(r);
+    }
+    let (full, parts) = run_checkpointed(workers, input.clone(), settings.clone(), 5, None);
+    let plain = run_dataflow(workers, input.clone(), settings.clone());
+    same(
+        full.iter().cloned().map(normalized).collect(),
+        plain.into_iter().map(normalized).collect(),
+        "taking checkpoints changed the outputs",
+    );
+    // Marks every worker completed; the one in the middle.
+    let mut by_mark: BTreeMap<Epoch, Vec<Option<rankmysteps_dataflow::checkpoint::WorkerState>>> =
+        BTreeMap::new();
+    for (w, part) in &parts {
+        by_mark
+            .entry(part.mark)
+            .or_insert_with(|| vec![None; workers])[*w] = Some(part.clone());
+    }
+    let complete: Vec<Epoch> = by_mark
+        .iter()
+        .filter(|(_, ps)| ps.iter().all(Option::is_some))
+        .map(|(&m, _)| m)
+        .collect();
+    assert!(
+        complete.len() >= 3 && complete.contains(&mark),
+        "seed {seed}: complete marks {complete:?}"
+    );
+    let part: Vec<_> = by_mark[&mark].iter().cloned().map(Option::unwrap).collect();
+    // Every part agrees on W(T − 1), which is the reference's; positions are worker 0's.
+    let mut reference = Reference::new(settings.clone());
+    for (epoch, records) in input.iter().take(mark as usize).enumerate() {
+        reference.epoch(epoch as Epoch, records.clone());
+    }
+    assert!(part.iter().all(|p| p.watermark == reference.watermark));
+    assert_eq!(
+        part[0].positions,
+        [Position {
+            partition: 0,
+            next: mark - 1
+        }]
+    );
+    assert!(part[1..].iter().all(|p| p.positions.is_empty()));
+    assert!(part.iter().any(|p| !p.window.is_empty()), "no window held");
+    let held: usize = part.iter().map(|p| p.totals.len()).sum();
+    let open_users: usize = reference
+        .days
+        .iter()
+        .filter(|(d, _)| !is_closed(**d, reference.watermark, settings.grace))
+        .map(|(_, r)| r.totals.len())
+        .sum();
+    assert_eq!(held, open_users, "the parts hold the open days' users");
+
+    let mut tail = input.clone();
+    tail[..mark as usize].iter_mut().for_each(Vec::clear);
+    let restarted_with = |part: Vec<rankmysteps_dataflow::checkpoint::WorkerState>| {
+        run_checkpointed(
+            workers,
+            tail.clone(),
+            Settings {
+                initial_watermark: part[0].watermark,
+                ..settings.clone()
+            },
+            5,
+            Some(part),
+        )
+    };
+    let (restarted, later_parts) = restarted_with(part.clone());
+    // The state at T − 1, open days.
+    let (mut before, mut after) = (Materialized::default(), Materialized::default());
+    full.iter()
+        .filter(|o| o.epoch < mark)
+        .for_each(|o| before.apply(o));
+    restarted
+        .iter()
+        .filter(|o| o.epoch < mark)
+        .for_each(|o| after.apply(o));
+    let open = |day: &Day| !is_closed(*day, reference.watermark, settings.grace);
+    for (day, totals) in &before.totals {
+        if open(day) {
+            assert_eq!(
+                Some(totals),
+                after.totals.get(day),
+                "totals of {day} at T − 1"
+            );
+            assert_eq!(before.top.get(day), after.top.get(day), "top of {day}");
+            assert_eq!(before.histogram.get(day), after.histogram.get(day));
+        }
+    }
+    assert!(after.totals.keys().all(open), "a closed day restored");
+    let tail_of = |outs: &[EpochOutput]| -> Vec<EpochOutput> {
+        outs.iter()
+            .filter(|o| o.epoch >= mark)
+            .cloned()
+            .map(normalized)
+            .collect()
+    };
+    let expected = tail_of(&full);
+    same(
+        expected.clone(),
+        tail_of(&restarted),
+        &format!("seed {seed}, {workers} workers, restarted at mark {mark}"),
+    );
+    assert!(
+        expected.iter().any(|o| !o.closed.is_empty()),
+        "no day closes after T"
+    );
+    // Later checkpoints of the restarted run equal the uninterrupted run's.
+    for (w, p) in &later_parts {
+        if let Some(Some(original)) = by_mark.get(&p.mark).map(|ps| &ps[*w]) {
+            assert_eq!(p, original, "part of worker {w} at mark {}", p.mark);
+        }
+    }
+    assert!(later_parts
+        .iter()
+        .any(|(_, p)| by_mark.contains_key(&p.mark)));
+    // Without the window, repeats within it would count again.
+    let forgetful = part
+        .clone()
+        .into_iter()
+        .map(|mut p| {
+            p.window.clear();
+            p
+        })
+        .collect();
+    let (wrong, _) = restarted_with(forgetful);
+    assert!(
+        expected != tail_of(&wrong),
+        "seed {seed}: the window made no difference"
+    );
+}
+
+/// Asserts `a == b`, naming the first epoch that differs and what differs in it.
+fn same(a: Vec<EpochOutput>, b: Vec<EpochOutput>, what: &str) {
+    for (x, y) in a.iter().zip(&b) {
+        if x != y {
+            let field = if x.epoch != y.epoch {
+                "epoch"
+            } else if x.totals != y.totals {
+                "totals"
+            } else if x.top != y.top {
+                "top"
+            } else if x.histogram != y.histogram || x.users != y.users {
+                "histogram/users"
+            } else if x.stats != y.stats {
+                "stats"
+            } else if x.rejected != y.rejected {
+                "rejected"
+            } else if x.watermark != y.watermark {
+                "watermark"
+            } else {
+                "closed/positions"
+            };
+            panic!(
+                "{what}: epoch {} ({} here) differs in {field}",
+                x.epoch, y.epoch
+            );
+        }
+    }
+    assert_eq!(a.len(), b.len(), "{what}: epochs");
+}
+
+#[test]
+fn restart_from_a_checkpoint_changes_nothing() {
+    for (seed, workers) in [(40, 1), (41, 2), (42, 4)] {
+        checkpoint_restart_matches_uninterrupted(seed, workers);
+    }
+}
