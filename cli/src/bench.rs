@@ -247,6 +247,7 @@ fn core_once(a: CoreOnceArgs) -> Result<(), CliError> {
         archive: None,
         coalesce: false,
         recovery: None,
+        checkpoint: None,
         progress: crate::progress::Display::Off,
     };
     let cpu0 = cpu_seconds();
@@ -419,6 +420,7 @@ fn replay(a: ReplayArgs) -> Result<(), CliError> {
         archive: None,
         coalesce: false,
         recovery: None,
+        checkpoint: None,
         progress: crate::progress::Display::Off,
     };
     let sink = LocalDirSink::create(&a.out, LocalOptions::default())?;
@@ -559,6 +561,7 @@ fn window_once(a: WindowOnceArgs) -> Result<(), CliError> {
         archive: None,
         coalesce: false,
         recovery: None,
+        checkpoint: None,
         progress: crate::progress::Display::Off,
     };
     let sink = LocalDirSink::create(&a.out, LocalOptions::default())?;

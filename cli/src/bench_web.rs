@@ -113,6 +113,7 @@ pub fn writer(a: WebWriterArgs) -> Result<(), CliError> {
         archive: None,
         coalesce: false,
         recovery: None,
+        checkpoint: None,
         progress: crate::progress::Display::Off,
     };
     job::run(spec, Box::new(sink), Arc::new(AtomicBool::new(false)))?;

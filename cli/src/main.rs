@@ -671,6 +671,7 @@ fn run(args: RunArgs) -> Result<()> {
         archive: None,
         coalesce: false,
         recovery: None,
+        checkpoint: None,
         progress: Display::quiet_if(args.quiet),
     };
     let report = job::run(spec, Box::new(Fanout(sinks)), stop.clone())?;
@@ -754,6 +755,21 @@ fn worker(args: WorkerArgs) -> Result<()> {
                 r.replay_through.unwrap_or(p.epoch),
                 r.deleted
             );
+            match &r.checkpoint {
+                Some(c) => eprintln!(
+                    "rankmysteps: state from the checkpoint after epoch {} ({} users of open days, {} remembered ids in this process's parts); the replay starts after it{}",
+                    c.mark - 1,
+                    c.parts.values().map(|p| p.totals.len()).sum::<usize>(),
+                    c.parts.values().map(|p| p.window.len()).sum::<usize>(),
+                    match r.deleted_parts {
+                        0 => String::new(),
+                        n => format!(" ({n} uncommitted checkpoint parts deleted)"),
+                    }
+                ),
+                None => eprintln!(
+                    "rankmysteps: no complete checkpoint of committed epochs: the replay rebuilds the open days' state"
+                ),
+            }
         } else if r.replay_through.is_some() {
             eprintln!(
                 "rankmysteps: the first epoch was being written when the last run stopped: replaying {} archive objects",

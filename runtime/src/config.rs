@@ -115,6 +115,11 @@ pub struct Dataflow {
     /// counts again. Ingestion time is the start of the event's epoch.
     #[serde(default = "default_dedup_window")]
     pub dedup_window: String,
+    /// How often a streaming worker checkpoints its open state to the S3 store (design §4),
+    /// e.g. `"1m"`; `"0s"`: never. A restart loads the latest complete checkpoint and replays
+    /// only the archive after it, so restart time follows this interval, not the day.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: String,
 }
 
 fn default_k() -> usize {
@@ -143,6 +148,9 @@ fn default_ahead() -> u64 {
 }
 fn default_dedup_window() -> String {
     "1h".into()
+}
+fn default_checkpoint_interval() -> String {
+    "1m".into()
 }
 
 impl Default for Dataflow {
@@ -226,6 +234,7 @@ impl ClusterConfig {
         config.dataflow.grace_micros()?;
         config.dataflow.skew_micros()?;
         config.dataflow.dedup_window_micros()?;
+        config.dataflow.checkpoint_epochs()?;
         config.dataflow.zone()?;
         if let Some(c) = &config.cassandra {
             c.validate().map_err(|e| RuntimeError::Config {
@@ -253,6 +262,20 @@ impl Dataflow {
                 self.dedup_window
             ))
         })
+    }
+
+    /// `checkpoint_interval` in epochs of `epoch_ms` (rounded up; `None`: no checkpoints).
+    pub fn checkpoint_epochs(&self) -> Result<Option<u64>, RuntimeError> {
+        let micros = parse_duration(&self.checkpoint_interval)
+            .filter(|m| *m >= 0)
+            .ok_or_else(|| {
+                RuntimeError::Setting(format!(
+                    "checkpoint_interval: cannot read {:?} as a duration (e.g. 1m, 30s, 0s)",
+                    self.checkpoint_interval
+                ))
+            })?;
+        let epoch = self.epoch_ms.max(1) as i64 * 1000;
+        Ok((micros > 0).then(|| ((micros + epoch - 1) / epoch) as u64))
     }
 
     /// `max_clock_skew` in microseconds.

@@ -73,6 +73,10 @@ pub enum RuntimeError {
     /// A worker thread failed.
     #[error("worker failed: {0}")]
     Worker(String),
+
+    /// A checkpoint part could not be encoded, read back or found (design §4).
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 /// `what` failed because of `source`: a [`RuntimeError::Context`].

@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rankmysteps_dataflow::checkpoint::{track_positions, CheckpointPlan, DraftBook};
 use rankmysteps_dataflow::deliver::deliver;
 use rankmysteps_dataflow::event::{Epoch, Micros};
 use rankmysteps_dataflow::output::{EpochOutput, Stats};
-use rankmysteps_dataflow::pipeline::{build, Settings};
+use rankmysteps_dataflow::pipeline::{build_with, Extras, Settings};
 use rankmysteps_sinks::{Sink, SinkError};
 
 use rankmysteps_sources::chunk::wall_clock;
@@ -95,6 +96,10 @@ pub struct JobSpec {
     /// objects to replay first (read from `archive`), and the epochs that only rebuild state.
     /// Kafka's start offsets and the initial watermark are in `input` and `settings`.
     pub recovery: Option<crate::recovery::Recovery>,
+    /// Kafka input only: take checkpoints of the workers' open state (design §4), every
+    /// `every` epochs, and hand them to `writer`. A restart's checkpoint to start from is in
+    /// `recovery`.
+    pub checkpoint: Option<CheckpointSpec>,
     /// How the progress of a replay (a file, an archive, a restart's replay) is shown.
     pub progress: crate::progress::Display,
     /// Where the workers publish what their arrangements and operators hold
@@ -106,6 +111,21 @@ pub struct JobSpec {
     /// `stop` is set; [`run`] returns then. Only with `introspection` (else nothing is kept).
     /// `None`: the job ends with its input.
     pub linger: Option<Linger>,
+}
+
+/// How a job takes checkpoints ([`JobSpec::checkpoint`]).
+#[derive(Clone)]
+pub struct CheckpointSpec {
+    /// Marks are the multiples of this many epochs.
+    pub every: Epoch,
+    /// Where the workers' parts go.
+    pub writer: Arc<crate::checkpoint::Writer>,
+}
+
+impl std::fmt::Debug for CheckpointSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CheckpointSpec {{ every: {} }}", self.every)
+    }
 }
 
 /// What [`JobSpec::linger`] calls when the input is done and every output written.
@@ -363,6 +383,7 @@ pub fn run(
     let s3_2 = s3.clone();
     let replay2 = replay.clone();
     let replay_through = recovery.replay_through;
+    let recovery2 = recovery.clone();
 
     let in_cluster = spec.cluster.is_some();
     let config = match &spec.cluster {
@@ -432,6 +453,32 @@ pub fn run(
                 let _ = sender.send(out);
             }
         };
+        // A restart's checkpoint part of this worker; and the checkpoints it takes, from the
+        // first mark after the epochs a restart replays (they hold no new state).
+        let restore = recovery2
+            .checkpoint
+            .as_ref()
+            .and_then(|r| r.parts.get(&index).cloned());
+        let drafts = DraftBook::new(settings.grace);
+        let plan = match (&spec.checkpoint, &spec.input) {
+            (Some(c), Input::Kafka { start, .. }) => Some(CheckpointPlan {
+                every: c.every,
+                after: recovery2.replay_through.map_or(0, |q| q + 1),
+                positions: start
+                    .iter()
+                    .filter(|(&p, _)| p as usize % peers == index)
+                    .map(
+                        |(&partition, &next)| rankmysteps_dataflow::output::Position {
+                            partition,
+                            next,
+                        },
+                    )
+                    .collect(),
+                drafts: drafts.clone(),
+            }),
+            _ => None,
+        };
+        let writer = spec.checkpoint.as_ref().map(|c| c.writer.clone());
         // Before the dataflow is built, so that its operators are seen.
         let mut inspect = spec
             .introspection
@@ -504,7 +551,14 @@ pub fn run(
                 }
                 (Input::File { .. }, None) => unreachable!("file opened above"),
             };
-            let mut outputs = build(parsed.events, &settings);
+            if let Some(plan) = &plan {
+                track_positions(parsed.positions.clone(), plan);
+            }
+            let extras = Extras {
+                restore: restore.map(Into::into),
+                checkpoint: plan,
+            };
+            let mut outputs = build_with(parsed.events, &settings, extras);
             let traces = outputs.traces.take();
             deliver(
                 outputs,
@@ -529,6 +583,11 @@ pub fn run(
             worker.step_or_park(Some(Duration::from_millis(20)));
             if let Some(inspect) = &mut inspect {
                 inspect.after_step(completed(&probe), false);
+            }
+            if let Some(writer) = &writer {
+                if let Some(state) = drafts.borrow_mut().take_complete() {
+                    writer.offer(index, state);
+                }
             }
         }
         if let Some(inspect) = &mut inspect {

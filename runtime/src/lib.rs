@@ -8,12 +8,14 @@
 //!   cluster), the sink thread, lingering live state;
 //! - [`recovery`]: a restart from the progress record (what to replay, what to delete);
 //! - [`archive`]: the raw-event archive uploader and the dead letters;
+//! - [`checkpoint`]: checkpoints of the workers' open state in the S3 store;
 //! - [`launch`]: the launcher that starts and supervises a machine's processes;
 //! - [`introspect`]: the inspector's data (timely and differential logging, live lookups);
 //! - [`metrics`]: `/metrics` and the lag thread;
 //! - [`progress`]: progress of long work on a terminal or in a log.
 
 pub mod archive;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod introspect;

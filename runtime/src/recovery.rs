@@ -22,6 +22,13 @@
 //!    written.
 //! 4. Then consume Kafka from Q's offsets.
 //!
+//! With a checkpoint ([`crate::checkpoint`]): if the store holds a complete checkpoint at a mark
+//! T with T − 1 ≤ P (for as many workers as this cluster has), each worker starts from its
+//! part instead (its open days' totals at epoch T − 1, its de-duplication window, W(T − 1) as
+//! the initial watermark), and step 3 replays only the archived records after the part's
+//! offsets: a restart then reads about one checkpoint interval of the archive, however long
+//! the job has run. Parts of marks after P + 1 are deleted in step 2, like archive objects.
+//!
 //! [`Sink::restore`]: rankmysteps_sinks::Sink::restore
 
 use std::collections::{BTreeMap, VecDeque};
@@ -66,6 +73,21 @@ pub struct Recovery {
     pub deleted: usize,
     /// This start's generation, when [`plan`] claimed one.
     pub generation: Option<u64>,
+    /// The checkpoint the workers of this process start from (`None`: the whole replay).
+    pub checkpoint: Option<Arc<Restored>>,
+    /// Checkpoint parts deleted (marks after the progress record).
+    pub deleted_parts: usize,
+}
+
+/// The checkpoint a restart starts from: its mark T, and this process's workers' parts.
+#[derive(Clone, Debug)]
+pub struct Restored {
+    /// The mark T: the state after every epoch before it.
+    pub mark: Epoch,
+    /// W(T − 1).
+    pub watermark: Option<Micros>,
+    /// This process's workers' parts, by worker index.
+    pub parts: BTreeMap<usize, rankmysteps_dataflow::checkpoint::WorkerState>,
 }
 
 /// An archive object to replay: its key, partition, and the offsets to keep (below `until`).
@@ -77,6 +99,8 @@ pub struct ReplayObject {
     pub partition: u32,
     /// Its first offset.
     pub first: u64,
+    /// Records before this offset are not replayed (they are in the checkpoint).
+    pub from: u64,
     /// Records at this offset and beyond are not replayed.
     pub until: u64,
 }
@@ -98,6 +122,22 @@ impl Share {
         let workers = (self.threads * self.processes).max(1);
         (p as usize % workers) / self.threads.max(1) == self.process
     }
+
+    /// Workers in the cluster.
+    pub fn workers(&self) -> usize {
+        (self.threads * self.processes).max(1)
+    }
+
+    /// This process's worker indices.
+    pub fn local_workers(&self) -> std::ops::Range<usize> {
+        let t = self.threads.max(1);
+        self.process * t..(self.process + 1) * t
+    }
+}
+
+/// The UTC day of the start of epoch `epoch` of `epoch_ms` (the archive's ingest day of it).
+pub fn ingest_day_of(epoch: Epoch, epoch_ms: u64) -> Day {
+    (epoch.saturating_mul(epoch_ms) / 86_400_000) as Day
 }
 
 /// The UTC day from which on archive objects can hold events of days open at watermark `w`.
@@ -118,8 +158,9 @@ pub fn first_ingest_day(w: Micros, grace: Micros, skew: Micros, epoch_ms: u64) -
 }
 
 /// Reads the progress and intent records, claims this start's generation (design §4; with
-/// `claim`), deletes the archive objects of uncommitted epochs (this process's partitions;
-/// `rejected/` ones on process 0) and lists what to replay. See the module docs.
+/// `claim`), loads the latest complete checkpoint (with `checkpoints`), deletes the archive
+/// objects and checkpoint parts of uncommitted epochs (this process's partitions and workers;
+/// `rejected/` objects on process 0) and lists what to replay. See the module docs.
 ///
 /// The generation is claimed only once the restart is known to be possible: an archive that
 /// holds objects while Cassandra holds no record of any start of this process is refused
@@ -138,6 +179,7 @@ pub fn plan(
     grace: Micros,
     skew: Micros,
     epoch_ms: u64,
+    checkpoints: bool,
 ) -> Result<Recovery, RuntimeError> {
     let progress = reader.progress(job)?;
     let intent = reader.progress(&intent_key(job))?;
@@ -154,7 +196,33 @@ pub fn plan(
         (None, Some(p)) => (Some(p.epoch), committed.clone()),
         (None, None) => (None, BTreeMap::new()),
     };
-    let initial_watermark = progress.as_ref().and_then(|p| p.watermark_micros);
+    let mut initial_watermark = progress.as_ref().and_then(|p| p.watermark_micros);
+    // The latest complete checkpoint of committed history (mark T with T − 1 ≤ P), if any:
+    // then the state comes from it, and only the archive after its offsets is replayed.
+    let found = match (archive, &progress, checkpoints) {
+        (Some(archive), Some(_), true) => Some(crate::checkpoint::list(archive, topic)?.0),
+        _ => None,
+    };
+    let chosen = match (&found, &progress) {
+        (Some(found), Some(p)) => crate::checkpoint::choose(found, p.epoch, share.workers()),
+        _ => None,
+    };
+    let mut restored = None;
+    if let (Some(mark), Some(archive), Some(found)) = (chosen, archive, &found) {
+        let parts = crate::checkpoint::load(archive, topic, found, mark, &share.local_workers())?;
+        let watermark = parts.values().next().and_then(|p| p.watermark);
+        if parts.values().any(|p| p.watermark != watermark) {
+            return Err(RuntimeError::Checkpoint(format!(
+                "the parts of the checkpoint at mark {mark} disagree on the watermark"
+            )));
+        }
+        initial_watermark = watermark;
+        restored = Some(Restored {
+            mark,
+            watermark,
+            parts,
+        });
+    }
     let mut recovery = Recovery {
         restore_through: progress.as_ref().map(|p| p.epoch),
         progress,
@@ -163,7 +231,24 @@ pub fn plan(
         initial_watermark,
         ..Recovery::default()
     };
-    let from = initial_watermark.map(|w| first_ingest_day(w, grace, skew, epoch_ms));
+    // Objects after a checkpoint are of its epochs' days or later; else, from the days open
+    // at W(P).
+    let from = match &restored {
+        Some(r) => Some(ingest_day_of(r.mark, epoch_ms) - 1),
+        None => initial_watermark.map(|w| first_ingest_day(w, grace, skew, epoch_ms)),
+    };
+    // This process's partitions' offsets at the checkpoint (absent: nothing read before it).
+    // The largest of the parts': a restart's replay is shared by a process's workers, so a
+    // part may also hold older offsets of a partition another worker reads live.
+    let mut at_checkpoint: BTreeMap<u32, u64> = BTreeMap::new();
+    for x in restored
+        .iter()
+        .flat_map(|r| r.parts.values())
+        .flat_map(|p| p.positions.iter())
+    {
+        let next = at_checkpoint.entry(x.partition).or_insert(x.next);
+        *next = (*next).max(x.next);
+    }
     let raw = match archive {
         Some(archive) => objects(archive, ObjectKind::Raw, topic, from)?,
         None => Vec::new(),
@@ -209,29 +294,51 @@ pub fn plan(
         }
         return Ok(recovery);
     };
-    if recovery.replay_through.is_none() && raw.is_empty() {
+    if recovery.replay_through.is_none() && raw.is_empty() && found.is_none() {
         return Ok(recovery);
     }
     if let Some(g) = recovery.generation {
         reader.check_generation(job, share.process, g)?;
+    }
+    if found.is_some() {
+        recovery.deleted_parts = crate::checkpoint::delete_uncommitted(
+            archive,
+            topic,
+            &share.local_workers(),
+            recovery.restore_through,
+        )?;
     }
     for (key, k) in raw {
         if !share.owns(k.partition) {
             continue;
         }
         let until = recovery.start.get(&k.partition).copied().unwrap_or(0);
+        let from = at_checkpoint.get(&k.partition).copied().unwrap_or(0);
         if k.first >= until {
             archive.delete(&key)?;
             recovery.deleted += 1;
+        } else if restored.is_some() && k.last < from {
+            // In the checkpoint.
         } else {
             recovery.replay.push(ReplayObject {
                 key,
                 partition: k.partition,
                 first: k.first,
+                from,
                 until,
             });
         }
     }
+    if let Some(r) = &restored {
+        tracing::info!(
+            mark = r.mark,
+            positions = ?at_checkpoint,
+            start = ?recovery.start,
+            objects = recovery.replay.len(),
+            "restart from a checkpoint"
+        );
+    }
+    recovery.checkpoint = restored.map(Arc::new);
     if share.process == 0 {
         for (key, k) in objects(archive, ObjectKind::Rejected, topic, from)? {
             if k.first >= committed.get(&k.partition).copied().unwrap_or(0) {
@@ -345,7 +452,7 @@ impl Replay {
                     .archive
                     .get_lines(&object.key)?
                     .into_iter()
-                    .filter(|r| r.offset < object.until)
+                    .filter(|r| r.offset >= object.from && r.offset < object.until)
                     .collect();
                 self.read += 1;
                 if let Some(r) = records

@@ -215,6 +215,7 @@ impl Worker {
                     grace,
                     skew,
                     epoch_ms,
+                    true,
                 )?;
                 generation = recovery.generation;
                 Some(recovery)
@@ -275,6 +276,37 @@ impl Worker {
                 )?));
             }
         }
+        // Checkpoints of the open state, written by a thread of this process's own.
+        let checkpoint = match (df.checkpoint_epochs()?, &archive) {
+            (Some(every), Some(archive)) => {
+                let share = Share {
+                    process,
+                    threads: workers,
+                    processes: hosts.len().max(1),
+                };
+                let fence = match (&config.cassandra, generation) {
+                    (Some(c), Some(g)) => Some(crate::checkpoint::Fence {
+                        cassandra: c.clone(),
+                        job: job_name.clone(),
+                        process,
+                        generation: g,
+                    }),
+                    _ => None,
+                };
+                let writer = crate::checkpoint::Writer::start(
+                    archive.clone(),
+                    kafka.topic.clone(),
+                    share.local_workers(),
+                    share.workers(),
+                    fence,
+                )?;
+                Some(job::CheckpointSpec {
+                    every,
+                    writer: Arc::new(writer),
+                })
+            }
+            _ => None,
+        };
         let sink = Measured {
             inner: Box::new(Fanout(sinks)),
             metrics: metrics.clone(),
@@ -309,6 +341,7 @@ impl Worker {
             metrics: Some(metrics.clone()),
             archive: config.s3.clone(),
             coalesce: true,
+            checkpoint,
             recovery,
             progress: Display::quiet_if(quiet),
         };

@@ -69,14 +69,15 @@ pub fn create_topic(topic: &str, partitions: i32) {
     assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
 }
 
-/// A `cluster.toml` for the services script's Kafka, Cassandra and MinIO.
+/// A `cluster.toml` for the services script's Kafka, Cassandra and MinIO. Checkpoints every
+/// second (5 epochs), so that the restarts of the tests start from checkpoints.
 pub fn cluster_toml(topic: &str, keyspace: &str, prefix: &str, threads: usize, k: usize) -> String {
     format!(
         "[cluster]\nthreads = {threads}\n[kafka]\nbrokers = [\"{}\"]\ntopic = \"{topic}\"\n\
          [cassandra]\ncontact_points = [\"{}\"]\nkeyspace = \"{keyspace}\"\nconsistency = \"ONE\"\n\
          [s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nbucket = \"rankmysteps-archive\"\n\
          prefix = \"{prefix}\"\npath_style = true\nchecksums_when_required = true\n\
-         [dataflow]\nk = {k}\nepoch_ms = 200\n",
+         [dataflow]\nk = {k}\nepoch_ms = 200\ncheckpoint_interval = \"1s\"\n",
         brokers(),
         cassandra(),
         s3_endpoint()

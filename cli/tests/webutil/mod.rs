@@ -145,6 +145,7 @@ pub fn file_job(input: &Path, epoch_events: u64, k: usize) -> JobSpec {
         archive: None,
         coalesce: false,
         recovery: None,
+        checkpoint: None,
         progress: rankmysteps::progress::Display::Off,
     }
 }
