@@ -629,11 +629,14 @@ fn totals<'scope>(
                 }
                 current = Some(w);
                 log.borrow_mut().changes.insert(t, w);
-                let closing: Vec<Day> = local_top
+                let mut closing: Vec<Day> = local_top
                     .keys()
                     .copied()
                     .filter(|&d| is_closed(d, current, grace) && !retiring.contains(&d))
                     .collect();
+                // In key order: a cursor's seeks only go forward (in the hash map's order, a
+                // day sorting before one already walked was skipped and never retired).
+                closing.sort_unstable();
                 if closing.is_empty() {
                     continue;
                 }

@@ -330,8 +330,15 @@ pub fn plan(
         }
     }
     if let Some(r) = &restored {
+        let days: std::collections::BTreeSet<Day> = r
+            .parts
+            .values()
+            .flat_map(|p| p.totals.iter().map(|t| t.0))
+            .collect();
         tracing::info!(
             mark = r.mark,
+            watermark = ?r.watermark,
+            ?days,
             positions = ?at_checkpoint,
             start = ?recovery.start,
             objects = recovery.replay.len(),
