@@ -44,6 +44,9 @@ enum BenchCommand {
     /// End-to-end throughput of `launch`ed clusters of 1, 2, 4 … processes on loopback, on
     /// the real services: a preloaded topic, consumed, archived and committed.
     Cluster(crate::bench_cluster::ClusterArgs),
+    /// Restart time after 1 M, 10 M, 50 M … events on the real services (a worker killed and
+    /// started again, from its checkpoint), and that every total stays exact.
+    Restart(crate::bench_restart::RestartArgs),
     /// The web page's API and event streams on Cassandra: latency of top and standing at a
     /// steady request rate, and the cost of 1 000 open event streams.
     Web(crate::bench_web::WebArgs),
@@ -167,6 +170,7 @@ pub fn bench(args: BenchArgs) -> Result<(), CliError> {
         BenchCommand::Replay(a) => replay(a),
         BenchCommand::E2e(a) => crate::bench_e2e::e2e(a),
         BenchCommand::Cluster(a) => crate::bench_cluster::cluster(a),
+        BenchCommand::Restart(a) => crate::bench_restart::restart(a),
         BenchCommand::Web(a) => crate::bench_web::web(a),
         BenchCommand::WebWriter(a) => crate::bench_web::writer(a),
         BenchCommand::Window(a) => window(a),

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_cluster;
 pub mod bench_e2e;
+pub mod bench_restart;
 pub mod bench_web;
 pub mod doctor;
 pub mod error;
