@@ -423,6 +423,24 @@ mod tests {
         assert_eq!(config.kafka.unwrap().topic, reference.kafka.unwrap().topic);
     }
 
+    #[test]
+    fn checkpoint_interval_in_epochs() {
+        let df = |interval: &str, epoch_ms: u64| Dataflow {
+            checkpoint_interval: interval.into(),
+            epoch_ms,
+            ..Dataflow::default()
+        };
+        assert_eq!(df("1m", 500).checkpoint_epochs().unwrap(), Some(120));
+        assert_eq!(df("1500ms", 1000).checkpoint_epochs().unwrap(), Some(2));
+        assert_eq!(df("0s", 1000).checkpoint_epochs().unwrap(), None);
+        assert_eq!(Dataflow::default().checkpoint_epochs().unwrap(), Some(60));
+        let e = df("soon", 1000)
+            .checkpoint_epochs()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("checkpoint_interval"), "{e}");
+    }
+
     fn with_env(text: &str, vars: &[(&str, &str)]) -> Result<ClusterConfig, RuntimeError> {
         ClusterConfig::from_toml(
             Path::new("test.toml"),

@@ -180,6 +180,7 @@ pub fn plan(
     skew: Micros,
     epoch_ms: u64,
     checkpoints: bool,
+    partitions: u32,
 ) -> Result<Recovery, RuntimeError> {
     let progress = reader.progress(job)?;
     let intent = reader.progress(&intent_key(job))?;
@@ -249,9 +250,29 @@ pub fn plan(
         let next = at_checkpoint.entry(x.partition).or_insert(x.next);
         *next = (*next).max(x.next);
     }
-    let raw = match archive {
-        Some(archive) => objects(archive, ObjectKind::Raw, topic, from)?,
-        None => Vec::new(),
+    // After a checkpoint: only this process's partitions' objects from its offsets on (an
+    // object holds one epoch of one partition, under the ingest day of that epoch), listed
+    // per partition and day, so that the listing too follows the checkpoint interval, not the
+    // day. Otherwise every object of the days that can hold open days' events.
+    let days_after = |mark: Epoch| ingest_day_of(mark, epoch_ms)..=wall_day() + 1;
+    let raw = match (archive, &restored) {
+        (Some(archive), Some(r)) => {
+            let mut raw = Vec::new();
+            for p in (0..partitions).filter(|&p| share.owns(p)) {
+                let from = at_checkpoint.get(&p).copied().unwrap_or(0);
+                raw.extend(partition_objects(
+                    archive,
+                    ObjectKind::Raw,
+                    topic,
+                    p,
+                    days_after(r.mark),
+                    from,
+                )?);
+            }
+            raw
+        }
+        (Some(archive), None) => objects(archive, ObjectKind::Raw, topic, from)?,
+        (None, _) => Vec::new(),
     };
     // No progress and no intent record: nothing was ever committed. If an earlier start of
     // this process claimed a generation in this keyspace, the objects are that start's,
@@ -329,6 +350,32 @@ pub fn plan(
             });
         }
     }
+    if share.process == 0 {
+        let rejected = match &restored {
+            Some(r) => {
+                let mut out = Vec::new();
+                for p in 0..partitions {
+                    let from = committed.get(&p).copied().unwrap_or(0);
+                    out.extend(partition_objects(
+                        archive,
+                        ObjectKind::Rejected,
+                        topic,
+                        p,
+                        days_after(r.mark),
+                        from,
+                    )?);
+                }
+                out
+            }
+            None => objects(archive, ObjectKind::Rejected, topic, from)?,
+        };
+        for (key, k) in rejected {
+            if k.first >= committed.get(&k.partition).copied().unwrap_or(0) {
+                archive.delete(&key)?;
+                recovery.deleted += 1;
+            }
+        }
+    }
     if let Some(r) = &restored {
         let days: std::collections::BTreeSet<Day> = r
             .parts
@@ -346,14 +393,6 @@ pub fn plan(
         );
     }
     recovery.checkpoint = restored.map(Arc::new);
-    if share.process == 0 {
-        for (key, k) in objects(archive, ObjectKind::Rejected, topic, from)? {
-            if k.first >= committed.get(&k.partition).copied().unwrap_or(0) {
-                archive.delete(&key)?;
-                recovery.deleted += 1;
-            }
-        }
-    }
     recovery.replay.sort_by_key(|o| (o.partition, o.first));
     Ok(recovery)
 }
@@ -376,6 +415,51 @@ fn objects(
         }
     }
     Ok(out)
+}
+
+/// The `kind` objects of `topic`'s partition `partition` under the ingest days `days` whose
+/// first offset is `from` or later (an object holds one epoch: none straddles `from` when it
+/// is an epoch's boundary, as checkpoint and progress positions are).
+fn partition_objects(
+    archive: &S3Archive,
+    kind: ObjectKind,
+    topic: &str,
+    partition: u32,
+    days: std::ops::RangeInclusive<Day>,
+    from: u64,
+) -> Result<Vec<(String, rankmysteps_sinks::s3::ObjectKey)>, RuntimeError> {
+    let mut out = Vec::new();
+    for day in days {
+        let first = rankmysteps_sinks::s3::object_key(
+            archive.prefix(),
+            kind,
+            topic,
+            day,
+            partition,
+            from,
+            0,
+        );
+        // `<dir>/p<partition>-`: the partition's objects of that day (not p<partition>0-...).
+        let cut = first.len() - "-.jsonl.gz".len() - 2 * rankmysteps_sinks::s3::OFFSET_DIGITS;
+        let prefix = &first[..cut];
+        // Keys sort by first offset: every key after `<prefix><from>-<0…>` starts at `from` or
+        // later (from > 0; from 0: every key of the prefix).
+        let after = (from > 0).then_some(first.as_str());
+        for key in archive.list_after(prefix, after)? {
+            match parse_object_key(archive.prefix(), &key) {
+                Some(k) if k.kind == kind && k.topic == topic && k.partition == partition => {
+                    out.push((key, k))
+                }
+                _ => tracing::warn!(key, "recovery: not an archive object key; ignored"),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Today's UTC day by the wall clock.
+fn wall_day() -> Day {
+    wall_clock().div_euclid(MICROS_PER_DAY) as Day
 }
 
 /// Most records in one chunk of a replay.

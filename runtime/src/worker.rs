@@ -216,6 +216,7 @@ impl Worker {
                     skew,
                     epoch_ms,
                     true,
+                    partitions,
                 )?;
                 generation = recovery.generation;
                 Some(recovery)

@@ -26,5 +26,5 @@ pub use archive::{ArchiveObjects, ArchiveRecords, S3Archive};
 pub use config::S3Config;
 pub use format::{
     object_key, parse_object_key, parse_s3_url, ArchiveRecord, ObjectKey, ObjectKind,
-    RejectedRecord,
+    RejectedRecord, OFFSET_DIGITS,
 };
