@@ -15,5 +15,5 @@ pub mod view;
 pub use error::CliError;
 // The runtime's modules under their old paths: `rankmysteps::job`, `rankmysteps::recovery`, ...
 pub use rankmysteps_runtime::{
-    archive, config, introspect, job, launch, metrics, progress, recovery, worker,
+    archive, checkpoint, config, introspect, job, launch, metrics, progress, recovery, worker,
 };
