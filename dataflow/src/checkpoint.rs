@@ -93,6 +93,9 @@ impl From<WorkerState> for Restore {
     }
 }
 
+/// Most marks with pieces held at once by a [`DraftBook`].
+pub const MAX_DRAFTS: usize = 4;
+
 /// The pieces of one worker's checkpoints, shared by its operators and its worker loop.
 pub type Drafts = Rc<RefCell<DraftBook>>;
 
@@ -119,9 +122,18 @@ impl DraftBook {
         }))
     }
 
+    /// The draft of `mark`; at most [`MAX_DRAFTS`] are held (the oldest goes first), so
+    /// pieces of marks that never complete cannot pile up.
+    fn draft(&mut self, mark: Epoch) -> &mut Draft {
+        while self.drafts.len() >= MAX_DRAFTS && !self.drafts.contains_key(&mark) {
+            self.drafts.pop_first();
+        }
+        self.drafts.entry(mark).or_default()
+    }
+
     /// Files `Totals`' piece of `mark`.
     pub fn put_totals(&mut self, mark: Epoch, totals: Vec<(Day, User, i64)>) {
-        self.drafts.entry(mark).or_default().totals = Some(totals);
+        self.draft(mark).totals = Some(totals);
     }
 
     /// Files admission's piece of `mark`.
@@ -131,12 +143,12 @@ impl DraftBook {
         window: Vec<(u64, Micros)>,
         watermark: Option<Micros>,
     ) {
-        self.drafts.entry(mark).or_default().admission = Some((window, watermark));
+        self.draft(mark).admission = Some((window, watermark));
     }
 
     /// Files the positions piece of `mark`.
     pub fn put_positions(&mut self, mark: Epoch, positions: Vec<Position>) {
-        self.drafts.entry(mark).or_default().positions = Some(positions);
+        self.draft(mark).positions = Some(positions);
     }
 
     /// Marks with pieces filed (complete or not).
@@ -246,6 +258,20 @@ mod tests {
         assert_eq!(state.window, vec![(1, 2)]);
         assert_eq!(book.pending(), 1, "10 dropped, 30 kept");
         assert!(book.take_complete().is_none());
+    }
+
+    #[test]
+    fn drafts_that_never_complete_do_not_pile_up() {
+        let drafts = DraftBook::new(0);
+        let mut book = drafts.borrow_mut();
+        for mark in 1..100 {
+            book.put_totals(mark, vec![(1, 1, 1)]);
+        }
+        assert_eq!(book.pending(), MAX_DRAFTS);
+        // The newest marks are kept: one completes.
+        book.put_admission(99, vec![], None);
+        book.put_positions(99, vec![]);
+        assert_eq!(book.take_complete().map(|s| s.mark), Some(99));
     }
 
     #[test]

@@ -168,6 +168,7 @@ pub struct Fence {
 /// most one part per worker is held here.
 pub struct Writer {
     sender: SyncSender<(usize, WorkerState)>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Writer {
@@ -179,8 +180,10 @@ impl Writer {
         workers: std::ops::Range<usize>,
         total: usize,
         fence: Option<Fence>,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Result<Writer, RuntimeError> {
         let (sender, receiver) = sync_channel::<(usize, WorkerState)>(workers.len().max(1));
+        let writer_metrics = metrics.clone();
         std::thread::Builder::new()
             .name("rankmysteps-checkpoint".into())
             .spawn(move || {
@@ -226,10 +229,16 @@ impl Writer {
                                 ms = started.elapsed().as_millis() as u64,
                                 "checkpoint part written"
                             );
+                            if let Some(m) = &metrics {
+                                m.checkpoint_part("written");
+                            }
                             let n = written.entry(mark).or_default();
                             *n += 1;
                             if *n == workers.len() {
                                 written = written.split_off(&(mark + 1));
+                                if let Some(m) = &metrics {
+                                    m.checkpoint_complete(mark);
+                                }
                                 if let Err(e) = collect(&archive, &topic, &workers, total) {
                                     tracing::warn!(error = %e, "checkpoints: cleaning up old parts failed");
                                 }
@@ -241,13 +250,19 @@ impl Writer {
                         }
                         Err(e) => {
                             // Not fatal: a restart uses an older checkpoint, or replays more.
+                            if let Some(m) = &metrics {
+                                m.checkpoint_part("failed");
+                            }
                             tracing::warn!(mark, worker, error = %e, "checkpoint part not written");
                         }
                     }
                 }
             })
             .map_err(|e| RuntimeError::Worker(format!("cannot start the checkpoint writer: {e}")))?;
-        Ok(Writer { sender })
+        Ok(Writer {
+            sender,
+            metrics: writer_metrics,
+        })
     }
 
     /// Hands `worker`'s part over; `false` when the writer is still busy (the part is skipped).
@@ -255,6 +270,9 @@ impl Writer {
         match self.sender.try_send((worker, state)) {
             Ok(()) => true,
             Err(TrySendError::Full((_, state))) => {
+                if let Some(m) = &self.metrics {
+                    m.checkpoint_part("skipped");
+                }
                 tracing::debug!(
                     mark = state.mark,
                     worker,

@@ -52,6 +52,10 @@ pub struct Metrics {
     store_errors: Family<Label, Counter>,
     /// 1 while a store's requests fail (the job then waits for it), else 0.
     store_failing: Family<Label, Gauge>,
+    /// Checkpoint parts by outcome: written, failed, skipped (the writer was busy).
+    checkpoint_parts: Family<Label, Counter>,
+    /// The last mark of which this process wrote every part.
+    checkpoint_mark: Gauge,
 }
 
 /// Seconds, from 1 ms to about 33 s (16 buckets, doubling).
@@ -77,7 +81,14 @@ impl Default for Metrics {
             positions: Mutex::new(BTreeMap::new()),
             store_errors: Family::default(),
             store_failing: Family::default(),
+            checkpoint_parts: Family::default(),
+            checkpoint_mark: Gauge::default(),
         };
+        for outcome in ["written", "failed", "skipped"] {
+            let _ = m
+                .checkpoint_parts
+                .get_or_create(&[("outcome", outcome.to_owned())]);
+        }
         for store in ["s3", "kafka"] {
             let _ = m.store_errors.get_or_create(&[("store", store.to_owned())]);
             let _ = m
@@ -145,6 +156,16 @@ impl Default for Metrics {
             "Failed requests to a store, retried in place (s3: archive uploads; kafka: reads of \
              the partition ends by process 0)",
             m.store_errors.clone(),
+        );
+        r.register(
+            "rankmysteps_checkpoint_parts",
+            "Checkpoint parts of this process's workers, by outcome (written; failed: retried at              the next mark; skipped: the writer was still busy)",
+            m.checkpoint_parts.clone(),
+        );
+        r.register(
+            "rankmysteps_checkpoint_mark",
+            "The last checkpoint mark (an epoch) of which this process wrote every part",
+            m.checkpoint_mark.clone(),
         );
         r.register(
             "rankmysteps_store_failing",
@@ -250,6 +271,18 @@ impl Metrics {
             self.store_errors.get_or_create(&label).inc();
         }
         self.store_failing.get_or_create(&label).set(i64::from(!ok));
+    }
+
+    /// Counts a checkpoint part by `outcome` ("written", "failed", "skipped").
+    pub fn checkpoint_part(&self, outcome: &str) {
+        self.checkpoint_parts
+            .get_or_create(&[("outcome", outcome.to_owned())])
+            .inc();
+    }
+
+    /// Records that every part of this process at `mark` is written.
+    pub fn checkpoint_complete(&self, mark: u64) {
+        self.checkpoint_mark.set(mark as i64);
     }
 
     /// Records the latency of an epoch (end of its wall-clock interval → delivery).

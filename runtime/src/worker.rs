@@ -300,6 +300,7 @@ impl Worker {
                     share.local_workers(),
                     share.workers(),
                     fence,
+                    Some(metrics.clone()),
                 )?;
                 Some(job::CheckpointSpec {
                     every,
