@@ -66,6 +66,16 @@ fn archive_replay_equals_file_replay() {
             .unwrap();
         assert!(key.starts_with(&prefix), "{key}");
     }
+    // A checkpoint part under the prefix (state, not records) is skipped.
+    archive
+        .put_bytes(
+            &format!(
+                "{prefix}checkpoints/steps/{:020}/w0000-of-0001-g0000000001.bin.gz",
+                42
+            ),
+            b"RMSCKP01 not records".to_vec(),
+        )
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("in.jsonl");
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();

@@ -83,6 +83,25 @@ impl PartKey {
     }
 }
 
+/// Whether `key` is a checkpoint part's, whatever the archive's prefix: `…checkpoints/<topic>/
+/// <mark>/w<i>-of-<n>-g<g>.bin.gz`.
+pub fn is_part_key(key: &str) -> bool {
+    let mut segments = key.rsplit('/');
+    let (Some(name), Some(mark), Some(_topic), Some(dir)) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
+        return false;
+    };
+    dir == "checkpoints"
+        && mark.len() == 20
+        && mark.bytes().all(|b| b.is_ascii_digit())
+        && name.starts_with('w')
+        && name.ends_with(".bin.gz")
+}
+
 /// A part's bytes: [`MAGIC`], then the state in bincode, gzipped.
 pub fn encode(state: &WorkerState) -> Result<Vec<u8>, RuntimeError> {
     let mut out = MAGIC.to_vec();
@@ -388,6 +407,11 @@ mod tests {
             "p/checkpoints/steps/00000000001800000000/w0003-of-0008-g0000000012.bin.gz"
         );
         assert_eq!(PartKey::parse(&dir, &key), Some(part));
+        assert!(is_part_key(&key));
+        assert!(is_part_key(&key["p/".len()..]));
+        assert!(!is_part_key(
+            "p/raw/steps/2026-01-10/p0-00000000000000000000-00000000000000000009.jsonl.gz"
+        ));
         assert_eq!(
             PartKey::parse(&dir, "p/checkpoints/steps/x/w1.bin.gz"),
             None

@@ -701,7 +701,20 @@ impl SharedS3Input {
             ));
         }
         let archive = rankmysteps_sinks::s3::S3Archive::connect(config)?;
-        let keys: std::collections::VecDeque<String> = archive.list(prefix)?.into();
+        // Checkpoint parts (design §4) hold state, not records: a prefix that covers the
+        // archive's root lists them too.
+        let (keys, parts): (Vec<String>, Vec<String>) = archive
+            .list(prefix)?
+            .into_iter()
+            .partition(|k| !crate::checkpoint::is_part_key(k));
+        if !parts.is_empty() {
+            tracing::warn!(
+                parts = parts.len(),
+                "replay: the prefix holds checkpoint parts (state, not records): skipped; \
+                 give a raw/ prefix to read the records only"
+            );
+        }
+        let keys: std::collections::VecDeque<String> = keys.into();
         if keys.is_empty() {
             return Err(RuntimeError::Setting(format!(
                 "no archive objects under s3://{}/{prefix}",
