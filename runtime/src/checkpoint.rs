@@ -7,15 +7,16 @@
 //! generation g, is the object
 //!
 //! ```text
-//! <prefix>checkpoints/<topic>/<T, 20 digits>/w<i>-of-<n>-g<g>.bin.gz
+//! <prefix>checkpoints/<topic>/<T, 20 digits>/w<i>-of-<n>-g<g>-p<positions digest>.bin.gz
 //! ```
 //!
 //! (a deterministic key; one PUT, so a part is there whole or not at all). A checkpoint is
 //! **complete** when all n parts of T are there; a restart uses the latest complete one with
 //! T − 1 ≤ P (the progress record's epoch: its state must be committed history) whose n is the
 //! restarted cluster's number of workers (a worker's part holds the users, ids and partitions
-//! routed to it). Parts of marks after P + 1 are not committed history: the next start deletes
-//! its workers' ones, as it deletes archive objects beyond the progress record. Before each
+//! routed to it); or a later one that read nothing after P (an idle job's: see [`choose`]).
+//! Other parts of marks after P + 1 are not committed history: the next start deletes its
+//! workers' ones, as it deletes archive objects beyond the progress record. Before each
 //! write the writer checks that its generation is still the latest (design §4: S3 writes check
 //! the claimed generation first). Once all of a process's parts of T are written, the process
 //! deletes its parts older than the second-latest complete checkpoint: the latest complete one
@@ -54,14 +55,38 @@ pub struct PartKey {
     pub workers: usize,
     /// The generation of the process that wrote it.
     pub generation: u64,
+    /// [`positions_digest`] of the part's positions: a restart can tell from the keys alone
+    /// whether a checkpoint after the progress record read anything more (see [`choose`]).
+    pub positions: u64,
+}
+
+/// A digest of the next offsets of `worker`'s partitions (partition p belongs to worker
+/// p mod `workers`) in `positions`, equal for equal positions.
+pub fn positions_digest(
+    positions: impl IntoIterator<Item = (u32, u64)>,
+    worker: usize,
+    workers: usize,
+) -> u64 {
+    let mut owned: Vec<(u32, u64)> = positions
+        .into_iter()
+        .filter(|&(p, _)| p as usize % workers.max(1) == worker)
+        .collect();
+    owned.sort_unstable();
+    owned.dedup();
+    let mut h = rankmysteps_dataflow::random::splitmix64(owned.len() as u64);
+    for (p, next) in owned {
+        h = rankmysteps_dataflow::random::splitmix64(h ^ u64::from(p));
+        h = rankmysteps_dataflow::random::splitmix64(h ^ next);
+    }
+    h
 }
 
 impl PartKey {
     /// The object key under `dir` ([`checkpoint_dir`]).
     pub fn key(&self, dir: &str) -> String {
         format!(
-            "{dir}{:020}/w{:04}-of-{:04}-g{:010}.bin.gz",
-            self.mark, self.worker, self.workers, self.generation
+            "{dir}{:020}/w{:04}-of-{:04}-g{:010}-p{:016x}.bin.gz",
+            self.mark, self.worker, self.workers, self.generation, self.positions
         )
     }
 
@@ -70,8 +95,9 @@ impl PartKey {
         let (mark, name) = key.strip_prefix(dir)?.split_once('/')?;
         let name = name.strip_prefix('w')?.strip_suffix(".bin.gz")?;
         let (worker, rest) = name.split_once("-of-")?;
-        let (workers, generation) = rest.split_once("-g")?;
-        if mark.len() != 20 {
+        let (workers, rest) = rest.split_once("-g")?;
+        let (generation, positions) = rest.split_once("-p")?;
+        if mark.len() != 20 || positions.len() != 16 {
             return None;
         }
         Some(PartKey {
@@ -79,6 +105,7 @@ impl PartKey {
             worker: worker.parse().ok()?,
             workers: workers.parse().ok()?,
             generation: generation.parse().ok()?,
+            positions: u64::from_str_radix(positions, 16).ok()?,
         })
     }
 }
@@ -158,12 +185,30 @@ fn complete(parts: &BTreeMap<usize, PartKey>, workers: usize) -> bool {
         && (0..workers).all(|w| parts.get(&w).is_some_and(|p| p.workers == workers))
 }
 
-/// The latest complete checkpoint of `workers` workers whose mark T has T − 1 ≤ `through`.
-pub fn choose(found: &Found, through: Epoch, workers: usize) -> Option<Epoch> {
+/// The latest complete checkpoint of `workers` workers that is committed history: its mark T
+/// has T − 1 ≤ `through` (the progress record's epoch P), or nothing was read after P
+/// (`idle`: P's positions when no epoch after P was under way, i.e. no intent record ahead)
+/// and every part's positions are P's. The second case is an idle job's: its epochs after P
+/// held no record, so P does not move, while the checkpoints after it hold the same state.
+pub fn choose(
+    found: &Found,
+    through: Epoch,
+    workers: usize,
+    idle: Option<&BTreeMap<u32, u64>>,
+) -> Option<Epoch> {
+    let unchanged = |parts: &BTreeMap<usize, PartKey>| {
+        idle.is_some_and(|at| {
+            parts.iter().all(|(&w, part)| {
+                part.positions == positions_digest(at.iter().map(|(&p, &n)| (p, n)), w, workers)
+            })
+        })
+    };
     found
         .iter()
         .rev()
-        .find(|(&mark, parts)| mark >= 1 && mark - 1 <= through && complete(parts, workers))
+        .find(|(&mark, parts)| {
+            mark >= 1 && complete(parts, workers) && (mark - 1 <= through || unchanged(parts))
+        })
         .map(|(&mark, _)| mark)
 }
 
@@ -210,8 +255,18 @@ impl Writer {
                 let mut reader: Option<CassandraReader> = None;
                 // Marks → this process's parts of it written.
                 let mut written: BTreeMap<Epoch, usize> = BTreeMap::new();
-                while let Ok((worker, state)) = receiver.recv() {
+                while let Ok((worker, mut state)) = receiver.recv() {
                     let mark = state.mark;
+                    // Only the worker's own partitions: a restart's replay is shared by a
+                    // process's workers, so others' may have passed through it.
+                    state
+                        .positions
+                        .retain(|p| p.partition as usize % total.max(1) == worker);
+                    let positions = positions_digest(
+                        state.positions.iter().map(|p| (p.partition, p.next)),
+                        worker,
+                        total,
+                    );
                     let started = Instant::now();
                     let result = (|| -> Result<usize, RuntimeError> {
                         let generation = match &fence {
@@ -232,6 +287,7 @@ impl Writer {
                             worker,
                             workers: total,
                             generation,
+                            positions,
                         }
                         .key(&dir);
                         archive.put_bytes(&key, bytes)?;
@@ -333,12 +389,14 @@ fn collect(
 }
 
 /// Deletes `workers`' parts of marks T with T − 1 > `through` (not committed history: a start
-/// after a crash computes those epochs again, maybe cut differently). Returns how many.
+/// after a crash computes those epochs again, maybe cut differently), but those of `keep` (the
+/// checkpoint chosen, see [`choose`]). Returns how many.
 pub fn delete_uncommitted(
     archive: &S3Archive,
     topic: &str,
     workers: &std::ops::Range<usize>,
     through: Option<Epoch>,
+    keep: Option<Epoch>,
 ) -> Result<usize, RuntimeError> {
     let dir = checkpoint_dir(archive.prefix(), topic);
     let (_, keys) = list(archive, topic)?;
@@ -347,7 +405,8 @@ pub fn delete_uncommitted(
         let Some(part) = PartKey::parse(&dir, &key) else {
             continue;
         };
-        let committed = through.is_some_and(|p| part.mark >= 1 && part.mark - 1 <= p);
+        let committed = through.is_some_and(|p| part.mark >= 1 && part.mark - 1 <= p)
+            || keep == Some(part.mark);
         if !committed && workers.contains(&part.worker) {
             archive.delete(&key)?;
             deleted += 1;
@@ -400,11 +459,12 @@ mod tests {
             worker: 3,
             workers: 8,
             generation: 12,
+            positions: 0xabc,
         };
         let key = part.key(&dir);
         assert_eq!(
             key,
-            "p/checkpoints/steps/00000000001800000000/w0003-of-0008-g0000000012.bin.gz"
+            "p/checkpoints/steps/00000000001800000000/w0003-of-0008-g0000000012-p0000000000000abc.bin.gz"
         );
         assert_eq!(PartKey::parse(&dir, &key), Some(part));
         assert!(is_part_key(&key));
@@ -442,6 +502,7 @@ mod tests {
             worker,
             workers,
             generation: 1,
+            positions: positions_digest([(0, 5), (1, 7)], worker, workers),
         };
         for (mark, workers, have) in [(10, 2, 2), (20, 2, 2), (30, 2, 1), (40, 2, 2), (50, 3, 3)] {
             for w in 0..have {
@@ -451,14 +512,19 @@ mod tests {
                     .insert(w, part(mark, w, workers));
             }
         }
-        assert_eq!(choose(&found, 100, 2), Some(40));
+        assert_eq!(choose(&found, 100, 2, None), Some(40));
         assert_eq!(
-            choose(&found, 38, 2),
+            choose(&found, 38, 2, None),
             Some(20),
             "40 is ahead of the progress"
         );
-        assert_eq!(choose(&found, 39, 2), Some(40));
-        assert_eq!(choose(&found, 100, 3), Some(50));
-        assert_eq!(choose(&found, 5, 2), None);
+        assert_eq!(choose(&found, 39, 2, None), Some(40));
+        assert_eq!(choose(&found, 100, 3, None), Some(50));
+        assert_eq!(choose(&found, 5, 2, None), None);
+        // Ahead of the progress record, but nothing read since: usable.
+        let at_p: BTreeMap<u32, u64> = [(0, 5), (1, 7)].into();
+        assert_eq!(choose(&found, 38, 2, Some(&at_p)), Some(40));
+        let moved: BTreeMap<u32, u64> = [(0, 5), (1, 6)].into();
+        assert_eq!(choose(&found, 38, 2, Some(&moved)), Some(20));
     }
 }

@@ -204,8 +204,11 @@ pub fn plan(
         (Some(archive), Some(_), true) => Some(crate::checkpoint::list(archive, topic)?.0),
         _ => None,
     };
+    // P's positions, when no epoch after P was under way (an idle job's checkpoints after P
+    // hold P's state: see `checkpoint::choose`).
+    let idle = ahead.is_none().then_some(&committed);
     let chosen = match (&found, &progress) {
-        (Some(found), Some(p)) => crate::checkpoint::choose(found, p.epoch, share.workers()),
+        (Some(found), Some(p)) => crate::checkpoint::choose(found, p.epoch, share.workers(), idle),
         _ => None,
     };
     let mut restored = None;
@@ -224,8 +227,15 @@ pub fn plan(
             parts,
         });
     }
+    // A checkpoint after P (an idle job's) is restored, not written: its epoch T − 1 only
+    // rebuilds the state, like the epochs up to P.
+    let restore_through = match (&progress, &restored) {
+        (Some(p), Some(r)) => Some(p.epoch.max(r.mark - 1)),
+        (Some(p), None) => Some(p.epoch),
+        (None, _) => None,
+    };
     let mut recovery = Recovery {
-        restore_through: progress.as_ref().map(|p| p.epoch),
+        restore_through,
         progress,
         replay_through,
         start,
@@ -326,7 +336,8 @@ pub fn plan(
             archive,
             topic,
             &share.local_workers(),
-            recovery.restore_through,
+            recovery.progress.as_ref().map(|p| p.epoch),
+            restored.as_ref().map(|r| r.mark),
         )?;
     }
     for (key, k) in raw {
