@@ -473,16 +473,21 @@ fn totals<'scope>(
                 }
             });
             let taken = follower.take(&mut input, 5);
-            // A mark T the batches taken reach (lower ≤ T ≤ upper): the trace before T is the
-            // trace through `lower` plus the new batches' updates before T, readable only now,
-            // before `advance` lets the trace compact past T.
-            if let (Some(plan), Some(&lower), Some(&upper)) = (
-                &plan,
-                follower.lower.elements().first(),
-                follower.upper.elements().first(),
-            ) {
+            // A mark T the input has reached (lower ≤ T, and T ≤ upper or T ≤ the input's
+            // frontier): the trace before T is the trace through `lower` plus the new batches'
+            // updates before T, readable only now, before `advance` lets the trace compact
+            // past T. The frontier counts: an idle arrangement holds no capability and sends no
+            // batch while its frontier moves, and every batch before the frontier is in.
+            let reached = frontiers[0]
+                .frontier()
+                .first()
+                .copied()
+                .max(follower.upper.elements().first().copied());
+            if let (Some(plan), Some(&lower), Some(reached)) =
+                (&plan, follower.lower.elements().first(), reached)
+            {
                 if let Some(mark) = plan
-                    .latest(upper)
+                    .latest(reached)
                     .filter(|&m| m >= lower && filed.is_none_or(|f| m > f))
                 {
                     let new = taken.as_ref().map_or_else(Vec::new, |(_, b)| b.clone());
