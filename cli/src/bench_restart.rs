@@ -26,7 +26,7 @@ use rankmysteps_sources::chunk::wall_clock;
 use rankmysteps_sources::generator::{Generator, GeneratorConfig};
 use rankmysteps_sources::kafka::KafkaConfig;
 use rankmysteps_sources::parse::{ParseConfig, Parser};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 use crate::config::ClusterConfig;
@@ -107,17 +107,10 @@ fn load(
             .map_err(|e| CliError::Setting(format!("a generated event does not parse: {e:?}")))?;
         *tally.entry((parsed.day, parsed.user)).or_insert(0) += u64::from(parsed.steps);
         let key = format_user(user);
-        let mut record = BaseRecord::to(&kafka.topic).key(&key).payload(&line);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(kafka_error(e)),
-            }
-        }
+        crate::produce::send_waiting(
+            &producer,
+            BaseRecord::to(&kafka.topic).key(&key).payload(&line[..]),
+        )?;
         if shown.elapsed() > Duration::from_secs(10) {
             shown = Instant::now();
             eprintln!(

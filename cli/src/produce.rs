@@ -113,6 +113,23 @@ fn bad_record(i: u64, user: u128) -> Vec<u8> {
     }
 }
 
+/// Sends `record`, waiting while the producer's queue is full.
+pub fn send_waiting<C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, String, [u8]>,
+) -> Result<(), CliError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(kafka_error(e)),
+        }
+    }
+}
+
 /// Produces until the generator's limits (events, duration) or `stop`.
 pub fn produce(spec: ProduceSpec, stop: Arc<AtomicBool>) -> Result<ProduceReport, CliError> {
     ensure_topic(&spec.kafka, spec.partitions)?;
@@ -178,19 +195,12 @@ pub fn produce(spec: ProduceSpec, stop: Arc<AtomicBool>) -> Result<ProduceReport
             std::mem::take(&mut line)
         };
         let key = format_user(user);
-        let mut record = BaseRecord::to(&spec.kafka.topic)
-            .key(&key)
-            .payload(&payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(kafka_error(e)),
-            }
-        }
+        send_waiting(
+            &producer,
+            BaseRecord::to(&spec.kafka.topic)
+                .key(&key)
+                .payload(&payload),
+        )?;
         if payload.capacity() >= 100 {
             line = payload;
         }

@@ -81,6 +81,48 @@ fn random_input(seed: u64, epochs: usize, per_epoch: usize, users: u64) -> Vec<V
     out
 }
 
+/// The input handles of a test dataflow: events, source rejections, positions.
+type Inputs<'a> = (
+    &'a mut timely::dataflow::InputHandleVec<Epoch, Event>,
+    &'a mut timely::dataflow::InputHandleVec<Epoch, Rejection>,
+    &'a mut timely::dataflow::InputHandleVec<Epoch, Position>,
+);
+
+/// Introduces `epoch`'s records on worker `index` of `peers` (record i on worker i mod peers;
+/// the epoch's position on worker 0) and advances every input past it; returns `epoch + 1`.
+fn feed_epoch(
+    (index, peers): (usize, usize),
+    epoch: usize,
+    records: &[Record],
+    (events, rejects, positions): Inputs<'_>,
+) -> Epoch {
+    for (i, record) in records.iter().enumerate() {
+        if i % peers != index {
+            continue;
+        }
+        match record {
+            Record::Event(e) => events.send(e.clone()),
+            Record::Rejected(pos, reason) => rejects.send(Rejection {
+                pos: *pos,
+                reason: *reason,
+                detail: String::new(),
+                raw: format!("raw-{pos}").into_bytes(),
+            }),
+        }
+    }
+    if index == 0 {
+        positions.send(Position {
+            partition: 0,
+            next: epoch as u64,
+        });
+    }
+    let next = epoch as Epoch + 1;
+    events.advance_to(next);
+    rejects.advance_to(next);
+    positions.advance_to(next);
+    next
+}
+
 /// Runs the dataflow on `workers` threads; record i is introduced by worker i mod workers.
 fn run_dataflow(workers: usize, input: Vec<Vec<Record>>, settings: Settings) -> Vec<EpochOutput> {
     let input = Arc::new(input);
@@ -106,30 +148,12 @@ fn run_dataflow(workers: usize, input: Vec<Vec<Record>>, settings: Settings) -> 
             (ein, rin, pin)
         });
         for (epoch, records) in input.iter().enumerate() {
-            for (i, record) in records.iter().enumerate() {
-                if i % peers != index {
-                    continue;
-                }
-                match record {
-                    Record::Event(e) => events.send(e.clone()),
-                    Record::Rejected(pos, reason) => rejects.send(Rejection {
-                        pos: *pos,
-                        reason: *reason,
-                        detail: String::new(),
-                        raw: format!("raw-{pos}").into_bytes(),
-                    }),
-                }
-            }
-            if index == 0 {
-                positions.send(Position {
-                    partition: 0,
-                    next: epoch as u64,
-                });
-            }
-            let next = epoch as Epoch + 1;
-            events.advance_to(next);
-            rejects.advance_to(next);
-            positions.advance_to(next);
+            feed_epoch(
+                (index, peers),
+                epoch,
+                records,
+                (&mut events, &mut rejects, &mut positions),
+            );
             worker.step();
         }
     })
@@ -863,30 +887,12 @@ fn run_checkpointed(
             }
         };
         for (epoch, records) in input.iter().enumerate() {
-            for (i, record) in records.iter().enumerate() {
-                if i % peers != index {
-                    continue;
-                }
-                match record {
-                    Record::Event(e) => events.send(e.clone()),
-                    Record::Rejected(pos, reason) => rejects.send(Rejection {
-                        pos: *pos,
-                        reason: *reason,
-                        detail: String::new(),
-                        raw: format!("raw-{pos}").into_bytes(),
-                    }),
-                }
-            }
-            if index == 0 {
-                positions.send(Position {
-                    partition: 0,
-                    next: epoch as u64,
-                });
-            }
-            let next = epoch as Epoch + 1;
-            events.advance_to(next);
-            rejects.advance_to(next);
-            positions.advance_to(next);
+            let next = feed_epoch(
+                (index, peers),
+                epoch,
+                records,
+                (&mut events, &mut rejects, &mut positions),
+            );
             while probe.less_than(&next) {
                 worker.step();
                 take();
