@@ -372,7 +372,8 @@ struct WorkerArgs {
     /// Worker threads of this process [default: [cluster] threads].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
-    /// Also write the local output directory (process 0 only). It is rewritten at every start:
+    /// Also write the local output directory (alone or --standalone only: in a cluster each
+    /// process writes its own share to Cassandra). It is rewritten at every start:
     /// after a restart it holds the days the restart rebuilt (those still open) and what
     /// follows.
     #[arg(long, value_name = "DIR")]

@@ -129,4 +129,20 @@ fn two_processes_match_the_reference_across_a_crash() {
     assert!(status.success(), "process 1: {status:?}");
 
     verify(reader, topic, prefix, &reference, &all, k);
+    // Each process wrote its own share and its own progress record (design §7); the cluster's
+    // record, process 0's, is published only once the other's has reached it.
+    let cluster_record = reader
+        .progress(topic)
+        .unwrap()
+        .expect("the cluster's record");
+    let own = reader
+        .progress(&format!("{topic}/p1"))
+        .unwrap()
+        .expect("process 1 writes its own progress record");
+    assert!(
+        own.epoch >= cluster_record.epoch,
+        "process 1's record (epoch {}) is behind the cluster's (epoch {})",
+        own.epoch,
+        cluster_record.epoch
+    );
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use rankmysteps_dataflow::deliver::deliver;
+use rankmysteps_dataflow::deliver::{deliver, Routing};
 use rankmysteps_dataflow::event::{
     is_closed, Day, Epoch, Event, Reason, Rejection, User, MICROS_PER_DAY, MICROS_PER_SEC,
 };
@@ -125,6 +125,20 @@ fn feed_epoch(
 
 /// Runs the dataflow on `workers` threads; record i is introduced by worker i mod workers.
 fn run_dataflow(workers: usize, input: Vec<Vec<Record>>, settings: Settings) -> Vec<EpochOutput> {
+    run_routed(workers, input, settings, Routing::gather())
+        .into_iter()
+        .map(|(_, out)| out)
+        .collect()
+}
+
+/// [`run_dataflow`] with `routing`: every delivered epoch with the worker it was delivered on,
+/// in epoch order.
+fn run_routed(
+    workers: usize,
+    input: Vec<Vec<Record>>,
+    settings: Settings,
+    routing: Routing,
+) -> Vec<(usize, EpochOutput)> {
     let input = Arc::new(input);
     let results = Arc::new(Mutex::new(Vec::new()));
     let results2 = results.clone();
@@ -142,8 +156,9 @@ fn run_dataflow(workers: usize, input: Vec<Vec<Record>>, settings: Settings) -> 
                 rejects,
                 positions,
                 &settings,
+                routing,
                 &timely::dataflow::ProbeHandle::new(),
-                move |out| results.lock().unwrap().push(out),
+                move |out| results.lock().unwrap().push((index, out)),
             );
             (ein, rin, pin)
         });
@@ -159,8 +174,91 @@ fn run_dataflow(workers: usize, input: Vec<Vec<Record>>, settings: Settings) -> 
     })
     .expect("timely");
     let mut out = results.lock().unwrap().clone();
-    out.sort_by_key(|o| o.epoch);
+    out.sort_by_key(|(w, o)| (o.epoch, *w));
     out
+}
+
+/// Every process writes its own share (design §7): with 4 workers as 2 processes of 2, the
+/// shares delivered on workers 0 and 2 add up, epoch by epoch, to what one gathering worker
+/// gets; the top-k and the counters are only on worker 0, every leader has every position and
+/// the watermark, each rejection is on the leader of its partition's reader, and each share's
+/// totals are those of its own workers' keys (no user's rows are written by two processes).
+#[test]
+fn per_process_shares_add_up_to_the_gathered_output() {
+    let settings = Settings {
+        k: 5,
+        grace: 6 * 3600 * MICROS_PER_SEC,
+        initial_watermark: None,
+        dedup_window: 2 * MICROS_PER_SEC,
+        epoch_length: MICROS_PER_SEC,
+    };
+    let input = random_input(11, 30, 120, 40);
+    let gathered = run_dataflow(4, input.clone(), settings.clone());
+    // Positions of 3 partitions: partition p is read by worker p mod 4.
+    let partition_of: fn(u64) -> u32 = |pos| (pos % 3) as u32;
+    let routing = Routing::per_process(2, partition_of);
+    let shares = run_routed(4, input, settings, routing);
+    assert!(shares.iter().all(|(w, _)| *w == 0 || *w == 2));
+    let mut owner: BTreeMap<(Day, User), usize> = BTreeMap::new();
+    let (mut on_2, mut rejected_on_2) = (0, 0);
+    for whole in &gathered {
+        let of = |w: usize| {
+            shares
+                .iter()
+                .find(|(x, o)| *x == w && o.epoch == whole.epoch)
+                .map(|(_, o)| o.clone())
+                .unwrap_or_else(|| panic!("epoch {} not delivered on worker {w}", whole.epoch))
+        };
+        let (a, b) = (of(0), of(2));
+        for share in [&a, &b] {
+            assert_eq!(share.watermark, whole.watermark);
+            assert_eq!(share.positions, whole.positions);
+        }
+        assert_eq!(a.top, whole.top);
+        assert!(b.top.is_empty());
+        assert_eq!(a.stats, whole.stats);
+        assert_eq!(b.stats, Stats::default());
+        assert_eq!(a.closed, whole.closed, "worker 0 closes every day");
+        let union = |x: &dyn Fn(&EpochOutput) -> Vec<String>| {
+            let mut v = x(&a);
+            v.extend(x(&b));
+            v.sort();
+            v
+        };
+        let all = |x: &dyn Fn(&EpochOutput) -> Vec<String>| {
+            let mut v = x(whole);
+            v.sort();
+            v
+        };
+        let totals = |o: &EpochOutput| o.totals.iter().map(|t| format!("{t:?}")).collect();
+        let histogram = |o: &EpochOutput| o.histogram.iter().map(|t| format!("{t:?}")).collect();
+        let users = |o: &EpochOutput| o.users.iter().map(|t| format!("{t:?}")).collect();
+        let rejected = |o: &EpochOutput| o.rejected.iter().map(|t| format!("{t:?}")).collect();
+        assert_eq!(
+            union(&totals),
+            all(&totals),
+            "totals of epoch {}",
+            whole.epoch
+        );
+        assert_eq!(union(&histogram), all(&histogram));
+        assert_eq!(union(&users), all(&users));
+        assert_eq!(union(&rejected), all(&rejected));
+        for (w, share) in [(0, &a), (2, &b)] {
+            for r in &share.rejected {
+                assert_eq!(routing.leader_of(partition_of(r.pos) as usize % 4), w);
+            }
+            for ((day, user, _), _) in &share.totals {
+                let first = *owner.entry((*day, *user)).or_insert(w);
+                assert_eq!(first, w, "user {user} of day {day} on two processes");
+            }
+        }
+        on_2 += b.totals.len();
+        rejected_on_2 += b.rejected.len();
+    }
+    assert!(
+        on_2 > 100 && rejected_on_2 > 5,
+        "weak input: {on_2} totals, {rejected_on_2} rejections on worker 2"
+    );
 }
 
 /// What a sink materializes from the deltas.
@@ -625,7 +723,7 @@ fn run_with_lookups(
                 let (pin, positions) = scope.new_input::<Vec<Position>>();
                 let mut outputs = build(events, &settings);
                 let traces = outputs.traces.take().expect("traces");
-                deliver(outputs, rejects, positions, &settings, &probe, |_| {});
+                deliver(outputs, rejects, positions, &settings, Routing::gather(), &probe, |_| {});
                 (ein, rin, pin, traces)
             });
         let mut live = LiveState::new(traces, &settings, index, peers);
@@ -875,9 +973,15 @@ fn run_checkpointed(
                 };
                 let mut outputs = build_with(events, &settings, extras);
                 let traces = outputs.traces.take().expect("traces");
-                deliver(outputs, rejects, positions, &settings, &probe, move |out| {
-                    results.lock().unwrap().push(out)
-                });
+                deliver(
+                    outputs,
+                    rejects,
+                    positions,
+                    &settings,
+                    Routing::gather(),
+                    &probe,
+                    move |out| results.lock().unwrap().push(out),
+                );
                 (ein, rin, pin, traces)
             });
         let mut live = rankmysteps_dataflow::state::LiveState::new(traces, &settings, index, peers);

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rankmysteps_dataflow::checkpoint::{track_positions, CheckpointPlan, DraftBook};
-use rankmysteps_dataflow::deliver::deliver;
+use rankmysteps_dataflow::deliver::{deliver, Routing};
 use rankmysteps_dataflow::event::{Epoch, Micros};
 use rankmysteps_dataflow::output::{EpochOutput, Stats};
 use rankmysteps_dataflow::pipeline::{build_with, Extras, Settings};
@@ -67,6 +67,10 @@ pub struct ClusterPlace {
     pub process: usize,
     /// `host:port` of every process, in process order.
     pub addresses: Vec<String>,
+    /// The write generation this process claimed, and where the sinks read the one they
+    /// write with: the largest that any process of the cluster claimed, agreed on by the
+    /// workers before the dataflow starts (see [`agree_generation`]).
+    pub generation: Option<(u64, Arc<std::sync::atomic::AtomicU64>)>,
 }
 
 /// Everything a job needs.
@@ -158,8 +162,35 @@ pub struct JobReport {
     pub restored: u64,
 }
 
+/// The largest of the generations the processes of a cluster claimed (each worker offers its
+/// process's `claimed`): a tiny dataflow of its own, run to completion before the job's, so
+/// that every process's sink writes with the same generation (see
+/// `CassandraSink::generation_cell`).
+fn agree_generation(worker: &mut timely::worker::Worker, claimed: u64) -> u64 {
+    use timely::dataflow::operators::vec::{Broadcast, Input};
+    use timely::dataflow::operators::{Inspect, Probe};
+    let agreed = std::rc::Rc::new(std::cell::Cell::new(claimed));
+    let seen = agreed.clone();
+    let probe = ProbeHandle::new();
+    let mut input = worker.dataflow_named::<u64, _, _>("AgreeGeneration", |scope| {
+        let (input, stream) = scope.new_input::<u64>();
+        stream
+            .broadcast()
+            .inspect(move |g: &u64| seen.set(seen.get().max(*g)))
+            .probe_with(&probe);
+        input
+    });
+    input.send(claimed);
+    drop(input);
+    while !probe.done() {
+        worker.step_or_park(Some(Duration::from_millis(10)));
+    }
+    agreed.get()
+}
+
 /// Runs `spec` to completion (the end of the input, or `stop`), delivering every completed
-/// epoch to `sink` on worker 0, and finally calling `sink.finish()`.
+/// epoch to `sink` on worker 0 (in a cluster: each process's share to its first worker, see
+/// [`Routing`]), and finally calling `sink.finish()`.
 pub fn run(
     spec: JobSpec,
     sink: Box<dyn Sink>,
@@ -399,14 +430,31 @@ pub fn run(
             worker: timely::WorkerConfig::default(),
         },
     };
+    // A cluster's processes each write their share ([`Routing`]): its first worker delivers
+    // it. Alone, worker 0 delivers everything.
+    let routing = match &spec.cluster {
+        Some(_) => Routing::per_process(spec.workers, |pos| {
+            rankmysteps_sources::kafka::split_pos(pos).0
+        }),
+        None => Routing::gather(),
+    };
     let guards = timely::execute(config, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let spec = spec2.clone();
+        if let Some((claimed, cell)) = spec.cluster.as_ref().and_then(|c| c.generation.clone()) {
+            let agreed = agree_generation(worker, claimed);
+            if index == routing.leader_of(index) {
+                if agreed != claimed {
+                    tracing::info!(claimed, agreed, "writing as the cluster's generation");
+                }
+                cell.store(agreed, Ordering::SeqCst);
+            }
+        }
         let linger = spec.linger.is_some();
         let settings = spec.settings.clone();
         let probe = ProbeHandle::new();
-        // Worker 0 hands completed epochs to the sink thread.
-        let sender = if index == 0 {
+        // The leader (worker 0 of this process) hands completed epochs to the sink thread.
+        let sender = if index == routing.leader_of(index) {
             sender.lock().expect("sender lock").take()
         } else {
             None
@@ -565,6 +613,7 @@ pub fn run(
                 parsed.rejected,
                 parsed.positions,
                 &settings,
+                routing,
                 &probe,
                 on_epoch,
             );

@@ -22,6 +22,12 @@
 //!    written.
 //! 4. Then consume Kafka from Q's offsets.
 //!
+//! In a cluster of several processes each process writes its own share (design §7) and has
+//! its own progress and intent records ([`process_progress_key`]); process 0's is the
+//! cluster's P. Q is then the furthest record of any process, and a process's epochs only
+//! rebuild state up to its own record E (≥ P), not P: the epochs after it are its to write
+//! again.
+//!
 //! With a checkpoint ([`crate::checkpoint`]): if the store holds a complete checkpoint at a mark
 //! T with T − 1 ≤ P (for as many workers as this cluster has), each worker starts from its
 //! part instead (its open days' totals at epoch T − 1, its de-duplication window, W(T − 1) as
@@ -39,7 +45,7 @@ use rankmysteps_dataflow::event::{
     close_of_day, format_day, Day, Epoch, Micros, MICROS_PER_DAY, MICROS_PER_SEC,
 };
 use rankmysteps_dataflow::output::Position;
-use rankmysteps_sinks::cassandra::{intent_key, CassandraReader};
+use rankmysteps_sinks::cassandra::{intent_key, process_progress_key, CassandraReader};
 use rankmysteps_sinks::local::Progress;
 use rankmysteps_sinks::s3::{parse_object_key, ArchiveRecord, ObjectKind, S3Archive};
 use rankmysteps_sinks::SinkError;
@@ -57,9 +63,13 @@ pub fn progress_job(topic: &str) -> String {
 /// Where a restarted worker process starts.
 #[derive(Clone, Debug, Default)]
 pub struct Recovery {
-    /// The progress record found (`None`: no epoch was ever committed).
+    /// The progress record found (`None`: no epoch was ever committed): the cluster's (P).
     pub progress: Option<Progress>,
-    /// The last epoch that only rebuilds state (P); `None` when there is no progress record.
+    /// This process's own progress record, or P if it is further (E ≥ P; P for process 0, or
+    /// alone): every write of this process's share up to its epoch is durable.
+    pub own_progress: Option<Progress>,
+    /// The last epoch that only rebuilds state (E: this process wrote everything up to it);
+    /// `None` when there is no progress record.
     pub restore_through: Option<Epoch>,
     /// The last epoch the replay reaches (Q ≥ P): epochs after P up to it are written again.
     pub replay_through: Option<Epoch>,
@@ -160,7 +170,8 @@ pub fn first_ingest_day(w: Micros, grace: Micros, skew: Micros, epoch_ms: u64) -
 /// Reads the progress and intent records, claims this start's generation (design §4; with
 /// `claim`), loads the latest complete checkpoint (with `checkpoints`), deletes the archive
 /// objects and checkpoint parts of uncommitted epochs (this process's partitions and workers;
-/// `rejected/` objects on process 0) and lists what to replay. See the module docs.
+/// its partitions' `rejected/` objects beyond its own record) and lists what to replay. See
+/// the module docs.
 ///
 /// The generation is claimed only once the restart is known to be possible: an archive that
 /// holds objects while Cassandra holds no record of any start of this process is refused
@@ -183,12 +194,39 @@ pub fn plan(
     partitions: u32,
 ) -> Result<Recovery, RuntimeError> {
     let progress = reader.progress(job)?;
-    let intent = reader.progress(&intent_key(job))?;
+    // Every process's own records: in a cluster each writes its share and its own progress
+    // and intent records (process 0's progress record is the cluster's, P, published once
+    // every other process's record has reached its epoch). Each record carries every
+    // partition's positions.
+    let mut records = Vec::new();
+    let mut own_progress = progress.clone();
+    for p in 0..share.processes.max(1) {
+        let key = process_progress_key(job, p);
+        if p > 0 {
+            let own = reader.progress(&key)?;
+            if p == share.process {
+                own_progress = own.clone();
+            }
+            records.extend(own);
+        }
+        records.extend(reader.progress(&intent_key(&key))?);
+    }
+    // E: this process's own record, or P if further (a record from before the cluster had
+    // this process, or none yet).
+    if let Some(p) = &progress {
+        if own_progress.as_ref().is_none_or(|own| own.epoch < p.epoch) {
+            own_progress = Some(p.clone());
+        }
+    }
     let positions = |p: &Progress| -> BTreeMap<u32, u64> {
         p.positions.iter().map(|x| (x.partition, x.next)).collect()
     };
     let committed = progress.as_ref().map(positions).unwrap_or_default();
-    // The epoch the replay must reach: Q if its writes may have begun after P.
+    // This process's partitions' positions at E: its dead letters up to there are durable.
+    let own_committed = own_progress.as_ref().map(positions).unwrap_or_default();
+    // The epoch the replay must reach: Q, the furthest record of any process, if writes may
+    // have begun after P.
+    let intent = records.into_iter().max_by_key(|r| r.epoch);
     let ahead = intent
         .as_ref()
         .filter(|i| progress.as_ref().is_none_or(|p| i.epoch > p.epoch));
@@ -229,7 +267,7 @@ pub fn plan(
     }
     // A checkpoint after P (an idle job's) is restored, not written: its epoch T − 1 only
     // rebuilds the state, like the epochs up to P.
-    let restore_through = match (&progress, &restored) {
+    let restore_through = match (&own_progress, &restored) {
         (Some(p), Some(r)) => Some(p.epoch.max(r.mark - 1)),
         (Some(p), None) => Some(p.epoch),
         (None, _) => None,
@@ -237,6 +275,7 @@ pub fn plan(
     let mut recovery = Recovery {
         restore_through,
         progress,
+        own_progress,
         replay_through,
         start,
         initial_watermark,
@@ -361,12 +400,14 @@ pub fn plan(
             });
         }
     }
-    if share.process == 0 {
+    // The dead letters of this process's partitions beyond E's positions (written again with
+    // the epochs after E).
+    {
         let rejected = match &restored {
             Some(r) => {
                 let mut out = Vec::new();
-                for p in 0..partitions {
-                    let from = committed.get(&p).copied().unwrap_or(0);
+                for p in (0..partitions).filter(|&p| share.owns(p)) {
+                    let from = own_committed.get(&p).copied().unwrap_or(0);
                     out.extend(partition_objects(
                         archive,
                         ObjectKind::Rejected,
@@ -381,7 +422,10 @@ pub fn plan(
             None => objects(archive, ObjectKind::Rejected, topic, from)?,
         };
         for (key, k) in rejected {
-            if k.first >= committed.get(&k.partition).copied().unwrap_or(0) {
+            if !share.owns(k.partition) {
+                continue;
+            }
+            if k.first >= own_committed.get(&k.partition).copied().unwrap_or(0) {
                 archive.delete(&key)?;
                 recovery.deleted += 1;
             }

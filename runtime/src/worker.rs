@@ -46,7 +46,7 @@ pub struct WorkerOptions {
     pub standalone: bool,
     /// Worker threads (`None`: `[cluster] threads`).
     pub workers: Option<usize>,
-    /// Also write the local output directory (process 0 only).
+    /// Also write the local output directory (alone only: refused in a cluster).
     pub out: Option<PathBuf>,
     /// The metrics address (`"off"`: none; `None`: `[cluster] metrics`, else
     /// [`DEFAULT_METRICS`]).
@@ -119,10 +119,19 @@ impl Worker {
         } else {
             &config.cluster.hosts[..]
         };
-        let cluster = (hosts.len() > 1).then(|| ClusterPlace {
+        let mut cluster = (hosts.len() > 1).then(|| ClusterPlace {
             process,
             addresses: hosts.to_vec(),
+            generation: None,
         });
+        if cluster.is_some() && out.is_some() {
+            return Err(RuntimeError::Setting(
+                "--out writes the whole output to one local directory, but in a cluster each \
+                 process writes its own share (design §7): use --out with --standalone, or \
+                 read the results from Cassandra"
+                    .into(),
+            ));
+        }
         if cluster
             .as_ref()
             .is_some_and(|c| c.process >= c.addresses.len())
@@ -132,6 +141,9 @@ impl Worker {
                 hosts.len()
             )));
         }
+        // Alone, this is process 0 whatever --process said ("ignored when hosts lists at most
+        // one").
+        let process = if cluster.is_some() { process } else { 0 };
         let workers = workers.unwrap_or(config.cluster.threads).max(1);
         let metrics = Arc::new(Metrics::default());
         let introspection = match (capture, introspection) {
@@ -246,8 +258,11 @@ impl Worker {
             )
             .map_err(|e| context(e, "cannot resume from the progress record"))?;
         }
+        // Every process writes its share (design §7): the dead letters of its partitions,
+        // the Cassandra rows of the keys its workers own (and process 0 the top-k and the
+        // cluster's progress record).
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-        if process == 0 {
+        {
             // The dead letters first: an epoch's rejected records are durable before the
             // progress record that covers them.
             if let Some(archive) = &archive {
@@ -262,11 +277,15 @@ impl Worker {
             if let Some(c) = &config.cassandra {
                 let mut sink = rankmysteps_sinks::cassandra::CassandraSink::connect(c, &job_name)
                     .map_err(|e| cassandra_context(c, e))?;
+                sink.set_process(process, hosts.len());
                 if let Some(r) = &recovery {
-                    sink.resume(r.progress.as_ref(), r.replay_through);
+                    sink.resume(r.own_progress.as_ref(), r.replay_through);
                 }
                 if let Some(g) = generation {
                     sink.set_generation(g);
+                    if let Some(cluster) = &mut cluster {
+                        cluster.generation = Some((g, sink.generation_cell()));
+                    }
                 }
                 sinks.push(Box::new(sink));
             }

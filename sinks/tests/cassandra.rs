@@ -359,6 +359,98 @@ fn an_older_generation_can_no_longer_win_a_write() {
     assert_eq!(reader.progress("job").unwrap().unwrap().epoch, 4);
 }
 
+/// Process `process`'s share of `out` in a cluster of two (design §7, as `deliver` routes
+/// it): the totals of its users (odd users on process 1), the histogram and users per day on
+/// process 1, the top-k and the counters on process 0, every partition's positions on both.
+fn share(out: &EpochOutput, process: usize) -> EpochOutput {
+    let mine = |user: User| (user % 2) as usize == process;
+    EpochOutput {
+        totals: out
+            .totals
+            .iter()
+            .filter(|((_, u, _), _)| mine(*u))
+            .copied()
+            .collect(),
+        top: if process == 0 {
+            out.top.clone()
+        } else {
+            vec![]
+        },
+        histogram: if process == 1 {
+            out.histogram.clone()
+        } else {
+            vec![]
+        },
+        users: if process == 1 {
+            out.users.clone()
+        } else {
+            vec![]
+        },
+        stats: if process == 0 {
+            out.stats
+        } else {
+            Stats::default()
+        },
+        ..out.clone()
+    }
+}
+
+#[test]
+fn a_cluster_publishes_its_progress_once_every_process_has_written() {
+    let config = config();
+    schema::apply(&config).unwrap();
+    let reader = CassandraReader::connect(&config).unwrap();
+    let (d, k) = (day_from_civil(2026, 11, 28), 2);
+    let mut a = Totals::new();
+    a.insert((d, 1), 50);
+    a.insert((d, 2), 40);
+    a.insert((d, 3), 45);
+    let mut b = a.clone();
+    b.insert((d, 2), 60);
+    let out1 = epoch_output(1, &Totals::new(), &a, k, vec![]);
+    // Epoch 2 changes process 1's user 2 and closes the day.
+    let out2 = epoch_output(2, &a, &b, k, vec![d]);
+    let connect = |process| {
+        let mut sink = CassandraSink::connect(&config, "job").unwrap();
+        sink.set_process(process, 2);
+        sink.set_generation(1);
+        sink
+    };
+    let (mut s0, mut s1) = (connect(0), connect(1));
+    s0.write_epoch(&share(&out1, 0)).unwrap();
+    s0.write_epoch(&share(&out2, 0)).unwrap();
+    s0.flush().unwrap();
+    // Process 0 wrote its share of both epochs, but process 1 nothing: no cluster record,
+    // and the day is not final, though process 0 knows it closed.
+    assert!(reader.progress("job").unwrap().is_none());
+    assert_eq!(reader.days().unwrap(), vec![(d, false)]);
+    s1.write_epoch(&share(&out1, 1)).unwrap();
+    s1.flush().unwrap();
+    assert_eq!(reader.progress("job/p1").unwrap().unwrap().epoch, 1);
+    // Process 1 reached epoch 1: process 0 publishes it (it polls), the day still not final.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while reader.progress("job").unwrap().is_none() {
+        assert!(Instant::now() < deadline, "epoch 1 never published");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let published = reader.progress("job").unwrap().unwrap();
+    assert_eq!(published.epoch, 1);
+    assert_eq!(published.stats.accepted, out1.stats.accepted);
+    assert_eq!(reader.days().unwrap(), vec![(d, false)]);
+    s1.write_epoch(&share(&out2, 1)).unwrap();
+    s1.finish().unwrap();
+    s0.finish().unwrap();
+    let published = reader.progress("job").unwrap().unwrap();
+    assert_eq!(published.epoch, 2);
+    assert_eq!(
+        published.stats.accepted,
+        out1.stats.accepted + out2.stats.accepted
+    );
+    // Both shares together are the whole state, final.
+    check(&reader, &b, &[d], k, &[d]);
+    assert_eq!(reader.days().unwrap(), vec![(d, true)]);
+}
+
 #[test]
 fn a_restart_rewrites_half_written_epochs_one_by_one() {
     // The bulk lane writes at most every 10 s: without the rule, the rewrites of epochs 3 and 4

@@ -27,4 +27,4 @@ pub use codec::{
 pub use config::{parse_consistency, CassandraConfig};
 pub use generation::{fence_timestamp, MAX_GENERATION};
 pub use read::{stats_from_map, CassandraReader};
-pub use sink::{intent_key, stats_map, CassandraSink};
+pub use sink::{intent_key, process_progress_key, stats_map, CassandraSink};

@@ -118,6 +118,8 @@ pub struct Cql {
     pub listing_first: String,
     /// Read the progress record: `(job)` → `(epoch, watermark, positions, stats)`.
     pub progress_select: String,
+    /// Read a progress row's epoch and when it was written: `(job)` → `(epoch, writetime)`.
+    pub progress_epoch: String,
     /// Read the list of days: `()` → `(day, final)`, ascending (one partition).
     pub day_list_select: String,
     /// Read a day's whole histogram: `(day)` → `(steps, users)`, total descending.
@@ -197,6 +199,9 @@ impl Cql {
             listing_first: format!("SELECT steps, user FROM {k}.users_by_total WHERE day = ? LIMIT ?"),
             progress_select: format!(
                 "SELECT epoch, watermark, positions, stats FROM {k}.progress WHERE job = ?"
+            ),
+            progress_epoch: format!(
+                "SELECT epoch, WRITETIME(epoch) FROM {k}.progress WHERE job = ?"
             ),
             day_list_upsert: format!(
                 "INSERT INTO {k}.day_list (bucket, day, final) VALUES ('all', ?, ?) USING TIMESTAMP ?"

@@ -87,6 +87,8 @@ struct Prepared {
     day_users_delete: PreparedStatement,
     day_mark: PreparedStatement,
     progress_upsert: PreparedStatement,
+    /// A progress row's epoch and its write time (process 0 of a cluster reads the others').
+    progress_epoch: PreparedStatement,
     day_list_upsert: PreparedStatement,
 }
 
@@ -116,6 +118,7 @@ impl Prepared {
             day_users_delete: prepare(session, &cql.day_users_delete).await?,
             day_mark: prepare(session, &cql.day_mark).await?,
             progress_upsert: prepare(session, &cql.progress_upsert).await?,
+            progress_epoch: prepare(session, &cql.progress_epoch).await?,
             day_list_upsert: prepare(session, &cql.day_list_upsert).await?,
         })
     }
@@ -141,6 +144,24 @@ pub fn intent_key(job: &str) -> String {
     format!("{job}/intent")
 }
 
+/// The row of process `process`'s own progress record in a cluster of several processes
+/// (design §4, §7): `<job>` for process 0, whose row is also the cluster's (it is written only
+/// once every process's row has reached its epoch), and `<job>/p<process>` for the others.
+/// Each process's intent record is [`intent_key`] of its row.
+pub fn process_progress_key(job: &str, process: usize) -> String {
+    match process {
+        0 => job.to_owned(),
+        p => format!("{job}/p{p}"),
+    }
+}
+
+/// How long [`Sink::finish`] of process 0 waits for the other processes' progress records to
+/// reach its last epoch before it leaves the cluster's record behind (a restart then writes
+/// the epochs after it again), and how long at most while none of them moves (a peer that
+/// died never will).
+const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const PUBLISH_STALL: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// Writes every completed epoch to the tables of `schema.cql`, then the job's progress record.
 ///
 /// Two lanes, so that the top-k, what most readers look at, stays fresh however far behind the
@@ -157,6 +178,15 @@ pub fn intent_key(job: &str) -> String {
 ///   [`CassandraSink::resume`]). While it writes, the epochs handed to it are merged into one
 ///   ([`EpochOutput::merge`]): each changed record is written once per write, at the values of
 ///   the last merged epoch.
+///
+/// In a cluster of several processes ([`CassandraSink::set_process`]) every process has a sink
+/// of its own, which writes its share of each epoch (its users' rows, its days' counts) and its
+/// own progress and intent records ([`process_progress_key`]). Only process 0 writes what is
+/// global: the top-k rows, the days' marks and `day_list`, and the cluster's progress record
+/// `<job>`, for the latest epoch that it and every other process's record have reached (the
+/// others' records are read back before each write of it): so `<job>` never vouches for an
+/// epoch some process has not written. A day's final mark waits with it (a reader seeing
+/// `final` sees every process's final rows of the day).
 ///
 /// So the progress record vouches for every write of its epoch and the epochs before, and the
 /// intent record is never behind anything written: a restart that finds the intent ahead of the
@@ -196,6 +226,16 @@ pub struct CassandraSink {
     restored_len: usize,
 }
 
+/// Process 0's progress records not yet published as the cluster's, and the final marks
+/// waiting with them (see [`CassandraSink`]).
+#[derive(Default)]
+struct Unpublished {
+    /// The records of its bulk writes, by epoch, after the last published one.
+    records: BTreeMap<i64, Committed>,
+    /// Days closed by those epochs: (closing epoch, day).
+    finals: Vec<(i64, Day)>,
+}
+
 /// What the progress record of a bulk write says (cumulative over the run).
 #[derive(Clone, Debug)]
 struct Committed {
@@ -203,6 +243,9 @@ struct Committed {
     watermark: Option<Micros>,
     positions: BTreeMap<u32, u64>,
     stats: Stats,
+    /// The days whose top-k rows changed in the epochs written (marked with the others: in a
+    /// cluster, process 0's share of the totals may not hold every day the top-k holds).
+    top_days: std::collections::BTreeSet<Day>,
 }
 
 /// The bulk lane's mailbox.
@@ -234,9 +277,15 @@ struct Writer {
     job: String,
     max_in_flight: usize,
     retries: u32,
-    /// The generation claimed by this start of the process (0 until one is set): the high part
-    /// of every write timestamp.
-    generation: AtomicU64,
+    /// The generation of this start (0 until one is set): the high part of every write
+    /// timestamp. Shared, so that a cluster's processes can agree on one after connecting
+    /// ([`CassandraSink::generation_cell`]).
+    generation: Arc<AtomicU64>,
+    /// This process's index and the cluster's number of processes (see [`CassandraSink`]).
+    process: std::sync::atomic::AtomicUsize,
+    processes: std::sync::atomic::AtomicUsize,
+    /// Process 0 of several: what waits to be published.
+    unpublished: Mutex<Unpublished>,
     /// The keyspace written.
     keyspace: String,
     /// Bulk writes begun.
@@ -268,7 +317,10 @@ impl CassandraSink {
             job: job.to_owned(),
             max_in_flight: config.max_in_flight,
             retries: config.retries,
-            generation: AtomicU64::new(0),
+            generation: Arc::new(AtomicU64::new(0)),
+            process: Default::default(),
+            processes: std::sync::atomic::AtomicUsize::new(1),
+            unpublished: Mutex::default(),
             keyspace: config.keyspace.clone(),
             writes: AtomicU64::new(0),
             listed: Mutex::new(BTreeMap::new()),
@@ -342,8 +394,24 @@ impl CassandraSink {
             })
             .await?;
             w.write_data(&mut plan.data, ts).await?;
-            w.run_all(plan.marks.iter().copied(), |m| w.write_mark(m, epoch, ts))
-                .await
+            if w.process() == 0 {
+                w.run_all(plan.marks.iter().copied(), |m| w.write_mark(m, epoch, ts))
+                    .await?;
+            } else {
+                // Another process of a cluster: its share up to here is this generation's
+                // now, which its own record says (process 0 publishes the cluster's record
+                // only from records of this generation).
+                w.write_progress(
+                    &w.own_key(),
+                    epoch,
+                    ts,
+                    self.watermark,
+                    &self.positions,
+                    &self.stats,
+                )
+                .await?;
+            }
+            Ok::<_, SinkError>(())
         })?;
         info!(
             days = days.len(),
@@ -363,6 +431,23 @@ impl CassandraSink {
         self.writer.generation.store(generation, Ordering::SeqCst);
     }
 
+    /// The generation this sink's timestamps derive from, to be set later (before the first
+    /// epoch): the processes of a cluster write with one generation, the largest they claimed,
+    /// agreed on once connected, so that one process's deletes of a day's partitions at
+    /// (g, 0) shadow every older start's rows and none of this start's.
+    pub fn generation_cell(&self) -> Arc<AtomicU64> {
+        self.writer.generation.clone()
+    }
+
+    /// Makes this the sink of process `process` of `processes` (see [`CassandraSink`]); before
+    /// [`CassandraSink::resume`].
+    pub fn set_process(&mut self, process: usize, processes: usize) {
+        self.writer.process.store(process, Ordering::SeqCst);
+        self.writer
+            .processes
+            .store(processes.max(1), Ordering::SeqCst);
+    }
+
     /// Continues after a restart from the progress record found (if any): the watermark,
     /// positions and counters start from it, so the next progress record stays cumulative.
     /// `intent` is the epoch of the intent record found with it: the epochs up to it, written
@@ -376,7 +461,10 @@ impl CassandraSink {
             .iter()
             .map(|p| (p.partition, p.next))
             .collect();
-        self.stats = Stats::from(&progress.stats);
+        // The counters are process 0's (the cluster's); another process's record carries none.
+        if self.writer.process() == 0 {
+            self.stats = Stats::from(&progress.stats);
+        }
     }
 
     /// The bulk lane's failure, if it failed (reported once; the lane writes nothing more).
@@ -432,6 +520,55 @@ fn bulk_lane(writer: &Writer, lane: &BulkLane, interval: std::time::Duration) {
                         break job;
                     }
                 }
+                if state.error.is_none() && writer.has_unpublished() {
+                    // Process 0 of several: publish once the others' records have caught up
+                    // (polled; when closing, for up to PUBLISH_WAIT).
+                    let closing = state.closing;
+                    drop(state);
+                    let deadline = Instant::now() + PUBLISH_WAIT;
+                    let (mut floor, mut moved) = (None, Instant::now());
+                    loop {
+                        match writer.publish() {
+                            Err(e) => {
+                                tracing::error!(error = %e, "publishing the cluster's progress failed");
+                                let mut state = lane.state.lock().expect("bulk lock");
+                                state.error.get_or_insert(e);
+                                lane.changed.notify_all();
+                                break;
+                            }
+                            Ok(now) if now != floor => (floor, moved) = (now, Instant::now()),
+                            Ok(_) => {}
+                        }
+                        let now = Instant::now();
+                        if !closing
+                            || !writer.has_unpublished()
+                            || now >= deadline
+                            || now >= moved + PUBLISH_STALL
+                        {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                    if closing {
+                        if writer.has_unpublished() {
+                            tracing::warn!(
+                                "the other processes' progress records did not reach this \
+                                 process's last epoch: the cluster's record stays behind (a \
+                                 restart writes the epochs after it again)"
+                            );
+                        }
+                        return;
+                    }
+                    state = lane.state.lock().expect("bulk lock");
+                    if state.pending.is_none() && !state.closing && state.error.is_none() {
+                        state = lane
+                            .changed
+                            .wait_timeout(state, std::time::Duration::from_millis(200))
+                            .expect("bulk lock")
+                            .0;
+                    }
+                    continue;
+                }
                 if state.closing {
                     return;
                 }
@@ -459,14 +596,147 @@ impl Writer {
         fence_timestamp(self.generation.load(Ordering::SeqCst), epoch.max(0) as u64)
     }
 
+    /// This process's index in its cluster (0 alone).
+    fn process(&self) -> usize {
+        self.process.load(Ordering::SeqCst)
+    }
+
+    /// The number of processes of the cluster (1 alone).
+    fn processes(&self) -> usize {
+        self.processes.load(Ordering::SeqCst)
+    }
+
+    /// This process's own progress row ([`process_progress_key`]).
+    fn own_key(&self) -> String {
+        process_progress_key(&self.job, self.process())
+    }
+
+    /// Process 0 of several: some bulk write's progress record is not yet published.
+    fn has_unpublished(&self) -> bool {
+        !self
+            .unpublished
+            .lock()
+            .expect("unpublished lock")
+            .records
+            .is_empty()
+    }
+
+    /// The epoch of progress row `job`, if it was written by this generation (a row of an
+    /// older start says nothing about this one's writes).
+    async fn progress_epoch(&self, job: &str) -> Result<Option<i64>, SinkError> {
+        let what = "reading a process's progress record";
+        let result = with_retries(self.retries, what, || {
+            self.session
+                .execute_unpaged(&self.prepared.progress_epoch, (job,))
+        })
+        .await?;
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| SinkError::cassandra(what, e.to_string()))?;
+        let row = rows
+            .maybe_first_row::<(Option<i64>, Option<i64>)>()
+            .map_err(|e| SinkError::cassandra(what, e.to_string()))?;
+        let since = self.timestamp(0)?;
+        Ok(match row {
+            Some((Some(epoch), Some(written))) if written >= since => Some(epoch),
+            _ => None,
+        })
+    }
+
+    /// Process 0 of several: publishes as the cluster's progress record (`<job>`) the latest
+    /// of its bulk writes' records that every other process's own record (of this generation)
+    /// has reached, after the final marks of the days closed up to it. Nothing while some
+    /// process's record is behind all of them. Returns the epoch every other process's record
+    /// has reached (`None`: some has none of this generation).
+    fn publish(&self) -> Result<Option<i64>, SinkError> {
+        let floor = self.runtime.block_on(async {
+            let mut floor = i64::MAX;
+            for p in 1..self.processes() {
+                match self
+                    .progress_epoch(&process_progress_key(&self.job, p))
+                    .await?
+                {
+                    Some(epoch) => floor = floor.min(epoch),
+                    None => return Ok::<_, SinkError>(None),
+                }
+            }
+            Ok(Some(floor))
+        })?;
+        let Some(floor) = floor else { return Ok(None) };
+        let (committed, finals) = {
+            let waiting = self.unpublished.lock().expect("unpublished lock");
+            let Some((_, committed)) = waiting.records.range(..=floor).next_back() else {
+                return Ok(Some(floor));
+            };
+            let finals: Vec<(i64, Day)> = waiting
+                .finals
+                .iter()
+                .filter(|(closed, _)| *closed <= committed.epoch)
+                .copied()
+                .collect();
+            (committed.clone(), finals)
+        };
+        let ts = self.timestamp(committed.epoch)?;
+        self.runtime.block_on(async {
+            self.run_all(finals.iter().copied(), |(closed, day)| {
+                let mark = DayMark {
+                    day,
+                    is_final: true,
+                };
+                self.write_mark(mark, closed, ts)
+            })
+            .await?;
+            self.write_progress(
+                &self.job,
+                committed.epoch,
+                ts,
+                committed.watermark,
+                &committed.positions,
+                &committed.stats,
+            )
+            .await
+        })?;
+        let mut waiting = self.unpublished.lock().expect("unpublished lock");
+        waiting.records = waiting.records.split_off(&(committed.epoch + 1));
+        waiting
+            .finals
+            .retain(|(closed, _)| *closed > committed.epoch);
+        debug!(epoch = committed.epoch, floor, "cluster progress published");
+        for (_, day) in finals {
+            info!(day = %rankmysteps_dataflow::event::format_day(day), "day final in cassandra");
+        }
+        Ok(Some(floor))
+    }
+
     /// The bulk lane's write of `output` (epochs merged, top-k rows excluded): data, marks,
     /// then the progress record `committed`.
+    ///
+    /// In a cluster, another process writes its data and its own record only; process 0
+    /// writes its data and the days' marks, but the final ones and the cluster's record wait
+    /// for the others ([`Writer::publish`]).
     fn write_bulk(&self, output: &EpochOutput, committed: &Committed) -> Result<(), SinkError> {
         let started = Instant::now();
+        let (process, processes) = (self.process(), self.processes());
         let mut plan = plan(output)?;
+        for &day in &committed.top_days {
+            if !plan.marks.iter().any(|m| m.day == day) {
+                plan.marks.push(DayMark {
+                    day,
+                    is_final: output.closed.contains(&day),
+                });
+            }
+        }
+        let mut deferred = Vec::new();
+        if process > 0 {
+            plan.marks.clear();
+        } else if processes > 1 {
+            deferred = plan.marks.iter().filter(|m| m.is_final).copied().collect();
+            plan.marks.retain(|m| !m.is_final);
+        }
         // A merged write is written as of its latest epoch (the one its progress record names).
         let ts = self.timestamp(committed.epoch)?;
         let crash = self.crash_after_writes == Some(self.writes.fetch_add(1, Ordering::SeqCst) + 1);
+        let own = self.own_key();
         self.runtime.block_on(async {
             self.write_data(&mut plan.data, ts).await?;
             if crash {
@@ -484,9 +754,12 @@ impl Writer {
                 self.write_mark(m, committed.epoch, ts)
             })
             .await?;
+            if process == 0 && processes > 1 {
+                return Ok(());
+            }
             // Last: the progress record vouches for everything above and before.
             self.write_progress(
-                false,
+                &own,
                 committed.epoch,
                 ts,
                 committed.watermark,
@@ -502,11 +775,24 @@ impl Writer {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "cassandra bulk write"
         );
-        for day in &output.closed {
-            info!(day = %rankmysteps_dataflow::event::format_day(*day), "day final in cassandra");
+        if process == 0 && processes > 1 {
+            {
+                let mut waiting = self.unpublished.lock().expect("unpublished lock");
+                waiting.records.insert(committed.epoch, committed.clone());
+                waiting
+                    .finals
+                    .extend(deferred.iter().map(|m| (committed.epoch, m.day)));
+            }
+            return self.publish().map(|_| ());
+        }
+        if process == 0 {
+            for day in &output.closed {
+                info!(day = %rankmysteps_dataflow::event::format_day(*day), "day final in cassandra");
+            }
         }
         Ok(())
     }
+
     /// Writes a plan's data rows at `ts`: single writes and batches, bounded in flight.
     async fn write_data(&self, data: &mut [Write], ts: i64) -> Result<(), SinkError> {
         let units = units(data);
@@ -753,10 +1039,10 @@ impl Writer {
             .await
     }
 
-    /// Writes the progress record, or with `intent` the intent record (with retries).
+    /// Writes the progress (or intent) record of row `job` (with retries).
     async fn write_progress(
         &self,
-        intent: bool,
+        job: &str,
         epoch: i64,
         ts: i64,
         watermark: Option<Micros>,
@@ -773,13 +1059,8 @@ impl Writer {
             })
             .collect::<Result<BTreeMap<i32, i64>, SinkError>>()?;
         let stats = stats_map(stats)?;
-        let job = if intent {
-            intent_key(&self.job)
-        } else {
-            self.job.clone()
-        };
-        let values = (&job, epoch, watermark, &positions, &stats, ts);
-        let what = if intent {
+        let values = (job, epoch, watermark, &positions, &stats, ts);
+        let what = if job.ends_with("/intent") {
             "writing the intent record"
         } else {
             "writing the progress record"
@@ -874,6 +1155,7 @@ impl Sink for CassandraSink {
             watermark,
             positions,
             stats,
+            top_days: output.top.iter().map(|((day, _), _)| *day).collect(),
         };
         // The fast lane: the intent record first (it must cover every write that follows),
         // then the top-k rows.
@@ -902,7 +1184,7 @@ impl Sink for CassandraSink {
         w.runtime.block_on(async {
             if intent {
                 w.write_progress(
-                    true,
+                    &intent_key(&w.own_key()),
                     epoch,
                     ts,
                     committed.watermark,
@@ -936,11 +1218,15 @@ impl Sink for CassandraSink {
         };
         {
             let mut state = self.bulk.state.lock().expect("bulk lock");
+            let mut record = committed.clone();
             let merged = match state.pending.take() {
-                Some((waiting, _)) => EpochOutput::merge(vec![waiting, rest]),
+                Some((waiting, before)) => {
+                    record.top_days.extend(before.top_days);
+                    EpochOutput::merge(vec![waiting, rest])
+                }
                 None => rest,
             };
-            state.pending = Some((merged, committed.clone()));
+            state.pending = Some((merged, record));
             state.urgent = rewrite;
             self.bulk.changed.notify_all();
         }
