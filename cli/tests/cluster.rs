@@ -136,7 +136,7 @@ fn two_processes_match_the_reference_across_a_crash() {
         .unwrap()
         .expect("the cluster's record");
     let own = reader
-        .progress(&format!("{topic}/p1"))
+        .progress(&format!("{topic}/p1of2x{}", cluster.cluster.threads))
         .unwrap()
         .expect("process 1 writes its own progress record");
     assert!(

@@ -8,9 +8,9 @@
 //! [`ArchiveRecord`]):
 //!
 //! 1. Read the progress record (epoch P, next offsets, W(P)) and the intent record (the epoch
-//!    Q whose writes were under way, see [`intent_key`]). If Q > P, epoch Q may be half
-//!    written: the replay goes on to Q's offsets, and the epochs P+1..=Q are written again
-//!    (the same values: every decision is replayed as it was made).
+//!    Q whose writes were under way, see [`rankmysteps_sinks::cassandra::intent_key`]). If
+//!    Q > P, epoch Q may be half written: the replay goes on to Q's offsets, and the epochs
+//!    P+1..=Q are written again (the same values: every decision is replayed as it was made).
 //! 2. Delete the archive objects beyond those offsets (epochs that never completed: they are
 //!    consumed again from Kafka and archived again, under keys that may differ), and the
 //!    `rejected/` objects beyond P's offsets (written again with P+1..=Q).
@@ -23,10 +23,10 @@
 //! 4. Then consume Kafka from Q's offsets.
 //!
 //! In a cluster of several processes each process writes its own share (design §7) and has
-//! its own progress and intent records ([`process_progress_key`]); process 0's is the
-//! cluster's P. Q is then the furthest record of any process, and a process's epochs only
-//! rebuild state up to its own record E (≥ P), not P: the epochs after it are its to write
-//! again.
+//! its own progress and intent records
+//! ([`rankmysteps_sinks::cassandra::process_progress_key`]); process 0's is the
+//! cluster's P. Q is then the furthest record of any process; every process rebuilds state
+//! up to P and writes again its share of the epochs after it (see [`plan`]).
 //!
 //! With a checkpoint ([`crate::checkpoint`]): if the store holds a complete checkpoint at a mark
 //! T with T − 1 ≤ P (for as many workers as this cluster has), each worker starts from its
@@ -45,7 +45,7 @@ use rankmysteps_dataflow::event::{
     close_of_day, format_day, Day, Epoch, Micros, MICROS_PER_DAY, MICROS_PER_SEC,
 };
 use rankmysteps_dataflow::output::Position;
-use rankmysteps_sinks::cassandra::{intent_key, process_progress_key, CassandraReader};
+use rankmysteps_sinks::cassandra::CassandraReader;
 use rankmysteps_sinks::local::Progress;
 use rankmysteps_sinks::s3::{parse_object_key, ArchiveRecord, ObjectKind, S3Archive};
 use rankmysteps_sinks::SinkError;
@@ -65,11 +65,7 @@ pub fn progress_job(topic: &str) -> String {
 pub struct Recovery {
     /// The progress record found (`None`: no epoch was ever committed): the cluster's (P).
     pub progress: Option<Progress>,
-    /// This process's own progress record, or P if it is further (E ≥ P; P for process 0, or
-    /// alone): every write of this process's share up to its epoch is durable.
-    pub own_progress: Option<Progress>,
-    /// The last epoch that only rebuilds state (E: this process wrote everything up to it);
-    /// `None` when there is no progress record.
+    /// The last epoch that only rebuilds state (P); `None` when there is no progress record.
     pub restore_through: Option<Epoch>,
     /// The last epoch the replay reaches (Q ≥ P): epochs after P up to it are written again.
     pub replay_through: Option<Epoch>,
@@ -197,33 +193,24 @@ pub fn plan(
     // Every process's own records: in a cluster each writes its share and its own progress
     // and intent records (process 0's progress record is the cluster's, P, published once
     // every other process's record has reached its epoch). Each record carries every
-    // partition's positions.
-    let mut records = Vec::new();
-    let mut own_progress = progress.clone();
-    for p in 0..share.processes.max(1) {
-        let key = process_progress_key(job, p);
-        if p > 0 {
-            let own = reader.progress(&key)?;
-            if p == share.process {
-                own_progress = own.clone();
-            }
-            records.extend(own);
-        }
-        records.extend(reader.progress(&intent_key(&key))?);
-    }
-    // E: this process's own record, or P if further (a record from before the cluster had
-    // this process, or none yet).
-    if let Some(p) = &progress {
-        if own_progress.as_ref().is_none_or(|own| own.epoch < p.epoch) {
-            own_progress = Some(p.clone());
-        }
-    }
+    // partition's positions. All of them, whatever the shape of the cluster that wrote them
+    // (one of another shape may have written epochs after P too).
+    //
+    // Every process rebuilds state up to P only, and writes again everything after it, even
+    // when its own record is further: the days open at P are the same for every process (the
+    // watermark is the cluster's), so each one's restart deletes and writes again exactly
+    // those. Up to its own record instead, a day that closed between two processes' records
+    // would be deleted by the one behind (still open there) and never written again by the
+    // one ahead (closed there, restored only).
+    let records: Vec<Progress> = reader
+        .progress_under(job)?
+        .into_iter()
+        .map(|(_, record)| record)
+        .collect();
     let positions = |p: &Progress| -> BTreeMap<u32, u64> {
         p.positions.iter().map(|x| (x.partition, x.next)).collect()
     };
     let committed = progress.as_ref().map(positions).unwrap_or_default();
-    // This process's partitions' positions at E: its dead letters up to there are durable.
-    let own_committed = own_progress.as_ref().map(positions).unwrap_or_default();
     // The epoch the replay must reach: Q, the furthest record of any process, if writes may
     // have begun after P.
     let intent = records.into_iter().max_by_key(|r| r.epoch);
@@ -267,7 +254,7 @@ pub fn plan(
     }
     // A checkpoint after P (an idle job's) is restored, not written: its epoch T − 1 only
     // rebuilds the state, like the epochs up to P.
-    let restore_through = match (&own_progress, &restored) {
+    let restore_through = match (&progress, &restored) {
         (Some(p), Some(r)) => Some(p.epoch.max(r.mark - 1)),
         (Some(p), None) => Some(p.epoch),
         (None, _) => None,
@@ -275,7 +262,6 @@ pub fn plan(
     let mut recovery = Recovery {
         restore_through,
         progress,
-        own_progress,
         replay_through,
         start,
         initial_watermark,
@@ -400,14 +386,14 @@ pub fn plan(
             });
         }
     }
-    // The dead letters of this process's partitions beyond E's positions (written again with
-    // the epochs after E).
+    // The dead letters of this process's partitions beyond P's positions (written again with
+    // the epochs after P).
     {
         let rejected = match &restored {
             Some(r) => {
                 let mut out = Vec::new();
                 for p in (0..partitions).filter(|&p| share.owns(p)) {
-                    let from = own_committed.get(&p).copied().unwrap_or(0);
+                    let from = committed.get(&p).copied().unwrap_or(0);
                     out.extend(partition_objects(
                         archive,
                         ObjectKind::Rejected,
@@ -425,7 +411,7 @@ pub fn plan(
             if !share.owns(k.partition) {
                 continue;
             }
-            if k.first >= own_committed.get(&k.partition).copied().unwrap_or(0) {
+            if k.first >= committed.get(&k.partition).copied().unwrap_or(0) {
                 archive.delete(&key)?;
                 recovery.deleted += 1;
             }

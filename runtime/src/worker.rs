@@ -277,9 +277,9 @@ impl Worker {
             if let Some(c) = &config.cassandra {
                 let mut sink = rankmysteps_sinks::cassandra::CassandraSink::connect(c, &job_name)
                     .map_err(|e| cassandra_context(c, e))?;
-                sink.set_process(process, hosts.len());
+                sink.set_process(process, hosts.len(), workers);
                 if let Some(r) = &recovery {
-                    sink.resume(r.own_progress.as_ref(), r.replay_through);
+                    sink.resume(r.progress.as_ref(), r.replay_through);
                 }
                 if let Some(g) = generation {
                     sink.set_generation(g);

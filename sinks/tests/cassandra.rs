@@ -412,7 +412,7 @@ fn a_cluster_publishes_its_progress_once_every_process_has_written() {
     let out2 = epoch_output(2, &a, &b, k, vec![d]);
     let connect = |process| {
         let mut sink = CassandraSink::connect(&config, "job").unwrap();
-        sink.set_process(process, 2);
+        sink.set_process(process, 2, 1);
         sink.set_generation(1);
         sink
     };
@@ -426,7 +426,7 @@ fn a_cluster_publishes_its_progress_once_every_process_has_written() {
     assert_eq!(reader.days().unwrap(), vec![(d, false)]);
     s1.write_epoch(&share(&out1, 1)).unwrap();
     s1.flush().unwrap();
-    assert_eq!(reader.progress("job/p1").unwrap().unwrap().epoch, 1);
+    assert_eq!(reader.progress("job/p1of2x1").unwrap().unwrap().epoch, 1);
     // Process 1 reached epoch 1: process 0 publishes it (it polls), the day still not final.
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
     while reader.progress("job").unwrap().is_none() {

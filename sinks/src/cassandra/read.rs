@@ -479,41 +479,75 @@ impl CassandraReader {
     /// The progress record of `job`, in the local directory's format; `None` if none was written.
     pub fn progress(&self, job: &str) -> Result<Option<Progress>, SinkError> {
         self.runtime.block_on(async {
-            type Row = (
-                Option<i64>,
-                Option<i64>,
-                Option<BTreeMap<i32, i64>>,
-                Option<BTreeMap<String, i64>>,
-            );
-            let rows: Vec<Row> = self
+            let rows: Vec<ProgressRow> = self
                 .rows("reading progress", &self.prepared.progress_select, (job,))
                 .await?;
-            let Some((epoch, watermark, positions, stats)) = rows.into_iter().next() else {
-                return Ok(None);
-            };
-            let bad = decode_err("decoding progress");
-            let epoch: Epoch = from_bigint(epoch.ok_or_else(|| bad("no epoch".into()))?)?;
-            let positions = positions
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(partition, next)| {
-                    Ok(Position {
-                        partition: u32::try_from(partition)
-                            .map_err(|_| bad(format!("partition {partition}")))?,
-                        next: from_bigint(next)?,
-                    })
-                })
-                .collect::<Result<Vec<Position>, SinkError>>()?;
-            let stats = stats_from_map(&stats.unwrap_or_default())?;
-            Ok(Some(Progress {
-                epoch,
-                watermark: watermark.map(format_micros),
-                watermark_micros: watermark,
-                positions,
-                stats: StatsFile::from(&stats),
-            }))
+            rows.into_iter().next().map(decode_progress).transpose()
         })
     }
+
+    /// Every progress and intent record of `job`: its own row and every row under `<job>/`
+    /// (the intent record, and in a cluster each process's, whatever the cluster's shape
+    /// when they were written), by row key. The progress table holds a few rows per job: this
+    /// reads it whole (one small scan, at a restart only).
+    pub fn progress_under(&self, job: &str) -> Result<Vec<(String, Progress)>, SinkError> {
+        let text = format!(
+            "SELECT job, epoch, watermark, positions, stats FROM {}.progress",
+            self.keyspace()
+        );
+        self.runtime.block_on(async {
+            let statement = prepare(&self.session, &text).await?;
+            let rows: Vec<(
+                String,
+                Option<i64>,
+                Option<i64>,
+                ProgressMaps,
+                ProgressStats,
+            )> = self
+                .rows("reading the progress records", &statement, ())
+                .await?;
+            let under = format!("{job}/");
+            rows.into_iter()
+                .filter(|r| r.0 == job || r.0.starts_with(&under))
+                .map(|(key, epoch, watermark, positions, stats)| {
+                    Ok((key, decode_progress((epoch, watermark, positions, stats))?))
+                })
+                .collect()
+        })
+    }
+}
+
+/// A progress row's positions and stats columns.
+type ProgressMaps = Option<BTreeMap<i32, i64>>;
+type ProgressStats = Option<BTreeMap<String, i64>>;
+/// A progress row: `(epoch, watermark, positions, stats)`.
+type ProgressRow = (Option<i64>, Option<i64>, ProgressMaps, ProgressStats);
+
+/// Decodes a progress row into the local directory's format.
+fn decode_progress(
+    (epoch, watermark, positions, stats): ProgressRow,
+) -> Result<Progress, SinkError> {
+    let bad = decode_err("decoding progress");
+    let epoch: Epoch = from_bigint(epoch.ok_or_else(|| bad("no epoch".into()))?)?;
+    let positions = positions
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(partition, next)| {
+            Ok(Position {
+                partition: u32::try_from(partition)
+                    .map_err(|_| bad(format!("partition {partition}")))?,
+                next: from_bigint(next)?,
+            })
+        })
+        .collect::<Result<Vec<Position>, SinkError>>()?;
+    let stats = stats_from_map(&stats.unwrap_or_default())?;
+    Ok(Progress {
+        epoch,
+        watermark: watermark.map(format_micros),
+        watermark_micros: watermark,
+        positions,
+        stats: StatsFile::from(&stats),
+    })
 }
 
 /// Decodes `(steps, user key)` rows of `users_by_total` into `(user, total)`.

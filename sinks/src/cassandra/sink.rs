@@ -144,14 +144,17 @@ pub fn intent_key(job: &str) -> String {
     format!("{job}/intent")
 }
 
-/// The row of process `process`'s own progress record in a cluster of several processes
-/// (design §4, §7): `<job>` for process 0, whose row is also the cluster's (it is written only
-/// once every process's row has reached its epoch), and `<job>/p<process>` for the others.
-/// Each process's intent record is [`intent_key`] of its row.
-pub fn process_progress_key(job: &str, process: usize) -> String {
+/// The row of process `process`'s own progress record in a cluster of `processes` processes
+/// of `threads` worker threads each (design §4, §7): `<job>` for process 0, whose row is also
+/// the cluster's (it is written only once every process's row has reached its epoch), and
+/// `<job>/p<process>of<processes>x<threads>` for the others. The shape is in the key because
+/// it decides which users and partitions a process owns: a restart with another shape must
+/// not take a row of the old one for its own. Each process's intent record is [`intent_key`]
+/// of its row.
+pub fn process_progress_key(job: &str, process: usize, processes: usize, threads: usize) -> String {
     match process {
         0 => job.to_owned(),
-        p => format!("{job}/p{p}"),
+        p => format!("{job}/p{p}of{processes}x{threads}"),
     }
 }
 
@@ -281,9 +284,11 @@ struct Writer {
     /// timestamp. Shared, so that a cluster's processes can agree on one after connecting
     /// ([`CassandraSink::generation_cell`]).
     generation: Arc<AtomicU64>,
-    /// This process's index and the cluster's number of processes (see [`CassandraSink`]).
+    /// This process's index, the cluster's number of processes and their threads (see
+    /// [`CassandraSink`]).
     process: std::sync::atomic::AtomicUsize,
     processes: std::sync::atomic::AtomicUsize,
+    threads: std::sync::atomic::AtomicUsize,
     /// Process 0 of several: what waits to be published.
     unpublished: Mutex<Unpublished>,
     /// The keyspace written.
@@ -320,6 +325,7 @@ impl CassandraSink {
             generation: Arc::new(AtomicU64::new(0)),
             process: Default::default(),
             processes: std::sync::atomic::AtomicUsize::new(1),
+            threads: std::sync::atomic::AtomicUsize::new(1),
             unpublished: Mutex::default(),
             keyspace: config.keyspace.clone(),
             writes: AtomicU64::new(0),
@@ -439,13 +445,14 @@ impl CassandraSink {
         self.writer.generation.clone()
     }
 
-    /// Makes this the sink of process `process` of `processes` (see [`CassandraSink`]); before
-    /// [`CassandraSink::resume`].
-    pub fn set_process(&mut self, process: usize, processes: usize) {
+    /// Makes this the sink of process `process` of `processes`, of `threads` worker threads
+    /// each (see [`CassandraSink`]); before [`CassandraSink::resume`].
+    pub fn set_process(&mut self, process: usize, processes: usize, threads: usize) {
         self.writer.process.store(process, Ordering::SeqCst);
         self.writer
             .processes
             .store(processes.max(1), Ordering::SeqCst);
+        self.writer.threads.store(threads.max(1), Ordering::SeqCst);
     }
 
     /// Continues after a restart from the progress record found (if any): the watermark,
@@ -608,7 +615,13 @@ impl Writer {
 
     /// This process's own progress row ([`process_progress_key`]).
     fn own_key(&self) -> String {
-        process_progress_key(&self.job, self.process())
+        self.key_of(self.process())
+    }
+
+    /// Process `process`'s progress row.
+    fn key_of(&self, process: usize) -> String {
+        let threads = self.threads.load(Ordering::SeqCst);
+        process_progress_key(&self.job, process, self.processes(), threads)
     }
 
     /// Process 0 of several: some bulk write's progress record is not yet published.
@@ -652,10 +665,7 @@ impl Writer {
         let floor = self.runtime.block_on(async {
             let mut floor = i64::MAX;
             for p in 1..self.processes() {
-                match self
-                    .progress_epoch(&process_progress_key(&self.job, p))
-                    .await?
-                {
+                match self.progress_epoch(&self.key_of(p)).await? {
                     Some(epoch) => floor = floor.min(epoch),
                     None => return Ok::<_, SinkError>(None),
                 }
