@@ -292,6 +292,71 @@ fn a_resume_offset_kafka_no_longer_has_is_an_error() {
     );
 }
 
+/// Records deleted under a running worker (retention overtaking a stalled consumer): librdkafka
+/// stops fetching that partition for good (`auto.offset.reset` = error), so the worker must not
+/// go on with it silently stalled, but stop with an error that says what happened, its progress
+/// record at what it did consume (the restart then names the partition, as above).
+#[test]
+fn records_deleted_under_a_running_worker_stop_it_with_an_error() {
+    use common::stream::{progress, wait_for};
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::{Offset, TopicPartitionList};
+    let dep = common::Deployment::new("deleted", 2, 1, 5, None);
+    let (topic, config, reader) = (&dep.topic, &dep.config, &dep.reader);
+    let mut rng = Rng(7);
+    let first = phase(&mut rng, 200, &["2026-01-10"]);
+    let producer = producer();
+    send(&producer, topic, &first, 1, Duration::ZERO, |_| {});
+    let log = dep.dir.path().join("worker.err");
+    let mut w = logged_worker(config, &log);
+    wait_for(reader, topic, &mut w, first.len() as u64);
+    // Frozen, the worker fetches nothing while records arrive and are deleted.
+    let signal = |name: &str| {
+        let pid = w.0.id().to_string();
+        assert!(Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    // Long enough for the broker to have answered the fetch it held (fetch.wait.max.ms), so
+    // none is waiting to be answered with the records below.
+    std::thread::sleep(Duration::from_secs(2));
+    send(
+        &producer,
+        topic,
+        &phase(&mut rng, 100, &["2026-01-10"]),
+        1,
+        Duration::ZERO,
+        |_| {},
+    );
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..2 {
+        list.add_partition_offset(topic, p, Offset::End).unwrap();
+    }
+    futures_executor::block_on(admin.delete_records(&list, &AdminOptions::new())).unwrap();
+    signal("-CONT");
+    let status = exit_within(
+        &mut w,
+        Duration::from_secs(90),
+        "the worker went on with a partition it can no longer fetch",
+    );
+    assert!(!status.success(), "{status:?}");
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(err.contains("no longer in Kafka"), "{err}");
+    assert_eq!(
+        progress(reader, topic).map(|(_, counted)| counted),
+        Some(first.len() as u64),
+        "the progress record counts what was consumed, and nothing else"
+    );
+}
+
 #[test]
 fn a_partition_added_while_running_stops_the_worker_and_a_restart_reads_it() {
     use common::stream::{reference_of, verify, wait_for, worker};

@@ -413,6 +413,7 @@ pub fn run(
     let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let s3_2 = s3.clone();
     let replay2 = replay.clone();
+    let failure2 = failure.clone();
     let replay_through = recovery.replay_through;
     let recovery2 = recovery.clone();
 
@@ -584,6 +585,8 @@ pub fn run(
                             crate::recovery::Resumed {
                                 replay: replay2.clone(),
                                 kafka: source,
+                                failure: failure2.clone(),
+                                stop: stop2.clone(),
                             },
                             parser,
                             settings.grace,

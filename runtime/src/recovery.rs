@@ -671,14 +671,19 @@ impl ChunkSource for SharedReplay {
 }
 
 /// A worker's source after a restart: its share of the replay, then Kafka.
-pub struct Resumed<K> {
+pub struct Resumed {
     /// The replay (shared by the process's workers); `None` once it is over for this worker.
     pub replay: Option<SharedReplay>,
     /// Kafka, positioned at [`Recovery::start`].
-    pub kafka: K,
+    pub kafka: rankmysteps_sources::kafka::KafkaSource,
+    /// The job's first failure: a partition Kafka can no longer serve is one (see
+    /// [`rankmysteps_sources::kafka::KafkaSource::lost`]); nothing is committed after it.
+    pub failure: Arc<Mutex<Option<SinkError>>>,
+    /// Stops the job's sources.
+    pub stop: Arc<AtomicBool>,
 }
 
-impl<K: ChunkSource> ChunkSource for Resumed<K> {
+impl ChunkSource for Resumed {
     fn pull(&mut self) -> Pull {
         if let Some(replay) = self.replay.as_mut() {
             match replay.pull() {
@@ -686,7 +691,18 @@ impl<K: ChunkSource> ChunkSource for Resumed<K> {
                 other => return other,
             }
         }
-        self.kafka.pull()
+        let pull = self.kafka.pull();
+        if let (Pull::Done, Some(lost)) = (&pull, self.kafka.lost()) {
+            // Failure first: no epoch completes before this worker's next pull returns.
+            self.failure
+                .lock()
+                .expect("failure lock")
+                .get_or_insert_with(|| SinkError::Input {
+                    detail: lost.to_owned(),
+                });
+            self.stop.store(true, Ordering::SeqCst);
+        }
+        pull
     }
 }
 

@@ -172,6 +172,13 @@ pub enum SinkError {
         /// The latest claimed (0: none).
         current: u64,
     },
+    /// The job's input failed for good (a Kafka partition whose next records are gone): the
+    /// job stops and commits nothing after it.
+    #[error("input: {detail}")]
+    Input {
+        /// What went wrong, and what to do.
+        detail: String,
+    },
     /// An epoch was delivered after a later (or the same) one: a breach of the [`Sink`] contract.
     #[error("epoch {epoch} delivered after epoch {last}: sinks take epochs in increasing order")]
     OutOfOrder {

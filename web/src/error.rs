@@ -110,9 +110,10 @@ impl WebError {
             SinkError::Cassandra { .. } | SinkError::Io { .. } | SinkError::S3 { .. } => {
                 WebError::Unavailable(error.to_string())
             }
-            SinkError::Corrupt { .. } | SinkError::OutOfOrder { .. } | SinkError::Fenced { .. } => {
-                WebError::Internal(error.to_string())
-            }
+            SinkError::Corrupt { .. }
+            | SinkError::OutOfOrder { .. }
+            | SinkError::Fenced { .. }
+            | SinkError::Input { .. } => WebError::Internal(error.to_string()),
         }
     }
 

@@ -111,6 +111,42 @@ pub struct Deployment {
     pub dir: tempfile::TempDir,
 }
 
+impl Drop for Deployment {
+    /// A failed test keeps its directory (the config, the launcher's and the processes' logs)
+    /// and says where, so that a failure in CI can be read afterwards; so does every test
+    /// with `RANKMYSTEPS_KEEP_TEST_DIRS` set.
+    fn drop(&mut self) {
+        if std::env::var_os("RANKMYSTEPS_KEEP_TEST_DIRS").is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!("kept the test's directory: {}", self.dir.path().display());
+        } else if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "kept the failed test's directory: {}",
+                self.dir.path().display()
+            );
+            // And the end of every log in it, for a CI run whose machine is gone.
+            let mut stack = vec![self.dir.path().to_path_buf()];
+            while let Some(dir) = stack.pop() {
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for path in entries.flatten().map(|e| e.path()) {
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if path.extension().is_some_and(|e| e == "log") {
+                        let text = std::fs::read_to_string(&path).unwrap_or_default();
+                        let lines: Vec<&str> = text.lines().collect();
+                        let tail = &lines[lines.len().saturating_sub(60)..];
+                        eprintln!("--- {} (last {} lines)", path.display(), tail.len());
+                        eprintln!("{}", tail.join("\n"));
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Deployment {
     /// Names from `stem` (`rms-<stem>-…` topic of `partitions`, `rms_<stem>_…` keyspace,
     /// `it-<stem>-…/` prefix); `threads` and `k` as in [`cluster_toml`]; `hosts` (a TOML

@@ -237,7 +237,14 @@ struct Unpublished {
     records: BTreeMap<i64, Committed>,
     /// Days closed by those epochs: (closing epoch, day).
     finals: Vec<(i64, Day)>,
+    /// Since when nothing could be published while records waited, and when that was last
+    /// said in the log.
+    held: Option<(Instant, Instant)>,
 }
+
+/// How long the cluster's record may wait for the other processes before the log says which
+/// holds it back (and again at that interval).
+const PUBLISH_HELD_WARNING: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the progress record of a bulk write says (cumulative over the run).
 #[derive(Clone, Debug)]
@@ -662,21 +669,39 @@ impl Writer {
     /// process's record is behind all of them. Returns the epoch every other process's record
     /// has reached (`None`: some has none of this generation).
     fn publish(&self) -> Result<Option<i64>, SinkError> {
-        let floor = self.runtime.block_on(async {
-            let mut floor = i64::MAX;
+        let others = self.runtime.block_on(async {
+            let mut others = Vec::new();
             for p in 1..self.processes() {
-                match self.progress_epoch(&self.key_of(p)).await? {
-                    Some(epoch) => floor = floor.min(epoch),
-                    None => return Ok::<_, SinkError>(None),
-                }
+                others.push(self.progress_epoch(&self.key_of(p)).await?);
             }
-            Ok(Some(floor))
+            Ok::<_, SinkError>(others)
         })?;
-        let Some(floor) = floor else { return Ok(None) };
+        let floor = others
+            .iter()
+            .try_fold(i64::MAX, |floor, e| e.map(|e| floor.min(e)));
         let (committed, finals) = {
-            let waiting = self.unpublished.lock().expect("unpublished lock");
-            let Some((_, committed)) = waiting.records.range(..=floor).next_back() else {
-                return Ok(Some(floor));
+            let mut waiting = self.unpublished.lock().expect("unpublished lock");
+            let ready = floor.and_then(|f| waiting.records.range(..=f).next_back());
+            let Some((_, committed)) = ready else {
+                // Held back: say by whom, now and then (a peer that stopped writing its
+                // record stops the cluster's).
+                let now = Instant::now();
+                let (since, said) = *waiting.held.get_or_insert((now, now));
+                if now >= said + PUBLISH_HELD_WARNING {
+                    waiting.held = Some((since, now));
+                    let waiting_from = waiting.records.keys().next().copied();
+                    // Process p's record (from 1 on): its epoch, or None.
+                    let records: BTreeMap<usize, Option<i64>> =
+                        (1..).zip(others.iter().copied()).collect();
+                    tracing::warn!(
+                        held_s = (now - since).as_secs(),
+                        oldest_unpublished = ?waiting_from,
+                        records = ?records,
+                        "the cluster's progress record waits for the other processes' records \
+                         (None: none of this generation yet)"
+                    );
+                }
+                return Ok(floor);
             };
             let finals: Vec<(i64, Day)> = waiting
                 .finals
@@ -707,15 +732,16 @@ impl Writer {
             .await
         })?;
         let mut waiting = self.unpublished.lock().expect("unpublished lock");
+        waiting.held = None;
         waiting.records = waiting.records.split_off(&(committed.epoch + 1));
         waiting
             .finals
             .retain(|(closed, _)| *closed > committed.epoch);
-        debug!(epoch = committed.epoch, floor, "cluster progress published");
+        debug!(epoch = committed.epoch, floor = ?floor, "cluster progress published");
         for (_, day) in finals {
             info!(day = %rankmysteps_dataflow::event::format_day(day), "day final in cassandra");
         }
-        Ok(Some(floor))
+        Ok(floor)
     }
 
     /// The bulk lane's write of `output` (epochs merged, top-k rows excluded): data, marks,

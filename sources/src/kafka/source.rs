@@ -116,6 +116,8 @@ pub struct KafkaSource {
     next: BTreeMap<u32, u64>,
     epoch_ms: u64,
     stop: Arc<AtomicBool>,
+    /// Why a partition can no longer be consumed, once one cannot (see [`KafkaSource::lost`]).
+    lost: Option<String>,
 }
 
 impl KafkaSource {
@@ -158,7 +160,18 @@ impl KafkaSource {
             next,
             epoch_ms: epoch_ms.max(1),
             stop,
+            lost: None,
         })
+    }
+
+    /// Why consuming cannot go on, once it cannot: librdkafka stopped fetching a partition
+    /// because its next record is not in Kafka (deleted by retention, or a log truncated
+    /// under the consumer). With `auto.offset.reset` = error that partition is never fetched
+    /// again, so carrying on would stall it silently: the source stops (its pulls say
+    /// [`Pull::Done`]) and the job must fail, so that a restart's `check_start` decides
+    /// (it resumes if Kafka has the records after all, and names the partition if not).
+    pub fn lost(&self) -> Option<&str> {
+        self.lost.as_deref()
     }
 
     /// Next offset of each assigned partition.
@@ -172,7 +185,7 @@ impl KafkaSource {
 
 impl ChunkSource for KafkaSource {
     fn pull(&mut self) -> Pull {
-        if self.stop.load(Ordering::Relaxed) {
+        if self.stop.load(Ordering::Relaxed) || self.lost.is_some() {
             return Pull::Done;
         }
         let now = wall_clock();
@@ -198,10 +211,18 @@ impl ChunkSource for KafkaSource {
                         // With `auto.offset.reset` = error, librdkafka reports records deleted
                         // under a running consumer here instead of jumping past them; a
                         // restart's `check_start` then names the partition and the way out.
-                        if e.rdkafka_error_code()
-                            == Some(rdkafka::types::RDKafkaErrorCode::AutoOffsetReset)
-                        {
-                            tracing::error!(error = %e, "kafka: records deleted before they were consumed; restart to see which");
+                        use rdkafka::types::RDKafkaErrorCode::{AutoOffsetReset, LogTruncation};
+                        if matches!(
+                            e.rdkafka_error_code(),
+                            Some(AutoOffsetReset | LogTruncation)
+                        ) {
+                            tracing::error!(error = %e, "kafka: a partition's next records are gone (deleted or truncated); stopping, a restart names the partition");
+                            self.lost = Some(format!(
+                                "{e}: a partition's next records are no longer in Kafka \
+                                 (retention, or a truncated log); a restart checks the \
+                                 recorded positions and names the partition"
+                            ));
+                            return Pull::Done;
                         } else {
                             tracing::warn!(error = %e, "kafka poll error");
                         }
