@@ -231,32 +231,20 @@ fn worker_matches_reference_on_real_kafka() {
     }
 }
 
-/// A worker never resumes past records it did not consume: after retention deleted records
-/// beyond the progress record's offsets (here `DeleteRecords`, as retention would), a restart
-/// fails with an error that names the partition, the offsets and the way out, instead of
-/// jumping to Kafka's earliest offset (the old `auto.offset.reset` would have lost them
-/// silently).
-#[test]
-fn a_resume_offset_kafka_no_longer_has_is_an_error() {
-    use common::stream::{progress, wait_for, worker};
+/// Sends 100 more records of 10 January to `topic` (of 2 partitions), then deletes every record
+/// of it with Kafka's DeleteRecords, as retention would.
+fn send_then_delete(
+    producer: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    rng: &mut Rng,
+) {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::{Offset, TopicPartitionList};
-    let dep = common::Deployment::new("retention", 2, 1, 5, None);
-    let (topic, config, reader) = (&dep.topic, &dep.config, &dep.reader);
-    let mut rng = Rng(5);
-    let first = phase(&mut rng, 200, &["2026-01-10"]);
-    let producer = producer();
-    send(&producer, topic, &first, 1, Duration::ZERO, |_| {});
-    let mut w = worker(config, &[], None);
-    wait_for(reader, topic, &mut w, first.len() as u64);
-    interrupt(&mut w);
-    assert!(progress(reader, topic).is_some());
-    // Records arrive while no worker runs, and are deleted before any consumes them.
     send(
-        &producer,
+        producer,
         topic,
-        &phase(&mut rng, 100, &["2026-01-10"]),
+        &phase(rng, 100, &["2026-01-10"]),
         1,
         Duration::ZERO,
         |_| {},
@@ -270,6 +258,28 @@ fn a_resume_offset_kafka_no_longer_has_is_an_error() {
         list.add_partition_offset(topic, p, Offset::End).unwrap();
     }
     futures_executor::block_on(admin.delete_records(&list, &AdminOptions::new())).unwrap();
+}
+
+/// A worker never resumes past records it did not consume: after retention deleted records
+/// beyond the progress record's offsets (here `DeleteRecords`, as retention would), a restart
+/// fails with an error that names the partition, the offsets and the way out, instead of
+/// jumping to Kafka's earliest offset (the old `auto.offset.reset` would have lost them
+/// silently).
+#[test]
+fn a_resume_offset_kafka_no_longer_has_is_an_error() {
+    use common::stream::{progress, wait_for, worker};
+    let dep = common::Deployment::new("retention", 2, 1, 5, None);
+    let (topic, config, reader) = (&dep.topic, &dep.config, &dep.reader);
+    let mut rng = Rng(5);
+    let first = phase(&mut rng, 200, &["2026-01-10"]);
+    let producer = producer();
+    send(&producer, topic, &first, 1, Duration::ZERO, |_| {});
+    let mut w = worker(config, &[], None);
+    wait_for(reader, topic, &mut w, first.len() as u64);
+    interrupt(&mut w);
+    assert!(progress(reader, topic).is_some());
+    // Records arrive while no worker runs, and are deleted before any consumes them.
+    send_then_delete(&producer, topic, &mut rng);
 
     let fails = |config: &std::path::Path| {
         let log = dep.dir.path().join("worker.err");
@@ -299,9 +309,6 @@ fn a_resume_offset_kafka_no_longer_has_is_an_error() {
 #[test]
 fn records_deleted_under_a_running_worker_stop_it_with_an_error() {
     use common::stream::{progress, wait_for};
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    use rdkafka::{Offset, TopicPartitionList};
     let dep = common::Deployment::new("deleted", 2, 1, 5, None);
     let (topic, config, reader) = (&dep.topic, &dep.config, &dep.reader);
     let mut rng = Rng(7);
@@ -324,23 +331,7 @@ fn records_deleted_under_a_running_worker_stop_it_with_an_error() {
     // Long enough for the broker to have answered the fetch it held (fetch.wait.max.ms), so
     // none is waiting to be answered with the records below.
     std::thread::sleep(Duration::from_secs(2));
-    send(
-        &producer,
-        topic,
-        &phase(&mut rng, 100, &["2026-01-10"]),
-        1,
-        Duration::ZERO,
-        |_| {},
-    );
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", common::brokers())
-        .create()
-        .unwrap();
-    let mut list = TopicPartitionList::new();
-    for p in 0..2 {
-        list.add_partition_offset(topic, p, Offset::End).unwrap();
-    }
-    futures_executor::block_on(admin.delete_records(&list, &AdminOptions::new())).unwrap();
+    send_then_delete(&producer, topic, &mut rng);
     signal("-CONT");
     let status = exit_within(
         &mut w,

@@ -123,6 +123,19 @@ fn feed_epoch(
     next
 }
 
+/// The settings of the tests on [`random_input`]: top-`k`, 6 h of grace, no watermark yet, and
+/// epochs of 1 s of ingestion time with a 2 s de-duplication window: a repeat two epochs later
+/// is a duplicate, three epochs later (just outside) it is accepted again.
+fn random_settings(k: usize) -> Settings {
+    Settings {
+        k,
+        grace: 6 * 3600 * MICROS_PER_SEC,
+        initial_watermark: None,
+        dedup_window: 2 * MICROS_PER_SEC,
+        epoch_length: MICROS_PER_SEC,
+    }
+}
+
 /// Runs the dataflow on `workers` threads; record i is introduced by worker i mod workers.
 fn run_dataflow(workers: usize, input: Vec<Vec<Record>>, settings: Settings) -> Vec<EpochOutput> {
     run_routed(workers, input, settings, Routing::gather())
@@ -185,13 +198,7 @@ fn run_routed(
 /// totals are those of its own workers' keys (no user's rows are written by two processes).
 #[test]
 fn per_process_shares_add_up_to_the_gathered_output() {
-    let settings = Settings {
-        k: 5,
-        grace: 6 * 3600 * MICROS_PER_SEC,
-        initial_watermark: None,
-        dedup_window: 2 * MICROS_PER_SEC,
-        epoch_length: MICROS_PER_SEC,
-    };
+    let settings = random_settings(5);
     let input = random_input(11, 30, 120, 40);
     let gathered = run_dataflow(4, input.clone(), settings.clone());
     // Positions of 3 partitions: partition p is read by worker p mod 4.
@@ -386,15 +393,7 @@ impl Materialized {
 }
 
 fn compare(seed: u64, workers: usize, k: usize) {
-    let settings = Settings {
-        k,
-        grace: 6 * 3600 * MICROS_PER_SEC,
-        initial_watermark: None,
-        // Epochs of 1 s of ingestion time: a repeat two epochs later is a duplicate, three
-        // epochs later (just outside) it is accepted again.
-        dedup_window: 2 * MICROS_PER_SEC,
-        epoch_length: MICROS_PER_SEC,
-    };
+    let settings = random_settings(k);
     let input = random_input(seed, 40, 120, 40);
     let input_again = input.clone();
     let outputs = run_dataflow(workers, input.clone(), settings.clone());
@@ -480,13 +479,7 @@ fn normalized(mut out: EpochOutput) -> EpochOutput {
 /// of a day still open at epoch P, starting from W(P), must produce after P exactly what the
 /// uninterrupted job produced, and hold the same state of the open days at P.
 fn restart_matches_uninterrupted(seed: u64, workers: usize, p: usize) {
-    let settings = Settings {
-        k: 5,
-        grace: 6 * 3600 * MICROS_PER_SEC,
-        initial_watermark: None,
-        dedup_window: 2 * MICROS_PER_SEC,
-        epoch_length: MICROS_PER_SEC,
-    };
+    let settings = random_settings(5);
     let input = random_input(seed, 40, 120, 40);
     let full = run_dataflow(workers, input.clone(), settings.clone());
     let mut reference = Reference::new(settings.clone());
@@ -856,13 +849,7 @@ fn run_with_lookups(
 }
 
 fn lookups_and_held_days(seed: u64, workers: usize) {
-    let settings = Settings {
-        k: 4,
-        grace: 6 * 3600 * MICROS_PER_SEC,
-        initial_watermark: None,
-        dedup_window: 2 * MICROS_PER_SEC,
-        epoch_length: MICROS_PER_SEC,
-    };
+    let settings = random_settings(4);
     let input = random_input(seed, 30, 100, 30);
     let mut reference = Reference::new(settings.clone());
     let mut snapshots = Vec::new();
@@ -1028,11 +1015,8 @@ fn run_checkpointed(
 /// open days at T − 1. Without the restored window it must differ (the test can fail).
 fn checkpoint_restart_matches_uninterrupted(seed: u64, workers: usize) {
     let settings = Settings {
-        k: 5,
-        grace: 6 * 3600 * MICROS_PER_SEC,
-        initial_watermark: None,
         dedup_window: 8 * MICROS_PER_SEC,
-        epoch_length: MICROS_PER_SEC,
+        ..random_settings(5)
     };
     let mut input = random_input(seed, 40, 120, 40);
     // The restart is at mark 20. Repeats in epochs 20 and 21 of ids accepted in 17 to 19

@@ -414,15 +414,14 @@ impl CassandraSink {
                 // Another process of a cluster: its share up to here is this generation's
                 // now, which its own record says (process 0 publishes the cluster's record
                 // only from records of this generation).
-                w.write_progress(
-                    &w.own_key(),
+                let record = Committed {
                     epoch,
-                    ts,
-                    self.watermark,
-                    &self.positions,
-                    &self.stats,
-                )
-                .await?;
+                    watermark: self.watermark,
+                    positions: self.positions.clone(),
+                    stats: self.stats,
+                    top_days: Default::default(),
+                };
+                w.write_progress(&w.own_key(), &record, ts).await?;
             }
             Ok::<_, SinkError>(())
         })?;
@@ -721,15 +720,7 @@ impl Writer {
                 self.write_mark(mark, closed, ts)
             })
             .await?;
-            self.write_progress(
-                &self.job,
-                committed.epoch,
-                ts,
-                committed.watermark,
-                &committed.positions,
-                &committed.stats,
-            )
-            .await
+            self.write_progress(&self.job, &committed, ts).await
         })?;
         let mut waiting = self.unpublished.lock().expect("unpublished lock");
         waiting.held = None;
@@ -794,15 +785,7 @@ impl Writer {
                 return Ok(());
             }
             // Last: the progress record vouches for everything above and before.
-            self.write_progress(
-                &own,
-                committed.epoch,
-                ts,
-                committed.watermark,
-                &committed.positions,
-                &committed.stats,
-            )
-            .await
+            self.write_progress(&own, committed, ts).await
         })?;
         debug!(
             epoch = committed.epoch,
@@ -1075,17 +1058,15 @@ impl Writer {
             .await
     }
 
-    /// Writes the progress (or intent) record of row `job` (with retries).
+    /// Writes `record` as the progress (or intent) record of row `job` at `ts` (with retries).
     async fn write_progress(
         &self,
         job: &str,
-        epoch: i64,
+        record: &Committed,
         ts: i64,
-        watermark: Option<Micros>,
-        positions: &BTreeMap<u32, u64>,
-        stats: &Stats,
     ) -> Result<(), SinkError> {
-        let positions = positions
+        let positions = record
+            .positions
             .iter()
             .map(|(&partition, &next)| {
                 let partition = i32::try_from(partition).map_err(|_| {
@@ -1094,8 +1075,8 @@ impl Writer {
                 Ok((partition, to_bigint(next)?))
             })
             .collect::<Result<BTreeMap<i32, i64>, SinkError>>()?;
-        let stats = stats_map(stats)?;
-        let values = (job, epoch, watermark, &positions, &stats, ts);
+        let stats = stats_map(&record.stats)?;
+        let values = (job, record.epoch, record.watermark, &positions, &stats, ts);
         let what = if job.ends_with("/intent") {
             "writing the intent record"
         } else {
@@ -1219,15 +1200,8 @@ impl Sink for CassandraSink {
         }
         w.runtime.block_on(async {
             if intent {
-                w.write_progress(
-                    &intent_key(&w.own_key()),
-                    epoch,
-                    ts,
-                    committed.watermark,
-                    &committed.positions,
-                    &committed.stats,
-                )
-                .await?;
+                w.write_progress(&intent_key(&w.own_key()), &committed, ts)
+                    .await?;
             }
             let units = units(&mut top.data);
             w.run_all(units, |unit| async move {
