@@ -398,9 +398,11 @@ struct TotalsChanges<'scope> {
     /// `(day, user, total)` changes for sinks: a changed user's old total retracted, the new one
     /// inserted; consolidated per epoch; retirements left out.
     totals: VecStream<'scope, ((Day, User, u64), Epoch, isize)>,
-    /// `((day, total), ±1)`: a user left or reached that total (input of `histogram`).
+    /// `((day, total), n)`: the net number of users who reached (n > 0) or left (n < 0) that
+    /// total at the epoch (input of `histogram`), consolidated per epoch.
     contributions: VecStream<'scope, (((Day, u64), ()), Epoch, isize)>,
-    /// `(day, ±1)`: a user appeared on, or was retired from, the day (input of `users`).
+    /// `(day, n)`: the net number of users who appeared on (n > 0), or were retired from
+    /// (n < 0), the day at the epoch (input of `users`), consolidated per epoch.
     presence: VecStream<'scope, ((Day, ()), Epoch, isize)>,
     /// `((day, Reverse(total), user), ±1)` (input of `by-total`).
     index: VecStream<'scope, (((Day, Reverse<u64>, User), ()), Epoch, isize)>,
@@ -461,6 +463,11 @@ fn totals<'scope>(
         let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Micros)> = BTreeMap::new();
         let mut current: Option<Micros> = initial;
         let mut changes: Vec<Change> = Vec::new();
+        // The epoch's histogram and presence changes, summed before they leave: a day has few
+        // distinct totals, so two updates per changed user collapse to a few hundred records
+        // (instead of being exchanged, sorted and consolidated by the arrangements' batchers).
+        let mut contributions: FxHashMap<(Day, u64, Epoch), isize> = FxHashMap::default();
+        let mut presences: FxHashMap<(Day, Epoch), isize> = FxHashMap::default();
         let mut times: Vec<(Epoch, Steps)> = Vec::new();
         // The last checkpoint mark filed.
         let mut filed: Option<Epoch> = None;
@@ -536,13 +543,8 @@ fn totals<'scope>(
                 }
                 // Sized once: growing them by doubling would copy them into fresh pages.
                 let n = 2 * changes.len();
-                let (mut t_buf, mut c_buf, mut p_buf, mut i_buf, mut k_buf) = (
-                    Vec::with_capacity(n),
-                    Vec::with_capacity(n),
-                    Vec::new(),
-                    Vec::with_capacity(n),
-                    Vec::new(),
-                );
+                let (mut t_buf, mut i_buf, mut k_buf) =
+                    (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
                 for Change {
                     time,
                     day,
@@ -556,18 +558,18 @@ fn totals<'scope>(
                         if !retired {
                             t_buf.push(((day, user, old), time, -1isize));
                         }
-                        c_buf.push((((day, old), ()), time, -1isize));
+                        *contributions.entry((day, old, time)).or_default() -= 1;
                         i_buf.push((((day, Reverse(old), user), ()), time, -1isize));
                     }
                     match (old, new) {
-                        (None, Some(_)) => p_buf.push(((day, ()), time, 1isize)),
-                        (Some(_), None) => p_buf.push(((day, ()), time, -1isize)),
+                        (None, Some(_)) => *presences.entry((day, time)).or_default() += 1,
+                        (Some(_), None) => *presences.entry((day, time)).or_default() -= 1,
                         _ => {}
                     }
                     let set = local_top.entry(day).or_default();
                     if let Some(new) = new {
                         t_buf.push(((day, user, new), time, 1isize));
-                        c_buf.push((((day, new), ()), time, 1isize));
+                        *contributions.entry((day, new, time)).or_default() += 1;
                         i_buf.push((((day, Reverse(new), user), ()), time, 1isize));
                         // Local top-k by insertion only (totals only grow).
                         let entry = (Reverse(new), user);
@@ -607,11 +609,21 @@ fn totals<'scope>(
                 contrib_out
                     .activate()
                     .session(&caps[1])
-                    .give_container(&mut c_buf);
+                    .give_iterator(
+                        contributions
+                            .drain()
+                            .filter(|(_, n)| *n != 0)
+                            .map(|((day, total, time), n)| (((day, total), ()), time, n)),
+                    );
                 presence_out
                     .activate()
                     .session(&caps[2])
-                    .give_container(&mut p_buf);
+                    .give_iterator(
+                        presences
+                            .drain()
+                            .filter(|(_, n)| *n != 0)
+                            .map(|((day, time), n)| ((day, ()), time, n)),
+                    );
                 index_out
                     .activate()
                     .session(&caps[3])

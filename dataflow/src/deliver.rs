@@ -76,7 +76,6 @@ impl Routing {
 /// Everything a sink may receive, as one stream so that it can be gathered in one exchange.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 enum Item {
-    Total((Day, User, u64), Epoch, isize),
     Top((Day, TopRow), Epoch, isize),
     Histogram((Day, u64, u64), Epoch, isize),
     Users((Day, u64), Epoch, isize),
@@ -113,7 +112,6 @@ pub fn deliver<'scope, F>(
         [Item::Rejected(r), Item::Counted(reason)]
     };
     let items: Vec<VecStream<'scope, Item>> = vec![
-        outputs.totals.inner.map(|(r, t, d)| Item::Total(r, t, d)),
         outputs.top.inner.map(|(r, t, d)| Item::Top(r, t, d)),
         outputs
             .histogram
@@ -125,16 +123,24 @@ pub fn deliver<'scope, F>(
         outputs.stats.map(Item::Stats),
     ];
     let items = scope.concatenate(items).probe_with(probe);
+    // The totals, by far the largest output (one or two records per changed user), travel as
+    // they are, not as `Item`s: no conversion into the larger enum, and they are bucketed by
+    // epoch a run at a time rather than record by record.
+    let totals = outputs.totals.inner.probe_with(probe);
     // Every leader keeps every partition's position (a few per epoch).
     let positions = positions.broadcast().probe_with(probe);
 
     let mut builder = OperatorBuilder::new("Deliver".to_owned(), scope);
     let route = move |item: &Item| match item {
-        Item::Total(..) | Item::Histogram(..) | Item::Users(..) => own_leader as u64,
+        Item::Histogram(..) | Item::Users(..) => own_leader as u64,
         Item::Rejected(r) => partition_leader(r.pos),
         Item::Top(..) | Item::Counted(_) | Item::Stats(_) => 0,
     };
     let mut input = builder.new_input(items, Exchange::new(route));
+    let mut totals_input = builder.new_input(
+        totals,
+        Exchange::new(move |_: &((Day, User, u64), Epoch, isize)| own_leader as u64),
+    );
     let mut wm_input = builder.new_input(outputs.watermark, Pipeline);
     let mut pos_input = builder.new_input(positions, Pipeline);
     builder.build(move |_capabilities| {
@@ -149,6 +155,7 @@ pub fn deliver<'scope, F>(
                 // Everything was routed to the leaders; the watermark and the positions arrive
                 // on every worker (broadcast) and are only needed there: drop them.
                 input.for_each(|_, data| data.clear());
+                totals_input.for_each(|_, data| data.clear());
                 wm_input.for_each(|_, data| data.clear());
                 pos_input.for_each(|_, data| data.clear());
                 return;
@@ -158,7 +165,6 @@ pub fn deliver<'scope, F>(
                 for item in data.drain(..) {
                     // Collections' records carry their own epoch (a message may hold several).
                     match item {
-                        Item::Total(r, t, d) => pending.entry(t).or_default().totals.push((r, d)),
                         Item::Top(r, t, d) => pending.entry(t).or_default().top.push((r, d)),
                         Item::Histogram(r, t, d) => {
                             pending.entry(t).or_default().histogram.push((r, d))
@@ -168,10 +174,18 @@ pub fn deliver<'scope, F>(
                     }
                 }
             });
+            // A message's records mostly share one epoch: one map lookup per run of them.
+            totals_input.for_each(|_, data| {
+                for run in data.chunk_by(|a, b| a.1 == b.1) {
+                    let out = &mut pending.entry(run[0].1).or_default().totals;
+                    out.extend(run.iter().map(|&(r, _, d)| (r, d)));
+                }
+                data.clear();
+            });
             fn absorb(out: &mut EpochOutput, item: Item) {
                 {
                     match item {
-                        Item::Total(..) | Item::Top(..) | Item::Histogram(..) | Item::Users(..) => {
+                        Item::Top(..) | Item::Histogram(..) | Item::Users(..) => {
                             unreachable!("collections are bucketed by their records' epochs")
                         }
                         Item::Rejected(r) => out.rejected.push(r),

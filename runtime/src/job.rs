@@ -717,6 +717,23 @@ impl rankmysteps_sources::chunk::ChunkSource for StoppableFile {
         }
         self.0.pull()
     }
+
+    // Forwarded: without them every event of a file replay kept its raw bytes (for a `late`
+    // rejection's dead letter), as if its day could already be closed.
+    fn watermark_bound(
+        &self,
+        chunk: &rankmysteps_sources::chunk::Chunk,
+    ) -> Option<Option<Micros>> {
+        self.0.watermark_bound(chunk)
+    }
+
+    fn parsed(
+        &mut self,
+        chunk: &rankmysteps_sources::chunk::Chunk,
+        max_time: Option<Micros>,
+    ) {
+        self.0.parsed(chunk, max_time)
+    }
 }
 
 /// Most records in one chunk of an archive replay.
