@@ -606,24 +606,18 @@ fn totals<'scope>(
                     .activate()
                     .session(&caps[0])
                     .give_container(&mut t_buf);
-                contrib_out
-                    .activate()
-                    .session(&caps[1])
-                    .give_iterator(
-                        contributions
-                            .drain()
-                            .filter(|(_, n)| *n != 0)
-                            .map(|((day, total, time), n)| (((day, total), ()), time, n)),
-                    );
-                presence_out
-                    .activate()
-                    .session(&caps[2])
-                    .give_iterator(
-                        presences
-                            .drain()
-                            .filter(|(_, n)| *n != 0)
-                            .map(|((day, time), n)| ((day, ()), time, n)),
-                    );
+                contrib_out.activate().session(&caps[1]).give_iterator(
+                    contributions
+                        .drain()
+                        .filter(|(_, n)| *n != 0)
+                        .map(|((day, total, time), n)| (((day, total), ()), time, n)),
+                );
+                presence_out.activate().session(&caps[2]).give_iterator(
+                    presences
+                        .drain()
+                        .filter(|(_, n)| *n != 0)
+                        .map(|((day, time), n)| ((day, ()), time, n)),
+                );
                 index_out
                     .activate()
                     .session(&caps[3])

@@ -720,18 +720,11 @@ impl rankmysteps_sources::chunk::ChunkSource for StoppableFile {
 
     // Forwarded: without them every event of a file replay kept its raw bytes (for a `late`
     // rejection's dead letter), as if its day could already be closed.
-    fn watermark_bound(
-        &self,
-        chunk: &rankmysteps_sources::chunk::Chunk,
-    ) -> Option<Option<Micros>> {
+    fn watermark_bound(&self, chunk: &rankmysteps_sources::chunk::Chunk) -> Option<Option<Micros>> {
         self.0.watermark_bound(chunk)
     }
 
-    fn parsed(
-        &mut self,
-        chunk: &rankmysteps_sources::chunk::Chunk,
-        max_time: Option<Micros>,
-    ) {
+    fn parsed(&mut self, chunk: &rankmysteps_sources::chunk::Chunk, max_time: Option<Micros>) {
         self.0.parsed(chunk, max_time)
     }
 }
@@ -869,5 +862,33 @@ impl rankmysteps_sources::chunk::ChunkSource for SharedS3Input {
                 next: input.next,
             });
         Pull::Chunk(chunk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rankmysteps_sources::chunk::{ChunkSource, Pull};
+
+    use super::StoppableFile;
+
+    /// The parser keeps a record's raw bytes only when the source cannot bound the watermark
+    /// below its day's close: a wrapper that drops the bound makes every event keep them.
+    #[test]
+    fn a_stoppable_file_forwards_the_watermark_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.jsonl");
+        std::fs::write(&path, (0..20).map(|i| format!("{i}\n")).collect::<String>()).unwrap();
+        let input = rankmysteps_sources::file::FileInput::open(&path, 10).unwrap();
+        let mut file = StoppableFile(input.shared(), Default::default());
+        let mut chunks = Vec::new();
+        while let Pull::Chunk(c) = file.pull() {
+            chunks.push(c);
+        }
+        assert_eq!(chunks.len(), 2);
+        // Nothing precedes epoch 0; epoch 1 waits for chunk 0.
+        assert_eq!(file.watermark_bound(&chunks[0]), Some(None));
+        assert_eq!(file.watermark_bound(&chunks[1]), None);
+        file.parsed(&chunks[0], Some(1_000));
+        assert_eq!(file.watermark_bound(&chunks[1]), Some(Some(1_000)));
     }
 }

@@ -101,3 +101,37 @@ fn watermark_bound_waits_for_every_earlier_epoch() {
     assert_eq!(input.watermark_bound(&chunks[1]), Some(Some(500)));
     assert_eq!(input.watermark_bound(&chunks[2]), Some(Some(500)));
 }
+
+#[test]
+fn lines_longer_than_the_read_buffer_and_files_without_a_last_newline() {
+    // The reader's buffer is 1 MiB: a 3 MiB line spans several fills, and so do the lines
+    // around it; the first file ends without a newline, which still ends its last line.
+    let dir = tempfile::tempdir().unwrap();
+    let long = "x".repeat(3 << 20);
+    let mut first = String::new();
+    for i in 0..40_000 {
+        first.push_str(&format!("{{\"line\":{i}}}\r\n"));
+        if i == 20_000 {
+            first.push_str(&long);
+            first.push('\n');
+            first.push_str("   \n\n");
+        }
+    }
+    first.push_str("last-without-newline");
+    std::fs::write(dir.path().join("a.jsonl"), &first).unwrap();
+    std::fs::write(dir.path().join("b.jsonl"), b"b1\nb2\n").unwrap();
+    let text = format!("{first}\nb1\nb2\n");
+    let expected: Vec<(u64, u64, Vec<u8>)> = text
+        .split_terminator('\n')
+        .enumerate()
+        .map(|(i, line)| (i as u64, line.strip_suffix('\r').unwrap_or(line)))
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| (i / 7_000, i, line.as_bytes().to_vec()))
+        .collect();
+    let got = drain(FileInput::open(dir.path(), 7_000).unwrap());
+    assert_eq!(got.len(), expected.len());
+    assert!(
+        got == expected,
+        "the lines read differ from the file's lines"
+    );
+}
