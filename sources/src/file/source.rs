@@ -16,6 +16,9 @@ use crate::parse::is_blank;
 /// Most lines in one chunk: small enough to spread an epoch over the workers.
 const CHUNK_LINES: u64 = 4096;
 
+/// The most a chunk's buffer is sized for in advance (a chunk may still grow past it).
+const MAX_CHUNK_RESERVE: usize = 8 << 20;
+
 /// Reads lines from a sequence of inputs, in order, cutting them into per-epoch chunks.
 pub struct FileInput {
     /// Inputs still to open, in reverse order (next at the end).
@@ -189,7 +192,10 @@ impl FileInput {
         let mut chunk = Chunk::new(epoch, wall_clock());
         let lines = (last - self.next_line) as usize;
         chunk.records.reserve(lines);
-        chunk.data.reserve(lines * self.record_bytes);
+        // Capped: a chunk of a few huge lines must not make the next one reserve gigabytes.
+        chunk
+            .data
+            .reserve((lines * self.record_bytes).min(MAX_CHUNK_RESERVE));
         let start = self.next_line;
         while self.next_line < last {
             if self.current.is_none() {
