@@ -73,7 +73,8 @@ impl Routing {
     }
 }
 
-/// Everything a sink may receive, as one stream so that it can be gathered in one exchange.
+/// Everything a sink may receive but the totals, as one stream so that it can be gathered in one
+/// exchange (the totals, by far the most records, have a stream of their own).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 enum Item {
     Top((Day, TopRow), Epoch, isize),
