@@ -7,19 +7,193 @@
 //! once the epoch completes: gathering the updates and sorting them once when the batch is sealed
 //! does the same work with one in-place sort (measured in README, Performance).
 //!
+//! The sort itself is a radix sort of 8-byte proxies, made of each key's 128-bit prefix
+//! ([`SortPrefix`]: the day, then the total or the user's first bits), on the prefixes' most
+//! significant bytes that differ (at most four), then one gather of the updates in that order
+//! and a comparison sort of each run those bytes leave tied (one or two updates in `by-total`
+//! and `totals`). An epoch's 100 000 updates of 48 to 64 bytes took a comparison sort about
+//! seventeen levels of data-dependent branches and moves.
+//!
 //! Invariant: `pending` holds every update inserted and not yet extracted, unsorted; `frontier`
 //! is the least time among them after each extraction (empty when none is left).
 
 use std::marker::PhantomData;
 
 use differential_dataflow::batcher::{Batcher, Extract};
-use differential_dataflow::consolidation::consolidate_updates;
 use differential_dataflow::difference::Semigroup;
 use differential_dataflow::logging::{BatcherEvent, Logger};
 use differential_dataflow::trace::implementations::ord_neu::{OrdKeyBuilder, OrdValBuilder};
 use differential_dataflow::trace::implementations::Layout;
 use differential_dataflow::trace::Builder;
 use timely::progress::frontier::{Antichain, AntichainRef};
+
+/// A key whose order starts with a 128-bit prefix: `a < b` implies
+/// `a.sort_prefix() <= b.sort_prefix()` (equal prefixes say nothing; the full order decides).
+pub trait SortPrefix {
+    /// The prefix; the more it tells keys apart, the less is left to comparisons.
+    fn sort_prefix(&self) -> u128;
+}
+
+/// A day's order as the high 32 bits (the sign bit flipped, so that negative days come first).
+#[inline]
+fn day_bits(day: i32) -> u128 {
+    u128::from((day as u32) ^ 0x8000_0000) << 96
+}
+
+/// `top-k candidates`, `top-k`, `users`: by day.
+impl SortPrefix for i32 {
+    #[inline]
+    fn sort_prefix(&self) -> u128 {
+        day_bits(*self)
+    }
+}
+
+/// `histogram`: by day, then total.
+impl SortPrefix for (i32, u64) {
+    #[inline]
+    fn sort_prefix(&self) -> u128 {
+        day_bits(self.0) | u128::from(self.1) << 32
+    }
+}
+
+/// `totals`: by day, then the user's 96 high bits.
+impl SortPrefix for (i32, u128) {
+    #[inline]
+    fn sort_prefix(&self) -> u128 {
+        day_bits(self.0) | self.1 >> 32
+    }
+}
+
+/// `by-total`: by day, then total, largest first (saturated to 32 bits: larger totals tie, and
+/// compare), then the user's 64 high bits.
+impl SortPrefix for (i32, std::cmp::Reverse<u64>, u128) {
+    #[inline]
+    fn sort_prefix(&self) -> u128 {
+        let total = u64::from(u32::MAX) - self.1 .0.min(u64::from(u32::MAX));
+        day_bits(self.0) | u128::from(total) << 64 | self.2 >> 64
+    }
+}
+
+/// Below this many updates, a comparison sort is as fast as the radix passes.
+const RADIX_MIN: usize = 2048;
+
+/// At most this many bytes of the prefixes are radix-sorted: the most significant ones that
+/// differ (a day, a total's low bytes, a user's first byte leave runs of one or two updates for
+/// the comparison sort).
+const MAX_BYTES: usize = 4;
+
+/// Sorts `updates` by `(data, time)`.
+///
+/// The updates are 48 to 64 bytes, so they are not moved by the radix passes: each gets an
+/// 8-byte proxy, its prefix's (see [`SortPrefix`]) most significant bytes that differ (at most
+/// [`MAX_BYTES`]) above its index. The proxies are radix-sorted, the updates gathered once in
+/// their order into `scratch` (then swapped with `updates`), and each run of updates whose
+/// bytes tie is sorted by comparison. `scratch` is only a buffer the caller keeps between
+/// calls; it is left empty.
+pub fn sort_updates<K, V, T, R>(
+    updates: &mut Vec<((K, V), T, R)>,
+    scratch: &mut Vec<((K, V), T, R)>,
+) where
+    K: Ord + Clone + SortPrefix,
+    V: Ord + Clone,
+    T: Ord + Clone,
+    R: Clone,
+{
+    let by_data_time = |a: &((K, V), T, R), b: &((K, V), T, R)| (&a.0, &a.1).cmp(&(&b.0, &b.1));
+    let n = updates.len();
+    if n < RADIX_MIN || n > u32::MAX as usize {
+        updates.sort_unstable_by(by_data_time);
+        return;
+    }
+    let prefix = |u: &((K, V), T, R)| u.0 .0.sort_prefix();
+    // Which bytes differ: the OR of every prefix's XOR with the first one.
+    let first = prefix(&updates[0]);
+    let differ = updates
+        .iter()
+        .fold(0u128, |acc, u| acc | (prefix(u) ^ first));
+    let bytes: Vec<u32> = (0..16u32)
+        .rev()
+        .filter(|b| (differ >> (8 * b)) & 0xFF != 0)
+        .take(MAX_BYTES)
+        .collect();
+    if bytes.is_empty() {
+        updates.sort_unstable_by(by_data_time);
+        return;
+    }
+    // The chosen bytes, most significant first, as the high half of a proxy; the index below.
+    let mut proxies: Vec<u64> = updates
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let p = prefix(u);
+            let key = bytes
+                .iter()
+                .fold(0u64, |key, &b| key << 8 | ((p >> (8 * b)) & 0xFF) as u64);
+            key << 32 | i as u64
+        })
+        .collect();
+    // Least significant digit first; the key takes the low `bytes.len()` bytes of the half.
+    let mut other = vec![0u64; n];
+    for digit in 0..bytes.len() {
+        let shift = 32 + 8 * digit;
+        let mut next = [0usize; 256];
+        for &x in &proxies {
+            next[((x >> shift) & 0xFF) as usize] += 1;
+        }
+        let mut sum = 0;
+        for slot in next.iter_mut() {
+            let c = *slot;
+            *slot = sum;
+            sum += c;
+        }
+        for &x in &proxies {
+            let d = ((x >> shift) & 0xFF) as usize;
+            other[next[d]] = x;
+            next[d] += 1;
+        }
+        std::mem::swap(&mut proxies, &mut other);
+    }
+    scratch.clear();
+    scratch.extend(
+        proxies
+            .iter()
+            .map(|&x| updates[(x & 0xFFFF_FFFF) as usize].clone()),
+    );
+    std::mem::swap(updates, scratch);
+    scratch.clear();
+    // Runs whose chosen bytes tie, sorted by comparison.
+    let mut start = 0;
+    for i in 1..=n {
+        if i == n || proxies[i] >> 32 != proxies[start] >> 32 {
+            if i - start > 1 {
+                updates[start..i].sort_unstable_by(by_data_time);
+            }
+            start = i;
+        }
+    }
+}
+
+/// Consolidates updates sorted by `(data, time)`: one update per `(data, time)`, diffs added,
+/// zero diffs dropped.
+pub fn consolidate_sorted<D: Eq, T: Eq, R: Semigroup>(updates: &mut Vec<(D, T, R)>) {
+    let mut kept = 0;
+    for i in 0..updates.len() {
+        if kept > 0 && updates[kept - 1].0 == updates[i].0 && updates[kept - 1].1 == updates[i].1 {
+            let (done, rest) = updates.split_at_mut(i);
+            done[kept - 1].2.plus_equals(&rest[0].2);
+        } else {
+            if kept > 0 && updates[kept - 1].2.is_zero() {
+                kept -= 1;
+            }
+            updates.swap(kept, i);
+            kept += 1;
+        }
+    }
+    if kept > 0 && updates[kept - 1].2.is_zero() {
+        kept -= 1;
+    }
+    updates.truncate(kept);
+}
 
 /// Builds a batch from one sorted, consolidated chunk, sized exactly, and leaves the chunk empty
 /// with its capacity (differential's `Sealer` takes the chunk and drops its allocation).
@@ -62,13 +236,15 @@ where
 
 /// Sorts and consolidates the updates of a batch once, when it is sealed; `S` builds the batch.
 ///
-/// Its two buffers keep their capacity from epoch to epoch (at most the largest epoch's
+/// Its three buffers keep their capacity from epoch to epoch (at most the largest epoch's
 /// updates): fresh buffers of that size every epoch are fresh pages the kernel must zero.
 pub struct SortBatcher<K, V, T, R, S> {
     /// Updates inserted and not yet extracted, in arrival order.
     pending: Vec<((K, V), T, R)>,
     /// The updates being extracted; empty (with its capacity) between extractions.
     ready: Vec<((K, V), T, R)>,
+    /// The sort's gather buffer; empty (with its capacity) between extractions.
+    scratch: Vec<((K, V), T, R)>,
     /// The least time in `pending` after the last extraction.
     frontier: Antichain<T>,
     /// Reports the records held, as differential's own batchers do.
@@ -83,6 +259,7 @@ impl<K, V, T, R, S> SortBatcher<K, V, T, R, S> {
         SortBatcher {
             pending: Vec::new(),
             ready: Vec::new(),
+            scratch: Vec::new(),
             frontier: Antichain::new(),
             logger,
             operator,
@@ -121,7 +298,7 @@ where
 
 impl<K, V, T, R, S> Extract for SortBatcher<K, V, T, R, S>
 where
-    K: Ord + Clone + 'static,
+    K: Ord + Clone + SortPrefix + 'static,
     V: Ord + Clone + 'static,
     T: Ord + Clone + timely::progress::Timestamp,
     R: Semigroup + 'static,
@@ -155,7 +332,8 @@ where
         if let Some(least) = self.pending.iter().map(|(_, t, _)| t).min() {
             self.frontier.insert(least.clone());
         }
-        consolidate_updates(&mut self.ready);
+        sort_updates(&mut self.ready, &mut self.scratch);
+        consolidate_sorted(&mut self.ready);
         let (mut keys, mut vals) = (0, 0);
         for (i, ((k, v), _, _)) in self.ready.iter().enumerate() {
             let previous = i.checked_sub(1).map(|j| &self.ready[j].0);
@@ -169,5 +347,92 @@ where
         let batch = S::seal_chunk(&mut self.ready, keys, vals);
         self.ready.clear();
         (batch, self.frontier.borrow())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cmp::Reverse;
+
+    use differential_dataflow::consolidation::consolidate_updates;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Sorted and consolidated by the radix path (`n` above [`RADIX_MIN`]) as by differential's
+    /// comparison sort.
+    fn check<K: Ord + Clone + SortPrefix + std::fmt::Debug>(
+        mut updates: Vec<((K, ()), u64, isize)>,
+    ) {
+        let mut expected = updates.clone();
+        consolidate_updates(&mut expected);
+        let mut scratch = Vec::new();
+        sort_updates(&mut updates, &mut scratch);
+        consolidate_sorted(&mut updates);
+        assert_eq!(updates, expected);
+    }
+
+    /// Random updates: few days, totals that tie a lot (and some above 32 bits, which saturate
+    /// the prefix), users that tie in their high bits, a few times, and ±1 diffs that often
+    /// cancel.
+    fn updates<K>(
+        n: usize,
+        seed: u64,
+        negative_days: bool,
+        key: impl Fn(i32, u64, u128) -> K,
+    ) -> Vec<((K, ()), u64, isize)> {
+        let mut rng = crate::random::SplitMix64(seed);
+        (0..n)
+            .map(|_| {
+                let negative = negative_days && rng.below(10) == 0;
+                let day = 20_000 + (rng.below(3) as i32) - if negative { 40_000 } else { 0 };
+                let total = match rng.below(4) {
+                    0 => (1 << 32) + rng.below(3),
+                    _ => rng.below(300),
+                };
+                let user = (u128::from(rng.below(4)) << 120)
+                    | (u128::from(rng.below(1000)) << 64)
+                    | u128::from(rng.below(50));
+                let diff = if rng.below(2) == 0 { 1 } else { -1 };
+                ((key(day, total, user), ()), rng.below(3), diff)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_radix_sort_orders_and_consolidates_like_differential() {
+        // Negative days make every byte of the day differ: the passes are spent on the day, the
+        // rest is left to comparisons. Without them the passes reach totals and users.
+        for negative in [false, true] {
+            for (n, seed) in [(0, 1), (5, 2), (RADIX_MIN + 1, 3), (50_000, 4)] {
+                check(updates(n, seed, negative, |d, t, u| (d, Reverse(t), u)));
+                check(updates(n, seed, negative, |d, _, u| (d, u)));
+                check(updates(n, seed, negative, |d, t, _| (d, t)));
+                check(updates(n, seed, negative, |d, _, _| d));
+            }
+        }
+    }
+
+    proptest! {
+        /// Any keys; `narrow` keeps days and totals in small ranges, so that the passes reach
+        /// the users' bits (random days spend them all on the day).
+        #[test]
+        fn the_radix_sort_on_any_keys(
+            narrow in any::<bool>(),
+            keys in prop::collection::vec(
+                (any::<i32>(), any::<u64>(), any::<u128>(), 0u64..3, -2isize..3),
+                RADIX_MIN..RADIX_MIN * 2,
+            ),
+        ) {
+            let keys = keys.into_iter().map(|(d, t, u, e, r)| {
+                if narrow { (d.rem_euclid(3), t % 5, u, e, r) } else { (d, t, u, e, r) }
+            });
+            let keys: Vec<_> = keys.collect();
+            let by_total: Vec<_> =
+                keys.iter().map(|&(d, t, u, e, r)| (((d, Reverse(t), u), ()), e, r)).collect();
+            check(by_total);
+            let totals: Vec<_> = keys.iter().map(|&(d, _, u, e, r)| (((d, u), ()), e, r)).collect();
+            check(totals);
+        }
     }
 }
