@@ -5,7 +5,7 @@
 //! and every merge fills fresh chunks (page faults). That suits many small batches over partially
 //! ordered times. Our arrangements receive one large batch per epoch over `u64` epochs, sealed
 //! once the epoch completes: gathering the updates and sorting them once when the batch is sealed
-//! does the same work with one in-place sort (measured in README, Performance).
+//! does the same work with one sort (measured in README, Performance).
 //!
 //! The sort itself is a radix sort of 8-byte proxies, made of each key's 128-bit prefix
 //! ([`SortPrefix`]: the day, then the total or the user's first bits), on the prefixes' most
