@@ -283,5 +283,16 @@ mod tests {
         assert_eq!(parse_user("g0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), None);
         assert_eq!(parse_user("a0eebc999c0b4ef8bb6d6bb9bd380a11"), None);
         assert_eq!(parse_user("{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}"), None);
+        assert_eq!(parse_user("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1g"), None);
+        assert_eq!(
+            u128::from_str_radix("a0eebc999c0b4ef8bb6d6bb9bd380a11", 16).ok(),
+            Some(v)
+        );
+        // Both halves, every digit position: seeded values round-trip.
+        let mut rng = crate::random::SplitMix64(7);
+        for _ in 0..10_000 {
+            let x = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
+            assert_eq!(parse_user(&format_user(x)), Some(x));
+        }
     }
 }
