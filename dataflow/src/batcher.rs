@@ -88,11 +88,12 @@ const MAX_BYTES: usize = 4;
 /// 8-byte proxy, its prefix's (see [`SortPrefix`]) most significant bytes that differ (at most
 /// [`MAX_BYTES`]) above its index. The proxies are radix-sorted, the updates gathered once in
 /// their order into `scratch` (then swapped with `updates`), and each run of updates whose
-/// bytes tie is sorted by comparison. `scratch` is only a buffer the caller keeps between
-/// calls; it is left empty.
+/// bytes tie is sorted by comparison. `scratch` and `proxies` are buffers the caller keeps
+/// between calls (fresh ones every epoch are fresh pages to fault in); they are left empty.
 pub fn sort_updates<K, V, T, R>(
     updates: &mut Vec<((K, V), T, R)>,
     scratch: &mut Vec<((K, V), T, R)>,
+    proxies: &mut [Vec<u64>; 2],
 ) where
     K: Ord + Clone + SortPrefix,
     V: Ord + Clone,
@@ -121,23 +122,22 @@ pub fn sort_updates<K, V, T, R>(
         return;
     }
     // The chosen bytes, most significant first, as the high half of a proxy; the index below.
-    let mut proxies: Vec<u64> = updates
-        .iter()
-        .enumerate()
-        .map(|(i, u)| {
-            let p = prefix(u);
-            let key = bytes
-                .iter()
-                .fold(0u64, |key, &b| key << 8 | ((p >> (8 * b)) & 0xFF) as u64);
-            key << 32 | i as u64
-        })
-        .collect();
+    let [mut sorted, mut other] = std::mem::take(proxies);
+    sorted.clear();
+    sorted.extend(updates.iter().enumerate().map(|(i, u)| {
+        let p = prefix(u);
+        let key = bytes
+            .iter()
+            .fold(0u64, |key, &b| key << 8 | ((p >> (8 * b)) & 0xFF) as u64);
+        key << 32 | i as u64
+    }));
     // Least significant digit first; the key takes the low `bytes.len()` bytes of the half.
-    let mut other = vec![0u64; n];
+    other.clear();
+    other.resize(n, 0);
     for digit in 0..bytes.len() {
         let shift = 32 + 8 * digit;
         let mut next = [0usize; 256];
-        for &x in &proxies {
+        for &x in &sorted {
             next[((x >> shift) & 0xFF) as usize] += 1;
         }
         let mut sum = 0;
@@ -146,16 +146,16 @@ pub fn sort_updates<K, V, T, R>(
             *slot = sum;
             sum += c;
         }
-        for &x in &proxies {
+        for &x in &sorted {
             let d = ((x >> shift) & 0xFF) as usize;
             other[next[d]] = x;
             next[d] += 1;
         }
-        std::mem::swap(&mut proxies, &mut other);
+        std::mem::swap(&mut sorted, &mut other);
     }
     scratch.clear();
     scratch.extend(
-        proxies
+        sorted
             .iter()
             .map(|&x| updates[(x & 0xFFFF_FFFF) as usize].clone()),
     );
@@ -164,13 +164,16 @@ pub fn sort_updates<K, V, T, R>(
     // Runs whose chosen bytes tie, sorted by comparison.
     let mut start = 0;
     for i in 1..=n {
-        if i == n || proxies[i] >> 32 != proxies[start] >> 32 {
+        if i == n || sorted[i] >> 32 != sorted[start] >> 32 {
             if i - start > 1 {
                 updates[start..i].sort_unstable_by(by_data_time);
             }
             start = i;
         }
     }
+    sorted.clear();
+    other.clear();
+    *proxies = [sorted, other];
 }
 
 /// Consolidates updates sorted by `(data, time)`: one update per `(data, time)`, diffs added,
@@ -236,7 +239,7 @@ where
 
 /// Sorts and consolidates the updates of a batch once, when it is sealed; `S` builds the batch.
 ///
-/// Its three buffers keep their capacity from epoch to epoch (at most the largest epoch's
+/// Its buffers keep their capacity from epoch to epoch (at most the largest epoch's
 /// updates): fresh buffers of that size every epoch are fresh pages the kernel must zero.
 pub struct SortBatcher<K, V, T, R, S> {
     /// Updates inserted and not yet extracted, in arrival order.
@@ -245,6 +248,8 @@ pub struct SortBatcher<K, V, T, R, S> {
     ready: Vec<((K, V), T, R)>,
     /// The sort's gather buffer; empty (with its capacity) between extractions.
     scratch: Vec<((K, V), T, R)>,
+    /// The sort's proxies and their radix passes' second buffer; empty between extractions.
+    proxies: [Vec<u64>; 2],
     /// The least time in `pending` after the last extraction.
     frontier: Antichain<T>,
     /// Reports the records held, as differential's own batchers do.
@@ -260,6 +265,7 @@ impl<K, V, T, R, S> SortBatcher<K, V, T, R, S> {
             pending: Vec::new(),
             ready: Vec::new(),
             scratch: Vec::new(),
+            proxies: Default::default(),
             frontier: Antichain::new(),
             logger,
             operator,
@@ -332,7 +338,7 @@ where
         if let Some(least) = self.pending.iter().map(|(_, t, _)| t).min() {
             self.frontier.insert(least.clone());
         }
-        sort_updates(&mut self.ready, &mut self.scratch);
+        sort_updates(&mut self.ready, &mut self.scratch, &mut self.proxies);
         consolidate_sorted(&mut self.ready);
         let (mut keys, mut vals) = (0, 0);
         for (i, ((k, v), _, _)) in self.ready.iter().enumerate() {
@@ -366,8 +372,8 @@ mod tests {
     ) {
         let mut expected = updates.clone();
         consolidate_updates(&mut expected);
-        let mut scratch = Vec::new();
-        sort_updates(&mut updates, &mut scratch);
+        let (mut scratch, mut proxies) = (Vec::new(), Default::default());
+        sort_updates(&mut updates, &mut scratch, &mut proxies);
         consolidate_sorted(&mut updates);
         assert_eq!(updates, expected);
     }
