@@ -811,6 +811,16 @@ impl SharedS3Input {
 }
 
 impl rankmysteps_sources::chunk::ChunkSource for SharedS3Input {
+    /// An archive replay: no bound is computed, so the events that could be late keep their
+    /// raw bytes.
+    fn watermark_bound(
+        &self,
+        _chunk: &rankmysteps_sources::chunk::Chunk,
+    ) -> Option<Option<Micros>> {
+        None
+    }
+
+    fn parsed(&mut self, _chunk: &rankmysteps_sources::chunk::Chunk, _max_time: Option<Micros>) {}
     fn pull(&mut self) -> rankmysteps_sources::chunk::Pull {
         use rankmysteps_sources::chunk::{Chunk, Pull};
         let mut input = self.0.lock().expect("s3 input lock");

@@ -646,6 +646,13 @@ impl Replay {
 }
 
 impl ChunkSource for SharedReplay {
+    /// The archive's records of a restart: no bound is computed, so the events that could be
+    /// late keep their raw bytes (a replay is short: the epochs since the checkpoint).
+    fn watermark_bound(&self, _chunk: &Chunk) -> Option<Option<Micros>> {
+        None
+    }
+
+    fn parsed(&mut self, _chunk: &Chunk, _max_time: Option<Micros>) {}
     fn pull(&mut self) -> Pull {
         let mut replay = self.0.lock().expect("replay lock");
         if replay.failed {
@@ -684,6 +691,22 @@ pub struct Resumed {
 }
 
 impl ChunkSource for Resumed {
+    /// The source of the chunk: the replay while it lasts (a chunk pulled from it leaves
+    /// `replay` set), then Kafka.
+    fn watermark_bound(&self, chunk: &Chunk) -> Option<Option<Micros>> {
+        match &self.replay {
+            Some(replay) => replay.watermark_bound(chunk),
+            None => self.kafka.watermark_bound(chunk),
+        }
+    }
+
+    fn parsed(&mut self, chunk: &Chunk, max_time: Option<Micros>) {
+        match &mut self.replay {
+            Some(replay) => replay.parsed(chunk, max_time),
+            None => self.kafka.parsed(chunk, max_time),
+        }
+    }
+
     fn pull(&mut self) -> Pull {
         if let Some(replay) = self.replay.as_mut() {
             match replay.pull() {

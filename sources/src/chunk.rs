@@ -103,13 +103,16 @@ pub trait ChunkSource: 'static {
     /// An upper bound of the watermark W(e−1) that admission will use for `chunk`'s epoch e,
     /// if the source knows one: `Some(None)` means no event precedes the epoch. Events whose
     /// day closes after that bound cannot be late, so they need not keep their raw bytes.
-    /// `None` (the default): unknown.
-    fn watermark_bound(&self, _chunk: &Chunk) -> Option<Option<Micros>> {
-        None
-    }
+    /// `None`: unknown (every event that could be late keeps its raw bytes).
+    ///
+    /// Required, like [`ChunkSource::parsed`], so that a wrapper of another source says what
+    /// it forwards: a wrapper that silently dropped both once made every event of a file replay
+    /// keep a copy of its line.
+    fn watermark_bound(&self, chunk: &Chunk) -> Option<Option<Micros>>;
 
-    /// Reports the largest time of the events parsed from `chunk` (`None`: no event).
-    fn parsed(&mut self, _chunk: &Chunk, _max_time: Option<Micros>) {}
+    /// Reports the largest time of the events parsed from `chunk` (`None`: no event), for
+    /// sources that bound the watermark from what they have already parsed.
+    fn parsed(&mut self, chunk: &Chunk, max_time: Option<Micros>);
 }
 
 /// The wall clock, UTC microseconds.

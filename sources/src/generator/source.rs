@@ -165,6 +165,13 @@ impl Generator {
 }
 
 impl ChunkSource for Generator {
+    /// A stream: the watermark follows every worker's events as they come; no bound is known
+    /// ahead.
+    fn watermark_bound(&self, _chunk: &Chunk) -> Option<Option<Micros>> {
+        None
+    }
+
+    fn parsed(&mut self, _chunk: &Chunk, _max_time: Option<Micros>) {}
     fn pull(&mut self) -> Pull {
         let elapsed = self.started.elapsed();
         if self.stop.load(Ordering::Relaxed) || self.config.duration.is_some_and(|d| elapsed >= d) {

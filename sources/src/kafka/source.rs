@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rankmysteps_dataflow::event::Epoch;
+use rankmysteps_dataflow::event::{Epoch, Micros};
 use rankmysteps_dataflow::output::Position;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -184,6 +184,13 @@ impl KafkaSource {
 }
 
 impl ChunkSource for KafkaSource {
+    /// A stream: the watermark follows every partition's events as they come; no bound is
+    /// known ahead.
+    fn watermark_bound(&self, _chunk: &Chunk) -> Option<Option<Micros>> {
+        None
+    }
+
+    fn parsed(&mut self, _chunk: &Chunk, _max_time: Option<Micros>) {}
     fn pull(&mut self) -> Pull {
         if self.stop.load(Ordering::Relaxed) || self.lost.is_some() {
             return Pull::Done;
