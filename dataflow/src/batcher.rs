@@ -9,10 +9,10 @@
 //!
 //! The sort itself is a radix sort of 8-byte proxies, made of each key's 128-bit prefix
 //! ([`SortPrefix`]: the day, then the total or the user's first bits), on the prefixes' most
-//! significant bytes that differ (at most four), then one gather of the updates in that order
-//! and a comparison sort of each run those bytes leave tied (one or two updates in `by-total`
-//! and `totals`). An epoch's 100 000 updates of 48 to 64 bytes took a comparison sort about
-//! seventeen levels of data-dependent branches and moves.
+//! significant bytes that differ (at most four), then one move of the updates into that order
+//! (in place) and a comparison sort of each run those bytes leave tied (one or two updates in
+//! `by-total` and `totals`). An epoch's 100 000 updates of 48 to 64 bytes took a comparison sort
+//! about seventeen levels of data-dependent branches and moves.
 //!
 //! Invariant: `pending` holds every update inserted and not yet extracted, unsorted; `frontier`
 //! is the least time among them after each extraction (empty when none is left).
@@ -86,23 +86,22 @@ const MAX_BYTES: usize = 4;
 ///
 /// The updates are 48 to 64 bytes, so they are not moved by the radix passes: each gets an
 /// 8-byte proxy, its prefix's (see [`SortPrefix`]) most significant bytes that differ (at most
-/// [`MAX_BYTES`]) above its index. The proxies are radix-sorted, the updates gathered once in
-/// their order into `scratch` (then swapped with `updates`), and each run of updates whose
-/// bytes tie is sorted by comparison. `scratch` and `proxies` are buffers the caller keeps
-/// between calls (fresh ones every epoch are fresh pages to fault in); they are left empty.
-pub fn sort_updates<K, V, T, R>(
-    updates: &mut Vec<((K, V), T, R)>,
-    scratch: &mut Vec<((K, V), T, R)>,
-    proxies: &mut [Vec<u64>; 2],
-) where
-    K: Ord + Clone + SortPrefix,
-    V: Ord + Clone,
-    T: Ord + Clone,
-    R: Clone,
+/// [`MAX_BYTES`]) above its index. The proxies are radix-sorted, the updates moved once into
+/// their order (in place, along the permutation's cycles), and each run of updates whose bytes
+/// tie is sorted by comparison. `proxies` are buffers the caller keeps between calls (fresh
+/// ones every epoch are fresh pages to fault in); they are left empty.
+pub fn sort_updates<K, V, T, R>(updates: &mut [((K, V), T, R)], proxies: &mut [Vec<u64>; 2])
+where
+    K: Ord + SortPrefix,
+    V: Ord,
+    T: Ord,
 {
     let by_data_time = |a: &((K, V), T, R), b: &((K, V), T, R)| (&a.0, &a.1).cmp(&(&b.0, &b.1));
     let n = updates.len();
-    if n < RADIX_MIN || n > u32::MAX as usize {
+    // Indexes take the proxies' low half, all ones marking one done.
+    const LOW: u64 = 0xFFFF_FFFF;
+    const DONE: u64 = LOW;
+    if n < RADIX_MIN || n >= LOW as usize {
         updates.sort_unstable_by(by_data_time);
         return;
     }
@@ -153,14 +152,25 @@ pub fn sort_updates<K, V, T, R>(
         }
         std::mem::swap(&mut sorted, &mut other);
     }
-    scratch.clear();
-    scratch.extend(
-        sorted
-            .iter()
-            .map(|&x| updates[(x & 0xFFFF_FFFF) as usize].clone()),
-    );
-    std::mem::swap(updates, scratch);
-    scratch.clear();
+    // The updates moved in place into the proxies' order, a cycle of the permutation at a
+    // time: position j takes the update at index `sorted[j]`'s low half, which is then marked
+    // done. No second epoch-sized buffer of updates (a closing day's retirement makes an epoch
+    // of all its users, and such a buffer would stay at that size).
+    for i in 0..n {
+        if sorted[i] & LOW == DONE {
+            continue;
+        }
+        let mut j = i;
+        loop {
+            let source = (sorted[j] & LOW) as usize;
+            sorted[j] |= DONE;
+            if source == i {
+                break;
+            }
+            updates.swap(j, source);
+            j = source;
+        }
+    }
     // Runs whose chosen bytes tie, sorted by comparison.
     let mut start = 0;
     for i in 1..=n {
@@ -246,8 +256,6 @@ pub struct SortBatcher<K, V, T, R, S> {
     pending: Vec<((K, V), T, R)>,
     /// The updates being extracted; empty (with its capacity) between extractions.
     ready: Vec<((K, V), T, R)>,
-    /// The sort's gather buffer; empty (with its capacity) between extractions.
-    scratch: Vec<((K, V), T, R)>,
     /// The sort's proxies and their radix passes' second buffer; empty between extractions.
     proxies: [Vec<u64>; 2],
     /// The least time in `pending` after the last extraction.
@@ -264,7 +272,6 @@ impl<K, V, T, R, S> SortBatcher<K, V, T, R, S> {
         SortBatcher {
             pending: Vec::new(),
             ready: Vec::new(),
-            scratch: Vec::new(),
             proxies: Default::default(),
             frontier: Antichain::new(),
             logger,
@@ -338,7 +345,7 @@ where
         if let Some(least) = self.pending.iter().map(|(_, t, _)| t).min() {
             self.frontier.insert(least.clone());
         }
-        sort_updates(&mut self.ready, &mut self.scratch, &mut self.proxies);
+        sort_updates(&mut self.ready, &mut self.proxies);
         consolidate_sorted(&mut self.ready);
         let (mut keys, mut vals) = (0, 0);
         for (i, ((k, v), _, _)) in self.ready.iter().enumerate() {
@@ -372,8 +379,8 @@ mod tests {
     ) {
         let mut expected = updates.clone();
         consolidate_updates(&mut expected);
-        let (mut scratch, mut proxies) = (Vec::new(), Default::default());
-        sort_updates(&mut updates, &mut scratch, &mut proxies);
+        let mut proxies = Default::default();
+        sort_updates(&mut updates, &mut proxies);
         consolidate_sorted(&mut updates);
         assert_eq!(updates, expected);
     }
