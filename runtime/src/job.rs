@@ -821,6 +821,7 @@ impl rankmysteps_sources::chunk::ChunkSource for SharedS3Input {
     }
 
     fn parsed(&mut self, _chunk: &rankmysteps_sources::chunk::Chunk, _max_time: Option<Micros>) {}
+
     fn pull(&mut self) -> rankmysteps_sources::chunk::Pull {
         use rankmysteps_sources::chunk::{Chunk, Pull};
         let mut input = self.0.lock().expect("s3 input lock");

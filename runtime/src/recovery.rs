@@ -653,6 +653,7 @@ impl ChunkSource for SharedReplay {
     }
 
     fn parsed(&mut self, _chunk: &Chunk, _max_time: Option<Micros>) {}
+
     fn pull(&mut self) -> Pull {
         let mut replay = self.0.lock().expect("replay lock");
         if replay.failed {

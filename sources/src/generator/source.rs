@@ -172,6 +172,7 @@ impl ChunkSource for Generator {
     }
 
     fn parsed(&mut self, _chunk: &Chunk, _max_time: Option<Micros>) {}
+
     fn pull(&mut self) -> Pull {
         let elapsed = self.started.elapsed();
         if self.stop.load(Ordering::Relaxed) || self.config.duration.is_some_and(|d| elapsed >= d) {

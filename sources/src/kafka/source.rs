@@ -191,6 +191,7 @@ impl ChunkSource for KafkaSource {
     }
 
     fn parsed(&mut self, _chunk: &Chunk, _max_time: Option<Micros>) {}
+
     fn pull(&mut self) -> Pull {
         if self.stop.load(Ordering::Relaxed) || self.lost.is_some() {
             return Pull::Done;
