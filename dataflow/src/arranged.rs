@@ -2,7 +2,7 @@
 //!
 //! | arrangement | key → diff | worker |
 //! |---|---|---|
-//! | `totals` | (day, user) → (steps, epochs with steps) | the user's |
+//! | `totals` | (day, user) → (steps, accepted events) | the user's |
 //! | `histogram` | (day, total) → number of users | the day's |
 //! | `users` | day → number of users | the day's |
 //! | `by-total` | (day, Reverse(total), user) → 1: the day's users in listing order | the day's |
@@ -32,10 +32,11 @@ use differential_dataflow::trace::implementations::{KeySpine, ValSpine};
 use differential_dataflow::trace::{SpanOf, TraceReader};
 use differential_dataflow::AsCollection;
 use rustc_hash::{FxHashMap, FxHashSet};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::{InputHandleCore, Operator, OutputBuilder};
-use timely::dataflow::operators::{Capability, Concat};
+use timely::dataflow::operators::generic::{InputHandleCore, Operator, OutputBuilder, Session};
+use timely::dataflow::operators::{Capability, CapabilityTrait, Concat};
 use timely::progress::frontier::Antichain;
 
 use crate::batcher::SortBatcher;
@@ -44,8 +45,8 @@ use crate::event::{is_closed, Day, Epoch, Micros, User};
 use crate::pipeline::{epoch_of, route_day, Coll, Settings, VecStream};
 use crate::ranking::{rank_prefix, TopRow};
 
-/// A user's accumulated `(steps, epochs with accepted steps)` on a day; the second part keeps
-/// users whose steps sum to 0 in the arrangement.
+/// A user's accumulated `(steps, accepted events)` on a day; the second part keeps users whose
+/// steps sum to 0 in the arrangement (a user is present while it is positive).
 pub type Steps = (i64, i64);
 /// `totals`: (day, user) → [`Steps`], on the user's worker.
 pub type TotalsTrace = TraceAgent<KeySpine<(Day, User), Epoch, Steps>>;
@@ -129,23 +130,23 @@ pub struct State<'scope> {
     pub traces: Traces,
 }
 
-/// Builds every arrangement from the accepted steps (`((day, user), steps)` per epoch,
-/// consolidated, on the user's worker) and the watermark.
+/// Builds every arrangement from the accepted steps (`((day, user), (steps, 1))` per accepted
+/// event, on the user's worker, not consolidated) and the watermark.
 ///
 /// `restored`: `(epoch, (day, user, total) of this worker's users)` from a checkpoint part,
 /// entered into `totals` at that epoch. `plan`: `Totals` files its piece of each checkpoint.
 pub fn state<'scope>(
-    accepted: Coll<'scope, (Day, User), i64>,
+    accepted: VecStream<'scope, (((Day, User), ()), Epoch, Steps)>,
     watermark: VecStream<'scope, Micros>,
     settings: &Settings,
     restored: Option<(Epoch, Vec<(Day, User, i64)>)>,
     plan: Option<CheckpointPlan>,
 ) -> State<'scope> {
-    let scope = accepted.inner.scope();
+    let scope = accepted.scope();
     let (retire_handle, retired) = timely::dataflow::operators::Feedback::feedback::<
         Vec<(((Day, User), ()), Epoch, Steps)>,
     >(&scope, 1);
-    let mut steps = accepted.inner.map_in_place_steps().concat(retired);
+    let mut steps = accepted.concat(retired);
     if let Some((epoch, totals)) = restored {
         steps = steps.concat(restore(scope, epoch, totals));
     }
@@ -285,7 +286,7 @@ fn totals_before(
     };
     let old = walk(before, &|_| true);
     let new = walk(new, &|t| t < mark);
-    // Merge two sorted runs; a user is present while it has epochs with steps.
+    // Merge two sorted runs; a user is present while it has accepted events.
     let mut out = Vec::with_capacity(old.len() + new.len());
     let (mut a, mut b) = (old.into_iter().peekable(), new.into_iter().peekable());
     loop {
@@ -305,18 +306,6 @@ fn totals_before(
         }
     }
     out
-}
-
-/// Accepted steps as updates of the `totals` arrangement.
-trait StepsUpdates<'scope> {
-    fn map_in_place_steps(self) -> VecStream<'scope, (((Day, User), ()), Epoch, Steps)>;
-}
-
-impl<'scope> StepsUpdates<'scope> for VecStream<'scope, ((Day, User), Epoch, i64)> {
-    fn map_in_place_steps(self) -> VecStream<'scope, (((Day, User), ()), Epoch, Steps)> {
-        use timely::dataflow::operators::vec::Map;
-        self.map(|(key, time, steps)| ((key, ()), time, (steps, 1)))
-    }
 }
 
 /// What an operator following an arrangement keeps between activations: a handle on the trace
@@ -421,6 +410,96 @@ struct Change {
     new: Option<u64>,
 }
 
+/// Derives every output of a change of a user's total: the totals for sinks (the old total
+/// retracted, the new one inserted, retirements left out), the `by-total` index, the histogram's
+/// and `users`' contributions (summed per epoch in the maps) and the worker's top-k candidates.
+/// Changes must come in time order (per user and, for the candidates, across users).
+struct Emit<'a, T, I, K> {
+    k: usize,
+    local_top: &'a mut FxHashMap<Day, BTreeSet<(Reverse<u64>, User)>>,
+    contributions: &'a mut FxHashMap<(Day, u64, Epoch), isize>,
+    presences: &'a mut FxHashMap<(Day, Epoch), isize>,
+    totals: T,
+    index: I,
+    candidates: K,
+}
+
+impl<T, I, K> Emit<'_, T, I, K>
+where
+    T: Give<((Day, User, u64), Epoch, isize)>,
+    I: Give<(((Day, Reverse<u64>, User), ()), Epoch, isize)>,
+    K: Give<((Day, (Reverse<u64>, User)), Epoch, isize)>,
+{
+    fn change(&mut self, c: Change) {
+        let Change {
+            time,
+            day,
+            user,
+            old,
+            new,
+        } = c;
+        let retired = new.is_none();
+        if let Some(old) = old {
+            if !retired {
+                self.totals.give(((day, user, old), time, -1isize));
+            }
+            *self.contributions.entry((day, old, time)).or_default() -= 1;
+            self.index
+                .give((((day, Reverse(old), user), ()), time, -1isize));
+        }
+        match (old, new) {
+            (None, Some(_)) => *self.presences.entry((day, time)).or_default() += 1,
+            (Some(_), None) => *self.presences.entry((day, time)).or_default() -= 1,
+            _ => {}
+        }
+        let set = self.local_top.entry(day).or_default();
+        if let Some(new) = new {
+            self.totals.give(((day, user, new), time, 1isize));
+            *self.contributions.entry((day, new, time)).or_default() += 1;
+            self.index
+                .give((((day, Reverse(new), user), ()), time, 1isize));
+            // Local top-k by insertion only (totals only grow).
+            let entry = (Reverse(new), user);
+            if set.len() < self.k || set.last().is_some_and(|last| entry < *last) {
+                if let Some(old) = old {
+                    if set.remove(&(Reverse(old), user)) {
+                        self.candidates
+                            .give(((day, (Reverse(old), user)), time, -1isize));
+                    }
+                }
+                set.insert(entry);
+                self.candidates.give(((day, entry), time, 1isize));
+                if set.len() > self.k {
+                    let evicted = set.pop_last().expect("non-empty");
+                    self.candidates.give(((day, evicted), time, -1isize));
+                }
+            }
+        } else if let Some(old) = old {
+            // Retirement: the day's candidates leave with its users.
+            if set.remove(&(Reverse(old), user)) {
+                self.candidates
+                    .give(((day, (Reverse(old), user)), time, -1isize));
+            }
+        }
+    }
+}
+
+/// Something records can be given to one at a time: an output's session.
+trait Give<D> {
+    fn give(&mut self, record: D);
+}
+
+impl<D, CT> Give<D> for Session<'_, '_, Epoch, CapacityContainerBuilder<Vec<D>>, CT>
+where
+    CT: CapabilityTrait<Epoch>,
+    D: Clone + 'static,
+{
+    #[inline]
+    fn give(&mut self, record: D) {
+        Session::give(self, record);
+    }
+}
+
 /// The `Totals` operator: reads each changed (day, user) in the `totals` batches and its old
 /// value in the trace, and derives the changes of every other arrangement's input.
 ///
@@ -506,9 +585,30 @@ fn totals<'scope>(
                 }
             }
             if let Some((caps, batches)) = taken {
+                // The batches span one epoch (the usual case): each change is emitted as it is
+                // found, straight into the outputs' sessions. Otherwise the changes are
+                // gathered and emitted in time order, which the top-k candidates need.
+                let one_epoch = match (follower.lower.first(), follower.upper.first()) {
+                    (Some(&lower), Some(&upper)) => upper == lower + 1,
+                    _ => false,
+                };
                 let (mut batch_cursor, batch_storage) = cursor_list(batches);
                 let (mut trace_cursor, trace_storage) = cursor_list(follower.before());
-                let mut several_times = false;
+                // The outputs' sessions chunk the records into small containers: one vector of
+                // the epoch's size per output would be fresh pages, zeroed by the kernel, every
+                // epoch (the allocator returns such large blocks once freed).
+                let mut totals_h = totals_out.activate();
+                let mut index_h = index_out.activate();
+                let mut cand_h = cand_out.activate();
+                let mut emit = Emit {
+                    k,
+                    local_top: &mut local_top,
+                    contributions: &mut contributions,
+                    presences: &mut presences,
+                    totals: totals_h.session(&caps[0]),
+                    index: index_h.session(&caps[3]),
+                    candidates: cand_h.session(&caps[4]),
+                };
                 while let Some(&(day, user)) = batch_cursor.get_key(&batch_storage) {
                     let mut acc: Steps = (0, 0);
                     trace_cursor.seek_key(&trace_storage, &(day, user));
@@ -521,80 +621,34 @@ fn totals<'scope>(
                     times.clear();
                     batch_cursor.map_times(&batch_storage, |t, d| times.push((*t, *d)));
                     times.sort_unstable_by_key(|(t, _)| *t);
-                    several_times |= times.first().map(|f| f.0) != times.last().map(|l| l.0);
                     for &(time, d) in &times {
                         let old = (acc.1 > 0).then_some(acc.0 as u64);
                         acc.0 += d.0;
                         acc.1 += d.1;
                         let new = (acc.1 > 0).then_some(acc.0 as u64);
                         if old != new {
-                            changes.push(Change {
+                            let change = Change {
                                 time,
                                 day,
                                 user,
                                 old,
                                 new,
-                            });
+                            };
+                            if one_epoch {
+                                emit.change(change);
+                            } else {
+                                changes.push(change);
+                            }
                         }
                     }
                     batch_cursor.step_key(&batch_storage);
                 }
-                if several_times {
-                    // The top-k candidates must follow the epochs in order.
-                    changes.sort_by_key(|c| c.time);
+                // The top-k candidates must follow the epochs in order.
+                changes.sort_by_key(|c| c.time);
+                for change in changes.drain(..) {
+                    emit.change(change);
                 }
-                // Sized once: growing them by doubling would copy them into fresh pages.
-                let n = 2 * changes.len();
-                let (mut t_buf, mut i_buf, mut k_buf) =
-                    (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
-                for Change {
-                    time,
-                    day,
-                    user,
-                    old,
-                    new,
-                } in changes.drain(..)
-                {
-                    let retired = new.is_none();
-                    if let Some(old) = old {
-                        if !retired {
-                            t_buf.push(((day, user, old), time, -1isize));
-                        }
-                        *contributions.entry((day, old, time)).or_default() -= 1;
-                        i_buf.push((((day, Reverse(old), user), ()), time, -1isize));
-                    }
-                    match (old, new) {
-                        (None, Some(_)) => *presences.entry((day, time)).or_default() += 1,
-                        (Some(_), None) => *presences.entry((day, time)).or_default() -= 1,
-                        _ => {}
-                    }
-                    let set = local_top.entry(day).or_default();
-                    if let Some(new) = new {
-                        t_buf.push(((day, user, new), time, 1isize));
-                        *contributions.entry((day, new, time)).or_default() += 1;
-                        i_buf.push((((day, Reverse(new), user), ()), time, 1isize));
-                        // Local top-k by insertion only (totals only grow).
-                        let entry = (Reverse(new), user);
-                        if set.len() < k || set.last().is_some_and(|last| entry < *last) {
-                            if let Some(old) = old {
-                                if set.remove(&(Reverse(old), user)) {
-                                    k_buf.push(((day, (Reverse(old), user)), time, -1isize));
-                                }
-                            }
-                            set.insert(entry);
-                            k_buf.push(((day, entry), time, 1isize));
-                            if set.len() > k {
-                                let evicted = set.pop_last().expect("non-empty");
-                                k_buf.push(((day, evicted), time, -1isize));
-                            }
-                        }
-                    } else if let Some(old) = old {
-                        // Retirement: the day's candidates leave with its users.
-                        if set.remove(&(Reverse(old), user)) {
-                            k_buf.push(((day, (Reverse(old), user)), time, -1isize));
-                        }
-                    }
-                }
+                drop(emit);
                 local_top.retain(|day, set| {
                     let keep = !set.is_empty();
                     if !keep {
@@ -602,12 +656,6 @@ fn totals<'scope>(
                     }
                     keep
                 });
-                // Consolidated per epoch: one change per (day, user) and epoch (a batch of
-                // several epochs keeps each epoch's change under its own time).
-                totals_out
-                    .activate()
-                    .session(&caps[0])
-                    .give_container(&mut t_buf);
                 contrib_out.activate().session(&caps[1]).give_iterator(
                     contributions
                         .drain()
@@ -620,14 +668,6 @@ fn totals<'scope>(
                         .filter(|(_, n)| *n != 0)
                         .map(|((day, time), n)| ((day, ()), time, n)),
                 );
-                index_out
-                    .activate()
-                    .session(&caps[3])
-                    .give_container(&mut i_buf);
-                cand_out
-                    .activate()
-                    .session(&caps[4])
-                    .give_container(&mut k_buf);
             }
             follower.advance();
 
@@ -654,7 +694,10 @@ fn totals<'scope>(
                     continue;
                 }
                 let (mut cursor, storage) = cursor_list(follower.through_last());
-                let mut out = Vec::new();
+                // Straight into the session (small containers): a closing day's retirement is
+                // one update per user of the day.
+                let mut retire_h = retire_out.activate();
+                let mut out = retire_h.session(&cap);
                 for day in closing {
                     retiring.insert(day);
                     cursor.seek_key(&storage, &(day, 0));
@@ -672,12 +715,11 @@ fn totals<'scope>(
                             // delays the message's timestamp, not the records' own times, and
                             // an update at t would land behind every frontier downstream (in
                             // an epoch already delivered, or in the one being delivered).
-                            out.push((((day, user), ()), t + 1, (-acc.0, -acc.1)));
+                            out.give((((day, user), ()), t + 1, (-acc.0, -acc.1)));
                         }
                         cursor.step_key(&storage);
                     }
                 }
-                retire_out.activate().session(&cap).give_container(&mut out);
             }
             // W(e) is final here for every e both inputs have passed.
             let through = |f: &timely::progress::frontier::MutableAntichain<Epoch>| {

@@ -330,15 +330,12 @@ where
         if self.pending.iter().all(|(_, t, _)| !upper.less_equal(t)) {
             std::mem::swap(&mut self.pending, &mut self.ready);
         } else {
-            let mut kept = Vec::new();
-            for update in self.pending.drain(..) {
-                if upper.less_equal(&update.1) {
-                    kept.push(update);
-                } else {
-                    self.ready.push(update);
-                }
-            }
-            self.pending = kept;
+            // In place: `pending` keeps its buffer (a fresh one, grown by doubling while the
+            // next epochs arrive, would be fresh pages every time the source runs ahead).
+            self.ready.extend(
+                self.pending
+                    .extract_if(.., |(_, t, _)| !upper.less_equal(t)),
+            );
         }
         self.log(-((held - self.pending.len()) as isize));
         self.frontier.clear();

@@ -15,8 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use differential_dataflow::{AsCollection, VecCollection};
-use rustc_hash::FxHashMap;
+use differential_dataflow::VecCollection;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::{Operator, OutputBuilder};
@@ -268,8 +267,9 @@ impl WatermarkView {
 
 /// What admission produces.
 struct Admitted<'scope> {
-    /// `((day, user), steps)` as a collection whose diff is the steps accepted in the epoch.
-    accepted: Coll<'scope, (Day, User), i64>,
+    /// `(((day, user), ()), epoch, (steps, 1))`: one update of the `totals` arrangement per
+    /// accepted event (not consolidated: the arrangement's batcher sums them).
+    accepted: VecStream<'scope, (((Day, User), ()), Epoch, crate::arranged::Steps)>,
     /// Events rejected as `late`.
     rejected: VecStream<'scope, Rejection>,
     /// Per-worker per-epoch counts of accepted and duplicate events.
@@ -283,9 +283,11 @@ struct Admitted<'scope> {
 /// Events are exchanged by user. At epoch e, with W(e-1) from `watermark` (stamped e), an event
 /// whose day is closed is rejected as `late`; otherwise an event whose `(user, day, event_id)`
 /// was accepted at most `dedup_window` of ingestion time before it is a `duplicate` (design §1,
-/// [`DedupWindow`]); otherwise it is accepted. Output `accepted`: one record per `(day, user)`
-/// with diff = the steps accepted in the epoch, consolidated per epoch. The window forgets ids
-/// as it passes, so its memory follows the ids of one window, not the events of a day.
+/// [`DedupWindow`]); otherwise it is accepted. Output `accepted`: one `totals` update per
+/// accepted event, `((day, user), (steps, 1))`, **not consolidated**: the `totals` arrangement's
+/// batcher sorts and sums an epoch's updates anyway, and summing them here first (a hash map of
+/// the epoch's users) cost a cache miss per event. The window forgets ids as it passes, so its
+/// memory follows the ids of one window, not the events of a day.
 ///
 /// With a checkpoint plan, before it applies an epoch ≥ a mark T (or once both inputs have
 /// passed T), it files the window and W(T − 1) as T's piece ([`crate::checkpoint`]).
@@ -301,7 +303,8 @@ fn admit<'scope>(
     let mut builder = OperatorBuilder::new("Admit".to_owned(), events.scope());
     let mut input = builder.new_input(events, Exchange::new(|e: &Event| route_user(e.user)));
     let mut wm_input = builder.new_input(watermark, Pipeline);
-    let (accepted_out, accepted) = builder.new_output::<Vec<((Day, User), Epoch, i64)>>();
+    let (accepted_out, accepted) =
+        builder.new_output::<Vec<(((Day, User), ()), Epoch, crate::arranged::Steps)>>();
     let (rejected_out, rejected) = builder.new_output::<Vec<Rejection>>();
     let (stats_out, stats) = builder.new_output::<Vec<Stats>>();
     let (max_out, local_max) = builder.new_output::<Vec<Micros>>();
@@ -317,7 +320,6 @@ fn admit<'scope>(
         let mut window = DedupWindow::new(settings.dedup_window);
         window.restore(&restored_window);
         drop(restored_window);
-        let mut sums: FxHashMap<(Day, User), i64> = FxHashMap::default();
         let latest = {
             let plan = plan.clone();
             move |epoch: Epoch| plan.as_ref().and_then(|p| p.latest(epoch))
@@ -352,6 +354,9 @@ fn admit<'scope>(
                 let mut stats = Stats::default();
                 let mut late = Vec::new();
                 let mut max: Option<Micros> = None;
+                // Straight into the session, which sends small containers: a vector of the
+                // epoch's size would be fresh pages for the kernel to zero, every epoch.
+                let mut accepted = accepted_h.session(&caps[0]);
                 // Only events with an `event_id` depend on input order (the first one wins):
                 // sort just those by position; the others are summed in any order.
                 let mut with_id: Vec<Event> = Vec::new();
@@ -377,7 +382,11 @@ fn admit<'scope>(
                     }
                     stats.accepted += 1;
                     max = Some(max.map_or(event.time, |m| m.max(event.time)));
-                    *sums.entry((event.day, event.user)).or_insert(0) += i64::from(event.steps);
+                    accepted.give((
+                        ((event.day, event.user), ()),
+                        time,
+                        (i64::from(event.steps), 1),
+                    ));
                 };
                 for event in without_id {
                     admit_one(event, &mut stats, &mut window);
@@ -398,9 +407,6 @@ fn admit<'scope>(
                 // Rejections leave in input order.
                 late.sort_unstable_by_key(|r| r.pos);
                 stats.rejected[Reason::Late.index()] = late.len() as u64;
-                accepted_h
-                    .session(&caps[0])
-                    .give_iterator(sums.drain().map(|(k, s)| (k, time, s)));
                 if !late.is_empty() {
                     rejected_h.session(&caps[1]).give_iterator(late.into_iter());
                 }
@@ -422,7 +428,7 @@ fn admit<'scope>(
     });
 
     Admitted {
-        accepted: accepted.as_collection(),
+        accepted,
         rejected,
         stats,
         local_max,
