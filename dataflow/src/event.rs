@@ -228,7 +228,12 @@ const HEX_VALUE: [u8; 256] = {
 
 /// Parses an RFC 4122 UUID string: the hyphenated `8-4-4-4-12` hex form, any case.
 pub fn parse_user(text: &str) -> Option<User> {
-    let b = text.as_bytes();
+    parse_user_bytes(text.as_bytes())
+}
+
+/// [`parse_user`] on bytes (accepted bytes are ASCII hex digits and hyphens only).
+#[inline]
+pub fn parse_user_bytes(b: &[u8]) -> Option<User> {
     if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
         return None;
     }

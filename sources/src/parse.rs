@@ -20,7 +20,8 @@ use jiff::civil::DateTime;
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use rankmysteps_dataflow::event::{
-    day_from_civil, days_in_month, parse_user, Day, Micros, Reason, User, MICROS_PER_SEC,
+    day_from_civil, days_in_month, parse_user, parse_user_bytes, Day, Micros, Reason, User,
+    MICROS_PER_SEC,
 };
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
@@ -145,6 +146,9 @@ impl Parser {
     ///
     /// `now` is the wall clock at ingestion, for the `future` check.
     pub fn parse(&mut self, record: &[u8], now: Micros) -> Result<Parsed, ParseError> {
+        if let Some(parsed) = self.parse_common(record, now) {
+            return Ok(parsed);
+        }
         let text = utf8(record)?;
         // The common shape (a flat object of plain strings, numbers and literals) is read by a
         // scanner that accepts nothing serde_json would refuse and yields the same raw values;
@@ -154,6 +158,89 @@ impl Parser {
             None => serde_fields(text)?,
         };
         self.classify(fields, now)
+    }
+
+    /// The commonest shape of a record, read at fixed offsets: `{"uuid":"` a 36-character
+    /// UUID `","timestamp":"` a 19-character naive timestamp `","steps":` an integer, then `}`
+    /// or more fields of the flat shape ([`scan_flat`]) none of which is a known field.
+    ///
+    /// Invariant: `Some` only for a record the general path accepts, with the same result
+    /// (its values are read by the same functions); `None` means "not this shape or not
+    /// accepted" and the general path decides, errors included. The property tests compare
+    /// [`Parser::parse`] with [`Parser::parse_with_serde`] on records of this shape mutated
+    /// byte by byte.
+    #[inline]
+    fn parse_common(&mut self, b: &[u8], now: Micros) -> Option<Parsed> {
+        const UUID_KEY: &[u8] = b"{\"uuid\":\"";
+        const TIMESTAMP_KEY: &[u8] = b"\",\"timestamp\":\"";
+        const STEPS_KEY: &[u8] = b"\",\"steps\":";
+        // {"uuid":" [0, 9) · uuid [9, 45) · ","timestamp":" [45, 60) · timestamp [60, 79) ·
+        // ","steps": [79, 89) · digits from 89. The UUID and the timestamp, once accepted, are
+        // ASCII digits, letters and separators: no quote or escape can hide in them.
+        if b.len() < 91
+            || &b[..9] != UUID_KEY
+            || &b[45..60] != TIMESTAMP_KEY
+            || &b[79..89] != STEPS_KEY
+        {
+            return None;
+        }
+        let user = parse_user_bytes(&b[9..45])?;
+        let (time, day) = match lex_timestamp(&b[60..79])? {
+            lexed @ Lexed::Naive { .. } => self.lexed(lexed)?,
+            Lexed::Offset { .. } => return None,
+        };
+        // A JSON integer: no leading zero, and no fraction or exponent after it.
+        let digits = b[89..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 || digits > 10 || (b[89] == b'0' && digits > 1) {
+            return None;
+        }
+        let steps = b[89..89 + digits]
+            .iter()
+            .fold(0u64, |v, &d| v * 10 + u64::from(d - b'0'));
+        if steps > u64::from(self.config.max_steps) {
+            return None;
+        }
+        let mut i = 89 + digits;
+        match b.get(i) {
+            Some(b'}') => i += 1,
+            Some(b',') => {
+                // The other fields: plain scalars, none of them a known field (a repeated
+                // known key would override the values read above: the general path decides).
+                let rest = std::str::from_utf8(&b[i..]).ok()?.as_bytes();
+                let mut j = skip_ws(rest, 1);
+                loop {
+                    let key_end = scan_string(rest, j)?;
+                    if matches!(
+                        &rest[j + 1..key_end - 1],
+                        b"uuid" | b"timestamp" | b"steps" | b"event_id"
+                    ) {
+                        return None;
+                    }
+                    j = skip_ws(rest, key_end);
+                    if rest.get(j) != Some(&b':') {
+                        return None;
+                    }
+                    j = skip_ws(rest, scan_scalar(rest, skip_ws(rest, j + 1))?);
+                    match rest.get(j) {
+                        Some(b',') => j = skip_ws(rest, j + 1),
+                        Some(b'}') => break,
+                        _ => return None,
+                    }
+                }
+                i += j + 1;
+            }
+            _ => return None,
+        }
+        if skip_ws(b, i) != b.len() || time > now.saturating_add(self.config.max_clock_skew) {
+            return None;
+        }
+        Some(Parsed {
+            user,
+            day,
+            time,
+            steps: steps as u32,
+            event_id: None,
+        })
     }
 
     /// [`Parser::parse`] without the scanner of flat objects: every record through
@@ -221,7 +308,13 @@ impl Parser {
 
     /// [`parse_timestamp`] with this parser's zone and cache.
     fn timestamp(&mut self, text: &str) -> Option<(Micros, Day)> {
-        match lex_timestamp(text.as_bytes())? {
+        self.lexed(lex_timestamp(text.as_bytes())?)
+    }
+
+    /// The instant and day of a lexed timestamp, naive ones in this parser's zone (cached).
+    #[inline]
+    fn lexed(&mut self, lexed: Lexed) -> Option<(Micros, Day)> {
+        match lexed {
             Lexed::Offset { local, day, offset } => Some((local - offset * MICROS_PER_SEC, day)),
             Lexed::Naive { local_secs, day } => {
                 for r in &self.zone_cache {

@@ -279,11 +279,50 @@ fn mutated_flat_line() -> impl Strategy<Value = Vec<u8>> {
         .prop_map(move |edits| edited(&base, edits))
 }
 
+/// A record of the commonest shape, the one `Parser::parse` reads at fixed offsets, mutated by
+/// a few byte edits (a replaced byte keeps the offsets: most such edits test what the fast path
+/// checks; an inserted or removed one sends the record to the general path).
+fn mutated_common_line() -> impl Strategy<Value = Vec<u8>> {
+    let u = "0b6f3c1e-9c2d-4f7a-8e1b-2a3c4d5e6f70";
+    let t = "2026-11-27 10:20:47";
+    let bases: Vec<Vec<u8>> = [
+        format!(r#"{{"uuid":"{u}","timestamp":"{t}","steps":7}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"{t}","steps":1234,"source":"bench"}}"#),
+        format!(
+            r#"{{"uuid":"{u}","timestamp":"{t}","steps":50000, "x" : -1.5e3 ,"y":true,"z":null}} "#
+        ),
+        format!(r#"{{"uuid":"{u}","timestamp":"{t}","steps":9,"event_id":"e-1"}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"{t}","steps":9,"source":"b","steps":3}}"#),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect();
+    let bytes =
+        prop::sample::select(b" \t\r\"\\{}:,-.eE0123456789abcdefABCDEFTZz\x01\xc3\xa9x".to_vec());
+    (
+        prop::sample::select(bases),
+        prop::collection::vec((any::<prop::sample::Index>(), bytes, 0u8..4), 1..3),
+    )
+        .prop_map(|(base, edits)| {
+            // Op 3 replaces as 0 does: replacements are what keeps the record's offsets.
+            let edits = edits
+                .into_iter()
+                .map(|(at, byte, op)| (at, byte, if op == 3 { 0 } else { op }))
+                .collect();
+            edited(&base, edits)
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(4000))]
 
     #[test]
     fn scanner_equals_serde_on_flat_records(line in mutated_flat_line()) {
+        same_as_serde(&line)?;
+    }
+
+    #[test]
+    fn fast_path_equals_serde_on_common_records(line in mutated_common_line()) {
         same_as_serde(&line)?;
     }
 
@@ -338,6 +377,35 @@ fn scanner_edges_equal_serde() {
             r#"{{"uuid":{},"timestamp":"2026-11-27 10:20:47","steps":7}}"#,
             u128::MAX
         ),
+        // The commonest shape (read at fixed offsets) and its edges.
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":0}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":00}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":01}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":100000}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":100001}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":4294967295}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":99999999999}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7 }}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7}} "#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7,"source":"b"}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7, "s" : 1 }}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7,"s":1,}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7,"s":[1]}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7,"s":"
+"}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7,"event_id":"e"}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7,"steps":8}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7,"uuid":"x"}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27 10:20:47","steps":7,"timestamp":1}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-02-30 10:20:47","steps":7}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2099-11-27 10:20:47","steps":7}}"#),
+        format!(r#"{{"uuid":"{u}","timestamp":"2026-11-27T10:20:47","steps":7}}"#),
+        format!(
+            r#"{{"uuid":"{}","timestamp":"2026-11-27 10:20:47","steps":7}}"#,
+            u.to_uppercase()
+        ),
+        format!(r#"{{"uuid":"{}","timestamp":"2026-11-27 10:20:47","steps":7}}"#, &u[..35]),
+        "{\"uuid\":\"0b6f3c1e-9c2d-4f7a-8e1b-2a3c4d5e6f70\",\"timestamp\":\"2026-11-27 10:20:47\",\"steps\":7,\"\u{e9}\":1}".to_owned(),
         "{}".to_owned(),
         "{".to_owned(),
         "".to_owned(),
@@ -351,4 +419,11 @@ fn scanner_edges_equal_serde() {
         let serde = Parser::new(ParseConfig::default()).parse_with_serde(line.as_bytes(), NOW);
         assert_eq!(fast, serde, "{line}");
     }
+    // The commonest shape with invalid UTF-8 after the fields read at fixed offsets.
+    let mut line =
+        br#"{"uuid":"0b6f3c1e-9c2d-4f7a-8e1b-2a3c4d5e6f70","timestamp":"2026-11-27 10:20:47","steps":7,"s":"#
+            .to_vec();
+    line.extend_from_slice(b"\"\xff\"}");
+    let fast = Parser::new(ParseConfig::default()).parse(&line, NOW);
+    assert_eq!(fast.map_err(|e| e.reason), Err(Reason::Malformed));
 }
