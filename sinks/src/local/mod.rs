@@ -20,6 +20,7 @@ mod read;
 mod sink;
 #[cfg(test)]
 mod tests;
+mod totals;
 
 pub use format::{
     day_dir, Progress, RejectedCounts, RejectedRecord, StatsFile, TopEntry, TopFile, DAYS_DIR,

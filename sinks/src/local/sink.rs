@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rankmysteps_dataflow::event::{format_day, format_micros, Day, Epoch, Micros, User};
 use rankmysteps_dataflow::output::{EpochOutput, Position, Stats};
 use rankmysteps_dataflow::ranking::TopRow;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 use tracing::{debug, info};
 
 use super::format::{
@@ -17,6 +17,7 @@ use super::format::{
     RejectedRecord, StatsFile, TopEntry, TopFile, DAYS_DIR, PROGRESS_FILE, REJECTED_FILE, TOP_FILE,
     TOTALS_FILE, TOTALS_HEADER,
 };
+use super::totals::{DayTotals, Scratch};
 use crate::{Sink, SinkError};
 
 /// Buffered rejected lines beyond this size are written at the next epoch even if
@@ -54,9 +55,10 @@ impl Default for LocalOptions {
 /// The current results of one open day, rebuilt from the deltas of every epoch so far.
 #[derive(Default)]
 struct DayState {
-    /// Total of every user of the day. A hash map: a day may have millions of users and every
-    /// epoch changes many of them, while totals.csv (sorted by user) is written far less often.
-    totals: FxHashMap<User, u64>,
+    /// Total of every user of the day ([`DayTotals`]: a day may have millions of users and
+    /// every epoch changes many of them, while totals.csv, sorted by user, is written far less
+    /// often).
+    totals: DayTotals,
     /// The top-k rows by position (1-based, listing order).
     top: BTreeMap<u32, TopRow>,
     /// The number of ranked users, once the dataflow has said.
@@ -77,12 +79,12 @@ fn apply<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, key: K, value: V, diff:
     }
 }
 
-/// [`apply`] for a hash map.
-fn apply_hashed(map: &mut FxHashMap<User, u64>, key: User, value: u64, diff: isize) {
+/// [`apply`] for a day's totals.
+fn apply_total(totals: &mut DayTotals, user: User, total: u64, diff: isize, scratch: &mut Scratch) {
     if diff > 0 {
-        map.insert(key, value);
-    } else if diff < 0 && map.get(&key) == Some(&value) {
-        map.remove(&key);
+        totals.set(user, total, scratch);
+    } else if diff < 0 {
+        totals.remove_if(user, total, scratch);
     }
 }
 
@@ -125,6 +127,8 @@ pub struct LocalDirSink {
     positions: BTreeMap<u32, u64>,
     /// Counters over the run.
     stats: Stats,
+    /// The buffers of the days' totals' merges.
+    scratch: Scratch,
     last_write: Instant,
     /// How long the last write took (see [`WRITE_COST_FACTOR`]).
     last_write_cost: Duration,
@@ -180,6 +184,7 @@ impl LocalDirSink {
             watermark: None,
             positions: BTreeMap::new(),
             stats: Stats::default(),
+            scratch: Scratch::default(),
             // The first write waits one interval too: a fast replay writes nothing until then.
             last_write: Instant::now(),
             last_write_cost: Duration::ZERO,
@@ -205,6 +210,7 @@ impl LocalDirSink {
     /// because their day had already closed.
     fn apply(&mut self, output: &EpochOutput) -> usize {
         let mut ignored = 0;
+        let mut scratch = std::mem::take(&mut self.scratch);
         // Deltas of one day mostly come in runs (`top` is sorted by day; `totals`, unsorted,
         // rarely spans many days): look a day up once per run.
         for run in output.totals.chunk_by(|a, b| a.0 .0 == b.0 .0) {
@@ -212,13 +218,12 @@ impl LocalDirSink {
                 Some(state) => {
                     for (i, &((_, user, total), diff)) in run.iter().enumerate() {
                         // The dataflow emits a change as the retraction of the old total right
-                        // before the insertion of the new one: the insertion alone does it, and
-                        // skipping the retraction saves a random probe of a map that may hold
-                        // millions of users.
+                        // before the insertion of the new one: the insertion alone does it (a
+                        // lone retraction costs a merge of the day's log).
                         if diff < 0 && run.get(i + 1).is_some_and(|n| n.0 .1 == user && n.1 > 0) {
                             continue;
                         }
-                        apply_hashed(&mut state.totals, user, total, diff);
+                        apply_total(&mut state.totals, user, total, diff, &mut scratch);
                     }
                 }
                 None => ignored += run.len(),
@@ -246,28 +251,28 @@ impl LocalDirSink {
                 None => ignored += 1,
             }
         }
+        self.scratch = scratch;
         ignored
     }
 
     /// Writes a day's two files: totals.csv first, then top.json, whose `final` flag therefore
     /// also vouches for totals.csv.
     fn write_day(
-        &self,
+        out: &Path,
+        scratch: &mut Scratch,
         day: Day,
-        state: &DayState,
+        state: &mut DayState,
         is_final: bool,
         sync: bool,
     ) -> Result<(), SinkError> {
-        let dir = day_dir(&self.dir, day);
+        let dir = day_dir(out, day);
         fs::create_dir_all(&dir).map_err(|e| SinkError::io(&dir, e))?;
         write_atomic(&dir.join(TOTALS_FILE), sync, |w| {
             let mut line = Vec::with_capacity(64);
             line.extend_from_slice(TOTALS_HEADER.as_bytes());
             line.push(b'\n');
             w.write_all(&line)?;
-            let mut sorted: Vec<(User, u64)> = state.totals.iter().map(|(&u, &t)| (u, t)).collect();
-            sorted.sort_unstable();
-            for (user, total) in sorted {
+            for (user, total) in state.totals.sorted(scratch) {
                 line.clear();
                 push_user(&mut line, user);
                 line.push(b',');
@@ -281,7 +286,10 @@ impl LocalDirSink {
             day: format_day(day),
             is_final,
             // The dataflow's count of ranked users; until it has given one, the users we know of.
-            users: state.users.unwrap_or(state.totals.len() as u64),
+            users: match state.users {
+                Some(users) => users,
+                None => state.totals.len(scratch) as u64,
+            },
             top: state.top.values().map(TopEntry::from).collect(),
         };
         write_atomic(&dir.join(TOP_FILE), sync, |w| {
@@ -305,10 +313,11 @@ impl LocalDirSink {
             match self.days.remove(&day) {
                 // Final files are written once per day: sync them now rather than at `finish`,
                 // so the day's memory can go and it never needs touching again.
-                Some(state) => {
-                    self.write_day(day, &state, true, true)?;
+                Some(mut state) => {
+                    Self::write_day(&self.dir, &mut self.scratch, day, &mut state, true, true)?;
                     sync_dir(&self.dir.join(DAYS_DIR))?;
-                    info!(day = %format_day(day), users = state.totals.len(), "day final");
+                    let users = state.totals.len(&mut self.scratch);
+                    info!(day = %format_day(day), users, "day final");
                 }
                 // No output was ever seen for the day: there is nothing to finalise.
                 None => debug!(day = %format_day(day), "closed day without output"),
@@ -323,8 +332,8 @@ impl LocalDirSink {
         let started = Instant::now();
         // A day leaves `dirty` only once written, so a failed write is retried by the next call.
         while let Some(&day) = self.dirty.first() {
-            if let Some(state) = self.days.get(&day) {
-                self.write_day(day, state, false, sync)?;
+            if let Some(state) = self.days.get_mut(&day) {
+                Self::write_day(&self.dir, &mut self.scratch, day, state, false, sync)?;
                 if sync {
                     self.unsynced.remove(&day);
                 } else {
