@@ -48,8 +48,56 @@ use crate::ranking::{rank_prefix, TopRow};
 /// A user's accumulated `(steps, accepted events)` on a day; the second part keeps users whose
 /// steps sum to 0 in the arrangement (a user is present while it is positive).
 pub type Steps = (i64, i64);
+/// A `totals` key: a (day, user) pair in 24 bytes, ordered as the pair. The tuple
+/// `(Day, User)` takes 32 (its `u128` aligns to 16 bytes), and every sort, batch, merge and seek
+/// of the million-key `totals` trace moves these keys.
+#[derive(
+    Copy,
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct DayUser {
+    /// The day.
+    pub day: Day,
+    /// The user's 64 high bits, then its 64 low bits (ordered as the `u128`).
+    user: [u64; 2],
+}
+
+impl DayUser {
+    /// The key of `user` on `day`.
+    #[inline]
+    pub fn new(day: Day, user: User) -> DayUser {
+        DayUser {
+            day,
+            user: [(user >> 64) as u64, user as u64],
+        }
+    }
+
+    /// The user.
+    #[inline]
+    pub fn user(&self) -> User {
+        (u128::from(self.user[0]) << 64) | u128::from(self.user[1])
+    }
+}
+
+impl crate::batcher::SortPrefix for DayUser {
+    /// By day, then the user's 96 high bits (as `(Day, User)`'s prefix).
+    #[inline]
+    fn sort_prefix(&self) -> u128 {
+        crate::batcher::SortPrefix::sort_prefix(&(self.day, self.user()))
+    }
+}
+
 /// `totals`: (day, user) → [`Steps`], on the user's worker.
-pub type TotalsTrace = TraceAgent<KeySpine<(Day, User), Epoch, Steps>>;
+pub type TotalsTrace = TraceAgent<KeySpine<DayUser, Epoch, Steps>>;
 /// A batch of `totals`.
 type TotalsBatch = <TotalsTrace as TraceReader>::Batch;
 /// `histogram`: (day, total) → number of users with that total, on the day's worker.
@@ -136,7 +184,7 @@ pub struct State<'scope> {
 /// `restored`: `(epoch, (day, user, total) of this worker's users)` from a checkpoint part,
 /// entered into `totals` at that epoch. `plan`: `Totals` files its piece of each checkpoint.
 pub fn state<'scope>(
-    accepted: VecStream<'scope, (((Day, User), ()), Epoch, Steps)>,
+    accepted: VecStream<'scope, ((DayUser, ()), Epoch, Steps)>,
     watermark: VecStream<'scope, Micros>,
     settings: &Settings,
     restored: Option<(Epoch, Vec<(Day, User, i64)>)>,
@@ -144,14 +192,14 @@ pub fn state<'scope>(
 ) -> State<'scope> {
     let scope = accepted.scope();
     let (retire_handle, retired) = timely::dataflow::operators::Feedback::feedback::<
-        Vec<(((Day, User), ()), Epoch, Steps)>,
+        Vec<((DayUser, ()), Epoch, Steps)>,
     >(&scope, 1);
     let mut steps = accepted.concat(retired);
     if let Some((epoch, totals)) = restored {
         steps = steps.concat(restore(scope, epoch, totals));
     }
     let totals_arranged: Arranged<'scope, TotalsTrace> =
-        arrange_core::<_, _, KeyBatcher<(Day, User), Steps>, _>(
+        arrange_core::<_, _, KeyBatcher<DayUser, Steps>, _>(
             steps,
             Pipeline,
             "totals",
@@ -235,12 +283,12 @@ fn restore<'scope>(
     scope: timely::dataflow::Scope<'scope, Epoch>,
     epoch: Epoch,
     totals: Vec<(Day, User, i64)>,
-) -> VecStream<'scope, (((Day, User), ()), Epoch, Steps)> {
+) -> VecStream<'scope, ((DayUser, ()), Epoch, Steps)> {
     use timely::container::CapacityContainerBuilder;
     let mut totals = Some(totals);
     timely::dataflow::operators::generic::operator::source::<
         _,
-        CapacityContainerBuilder<Vec<(((Day, User), ()), Epoch, Steps)>>,
+        CapacityContainerBuilder<Vec<((DayUser, ()), Epoch, Steps)>>,
         _,
         _,
     >(scope, "Restore", move |cap, _info| {
@@ -249,9 +297,9 @@ fn restore<'scope>(
             if let (Some(cap), Some(totals)) = (cap.take(), totals.take()) {
                 let at = cap.delayed(&epoch);
                 output.session(&at).give_iterator(
-                    totals
-                        .into_iter()
-                        .map(|(day, user, steps)| (((day, user), ()), epoch, (steps, 1))),
+                    totals.into_iter().map(|(day, user, steps)| {
+                        ((DayUser::new(day, user), ()), epoch, (steps, 1))
+                    }),
                 );
             }
         }
@@ -267,7 +315,7 @@ fn totals_before(
     mark: Epoch,
 ) -> Vec<(Day, User, i64)> {
     let walk = |batches: Vec<TotalsBatch>, keep: &dyn Fn(Epoch) -> bool| {
-        let mut out: Vec<((Day, User), Steps)> = Vec::new();
+        let mut out: Vec<(DayUser, Steps)> = Vec::new();
         let (mut cursor, storage) = cursor_list(batches);
         while let Some(&key) = cursor.get_key(&storage) {
             let mut acc: Steps = (0, 0);
@@ -302,7 +350,7 @@ fn totals_before(
             (None, None) => break,
         };
         if next.1 .1 > 0 {
-            out.push((next.0 .0, next.0 .1, next.1 .0));
+            out.push((next.0.day, next.0.user(), next.1 .0));
         }
     }
     out
@@ -398,7 +446,7 @@ struct TotalsChanges<'scope> {
     /// `(day, (Reverse(total), user), ±1)`: this worker's top-k candidates of the day.
     candidates: VecStream<'scope, ((Day, (Reverse<u64>, User)), Epoch, isize)>,
     /// Negated `totals` of the days that closed (fed back into `totals` one epoch later).
-    retire: VecStream<'scope, (((Day, User), ()), Epoch, Steps)>,
+    retire: VecStream<'scope, ((DayUser, ()), Epoch, Steps)>,
 }
 
 /// One change of a user's total at one epoch: `old`/`new` absent when the user had/has none.
@@ -527,7 +575,7 @@ fn totals<'scope>(
         builder.new_output::<Vec<(((Day, Reverse<u64>, User), ()), Epoch, isize)>>();
     let (cand_out, candidates) =
         builder.new_output::<Vec<((Day, (Reverse<u64>, User)), Epoch, isize)>>();
-    let (retire_out, retire) = builder.new_output::<Vec<(((Day, User), ()), Epoch, Steps)>>();
+    let (retire_out, retire) = builder.new_output::<Vec<((DayUser, ()), Epoch, Steps)>>();
     let mut totals_out = OutputBuilder::from(totals_out);
     let mut contrib_out = OutputBuilder::from(contrib_out);
     let mut presence_out = OutputBuilder::from(presence_out);
@@ -609,10 +657,11 @@ fn totals<'scope>(
                     index: index_h.session(&caps[3]),
                     candidates: cand_h.session(&caps[4]),
                 };
-                while let Some(&(day, user)) = batch_cursor.get_key(&batch_storage) {
+                while let Some(&key) = batch_cursor.get_key(&batch_storage) {
+                    let (day, user) = (key.day, key.user());
                     let mut acc: Steps = (0, 0);
-                    trace_cursor.seek_key(&trace_storage, &(day, user));
-                    if trace_cursor.get_key(&trace_storage) == Some(&(day, user)) {
+                    trace_cursor.seek_key(&trace_storage, &key);
+                    if trace_cursor.get_key(&trace_storage) == Some(&key) {
                         trace_cursor.map_times(&trace_storage, |_, d| {
                             acc.0 += d.0;
                             acc.1 += d.1;
@@ -700,9 +749,9 @@ fn totals<'scope>(
                 let mut out = retire_h.session(&cap);
                 for day in closing {
                     retiring.insert(day);
-                    cursor.seek_key(&storage, &(day, 0));
-                    while let Some(&(d, user)) = cursor.get_key(&storage) {
-                        if d != day {
+                    cursor.seek_key(&storage, &DayUser::new(day, 0));
+                    while let Some(&key) = cursor.get_key(&storage) {
+                        if key.day != day {
                             break;
                         }
                         let mut acc: Steps = (0, 0);
@@ -715,7 +764,7 @@ fn totals<'scope>(
                             // delays the message's timestamp, not the records' own times, and
                             // an update at t would land behind every frontier downstream (in
                             // an epoch already delivered, or in the one being delivered).
-                            out.give((((day, user), ()), t + 1, (-acc.0, -acc.1)));
+                            out.give(((key, ()), t + 1, (-acc.0, -acc.1)));
                         }
                         cursor.step_key(&storage);
                     }
@@ -886,4 +935,34 @@ where
             }
         })
         .as_collection()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batcher::SortPrefix;
+    use crate::random::SplitMix64;
+
+    /// `DayUser` orders, round-trips and prefixes as the `(Day, User)` pair it stands for.
+    #[test]
+    fn day_user_is_the_pair() {
+        let mut rng = SplitMix64(13);
+        let mut user = || match rng.next_u64() % 4 {
+            0 => u128::from(rng.next_u64()),
+            1 => u128::MAX - u128::from(rng.next_u64() % 3),
+            _ => (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64()),
+        };
+        let days = [i32::MIN, -1, 0, 1, 20_000, i32::MAX];
+        let pairs: Vec<(Day, User)> = (0..2_000).map(|i| (days[i % days.len()], user())).collect();
+        for a in &pairs {
+            let ka = DayUser::new(a.0, a.1);
+            assert_eq!((ka.day, ka.user()), *a);
+            assert_eq!(ka.sort_prefix(), a.sort_prefix());
+            for b in pairs.iter().take(200) {
+                let kb = DayUser::new(b.0, b.1);
+                assert_eq!(ka.cmp(&kb), a.cmp(b), "{a:?} {b:?}");
+            }
+        }
+        assert_eq!(std::mem::size_of::<DayUser>(), 24);
+    }
 }

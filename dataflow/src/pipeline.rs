@@ -269,7 +269,14 @@ impl WatermarkView {
 struct Admitted<'scope> {
     /// `(((day, user), ()), epoch, (steps, 1))`: one update of the `totals` arrangement per
     /// accepted event (not consolidated: the arrangement's batcher sums them).
-    accepted: VecStream<'scope, (((Day, User), ()), Epoch, crate::arranged::Steps)>,
+    accepted: VecStream<
+        'scope,
+        (
+            (crate::arranged::DayUser, ()),
+            Epoch,
+            crate::arranged::Steps,
+        ),
+    >,
     /// Events rejected as `late`.
     rejected: VecStream<'scope, Rejection>,
     /// Per-worker per-epoch counts of accepted and duplicate events.
@@ -303,8 +310,11 @@ fn admit<'scope>(
     let mut builder = OperatorBuilder::new("Admit".to_owned(), events.scope());
     let mut input = builder.new_input(events, Exchange::new(|e: &Event| route_user(e.user)));
     let mut wm_input = builder.new_input(watermark, Pipeline);
-    let (accepted_out, accepted) =
-        builder.new_output::<Vec<(((Day, User), ()), Epoch, crate::arranged::Steps)>>();
+    let (accepted_out, accepted) = builder.new_output::<Vec<(
+        (crate::arranged::DayUser, ()),
+        Epoch,
+        crate::arranged::Steps,
+    )>>();
     let (rejected_out, rejected) = builder.new_output::<Vec<Rejection>>();
     let (stats_out, stats) = builder.new_output::<Vec<Stats>>();
     let (max_out, local_max) = builder.new_output::<Vec<Micros>>();
@@ -382,11 +392,8 @@ fn admit<'scope>(
                     }
                     stats.accepted += 1;
                     max = Some(max.map_or(event.time, |m| m.max(event.time)));
-                    accepted.give((
-                        ((event.day, event.user), ()),
-                        time,
-                        (i64::from(event.steps), 1),
-                    ));
+                    let key = crate::arranged::DayUser::new(event.day, event.user);
+                    accepted.give(((key, ()), time, (i64::from(event.steps), 1)));
                 };
                 for event in without_id {
                     admit_one(event, &mut stats, &mut window);

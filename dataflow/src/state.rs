@@ -182,9 +182,10 @@ impl LiveState {
             .batches_through(Antichain::new().borrow())
             .expect("every batch");
         let (mut cursor, storage) = cursor_list(batches);
-        cursor.seek_key(&storage, &(day, user));
+        let key = crate::arranged::DayUser::new(day, user);
+        cursor.seek_key(&storage, &key);
         let mut acc = (0i64, 0i64);
-        if cursor.get_key(&storage) == Some(&(day, user)) {
+        if cursor.get_key(&storage) == Some(&key) {
             cursor.map_times(&storage, |t, d| {
                 if *t <= at {
                     acc.0 += d.0;
@@ -462,7 +463,7 @@ impl LiveState {
         held!(
             "totals",
             t.totals,
-            |k: &(Day, User)| k.0,
+            |k: &crate::arranged::DayUser| k.day,
             (0i64, 0i64),
             |a: &mut (i64, i64), d: &(i64, i64)| {
                 a.0 += d.0;
