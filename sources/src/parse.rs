@@ -206,28 +206,10 @@ impl Parser {
             Some(b',') => {
                 // The other fields: plain scalars, none of them a known field (a repeated
                 // known key would override the values read above: the general path decides).
-                let rest = std::str::from_utf8(&b[i..]).ok()?.as_bytes();
-                let mut j = skip_ws(rest, 1);
-                loop {
-                    let key_end = scan_string(rest, j)?;
-                    if matches!(
-                        &rest[j + 1..key_end - 1],
-                        b"uuid" | b"timestamp" | b"steps" | b"event_id"
-                    ) {
-                        return None;
-                    }
-                    j = skip_ws(rest, key_end);
-                    if rest.get(j) != Some(&b':') {
-                        return None;
-                    }
-                    j = skip_ws(rest, scan_scalar(rest, skip_ws(rest, j + 1))?);
-                    match rest.get(j) {
-                        Some(b',') => j = skip_ws(rest, j + 1),
-                        Some(b'}') => break,
-                        _ => return None,
-                    }
-                }
-                i += j + 1;
+                let rest = std::str::from_utf8(&b[i..]).ok()?;
+                i += scan_members(rest, skip_ws(rest.as_bytes(), 1), |key, _| {
+                    (!matches!(key, "uuid" | "timestamp" | "steps" | "event_id")).then_some(())
+                })?;
             }
             _ => return None,
         }
@@ -492,16 +474,7 @@ fn scan_flat(text: &str) -> Option<RawFields<'_>> {
     if b.get(i) == Some(&b'}') {
         i += 1;
     } else {
-        loop {
-            let key_end = scan_string(b, i)?;
-            let key = &text[i + 1..key_end - 1];
-            i = skip_ws(b, key_end);
-            if b.get(i) != Some(&b':') {
-                return None;
-            }
-            i = skip_ws(b, i + 1);
-            let value_end = scan_scalar(b, i)?;
-            let raw = &text[i..value_end];
+        i = scan_members(text, i, |key, raw| {
             let slot = match key {
                 "uuid" => &mut fields.uuid,
                 "timestamp" => &mut fields.timestamp,
@@ -510,18 +483,41 @@ fn scan_flat(text: &str) -> Option<RawFields<'_>> {
                 _ => &mut other,
             };
             *slot = (raw != "null").then_some(raw);
-            i = skip_ws(b, value_end);
-            match b.get(i) {
-                Some(b',') => i = skip_ws(b, i + 1),
-                Some(b'}') => {
-                    i += 1;
-                    break;
-                }
-                _ => return None,
-            }
-        }
+            Some(())
+        })?;
     }
     (skip_ws(b, i) == b.len()).then_some(fields)
+}
+
+/// Scans the members of a flat object from its first key at `i` through its closing `}`:
+/// `"key": scalar` pairs (keys without escapes, values as [`scan_scalar`] reads them) separated
+/// by commas, JSON whitespace anywhere between tokens. Calls `member(key, raw value)` on each,
+/// in order; returns the index after the `}`, or `None` if the text is not of that shape or
+/// `member` refused a pair.
+#[inline]
+fn scan_members<'a>(
+    text: &'a str,
+    mut i: usize,
+    mut member: impl FnMut(&'a str, &'a str) -> Option<()>,
+) -> Option<usize> {
+    let b = text.as_bytes();
+    loop {
+        let key_end = scan_string(b, i)?;
+        let key = &text[i + 1..key_end - 1];
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        let value_end = scan_scalar(b, i)?;
+        member(key, &text[i..value_end])?;
+        i = skip_ws(b, value_end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return Some(i + 1),
+            _ => return None,
+        }
+    }
 }
 
 /// The first index at or after `i` that is not JSON whitespace.
