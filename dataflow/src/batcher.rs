@@ -56,7 +56,8 @@ impl SortPrefix for (i32, u64) {
     }
 }
 
-/// `totals`: by day, then the user's 96 high bits.
+/// (day, user) pairs: by day, then the user's 96 high bits (the prefix of `totals`' key,
+/// [`crate::arranged::DayUser`]).
 impl SortPrefix for (i32, u128) {
     #[inline]
     fn sort_prefix(&self) -> u128 {

@@ -23,6 +23,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Capability, ConnectLoop, Feedback};
 use timely::dataflow::Stream;
 
+use crate::arranged::{DayUser, Steps};
 use crate::checkpoint::{CheckpointPlan, Restore};
 use crate::dedup::{id_key, DedupWindow};
 use crate::event::{close_of_day, is_closed, Day, Epoch, Event, Micros, Reason, Rejection, User};
@@ -269,14 +270,7 @@ impl WatermarkView {
 struct Admitted<'scope> {
     /// `(((day, user), ()), epoch, (steps, 1))`: one update of the `totals` arrangement per
     /// accepted event (not consolidated: the arrangement's batcher sums them).
-    accepted: VecStream<
-        'scope,
-        (
-            (crate::arranged::DayUser, ()),
-            Epoch,
-            crate::arranged::Steps,
-        ),
-    >,
+    accepted: VecStream<'scope, ((DayUser, ()), Epoch, Steps)>,
     /// Events rejected as `late`.
     rejected: VecStream<'scope, Rejection>,
     /// Per-worker per-epoch counts of accepted and duplicate events.
@@ -310,11 +304,7 @@ fn admit<'scope>(
     let mut builder = OperatorBuilder::new("Admit".to_owned(), events.scope());
     let mut input = builder.new_input(events, Exchange::new(|e: &Event| route_user(e.user)));
     let mut wm_input = builder.new_input(watermark, Pipeline);
-    let (accepted_out, accepted) = builder.new_output::<Vec<(
-        (crate::arranged::DayUser, ()),
-        Epoch,
-        crate::arranged::Steps,
-    )>>();
+    let (accepted_out, accepted) = builder.new_output::<Vec<((DayUser, ()), Epoch, Steps)>>();
     let (rejected_out, rejected) = builder.new_output::<Vec<Rejection>>();
     let (stats_out, stats) = builder.new_output::<Vec<Stats>>();
     let (max_out, local_max) = builder.new_output::<Vec<Micros>>();
@@ -368,7 +358,7 @@ fn admit<'scope>(
                 // epoch's size would be fresh pages for the kernel to zero, every epoch.
                 let mut accepted = accepted_h.session(&caps[0]);
                 // Only events with an `event_id` depend on input order (the first one wins):
-                // sort just those by position; the others are summed in any order.
+                // sort just those by position; the others go in any order (the batcher sums them).
                 let mut with_id: Vec<Event> = Vec::new();
                 let without_id = batches.into_iter().flatten().filter_map(|e| {
                     if e.event_id.is_some() {
@@ -392,7 +382,7 @@ fn admit<'scope>(
                     }
                     stats.accepted += 1;
                     max = Some(max.map_or(event.time, |m| m.max(event.time)));
-                    let key = crate::arranged::DayUser::new(event.day, event.user);
+                    let key = DayUser::new(event.day, event.user);
                     accepted.give(((key, ()), time, (i64::from(event.steps), 1)));
                 };
                 for event in without_id {

@@ -19,7 +19,7 @@ use differential_dataflow::trace::implementations::{OffsetList, Update, Vector};
 use differential_dataflow::trace::TraceReader;
 use timely::progress::frontier::{Antichain, AntichainRef};
 
-use crate::arranged::Traces;
+use crate::arranged::{DayUser, Traces};
 use crate::event::{is_closed, Day, Epoch, Micros, User};
 use crate::pipeline::{route_day, route_user, Settings};
 use crate::ranking::{Standing, TopRow};
@@ -182,7 +182,7 @@ impl LiveState {
             .batches_through(Antichain::new().borrow())
             .expect("every batch");
         let (mut cursor, storage) = cursor_list(batches);
-        let key = crate::arranged::DayUser::new(day, user);
+        let key = DayUser::new(day, user);
         cursor.seek_key(&storage, &key);
         let mut acc = (0i64, 0i64);
         if cursor.get_key(&storage) == Some(&key) {
@@ -463,7 +463,7 @@ impl LiveState {
         held!(
             "totals",
             t.totals,
-            |k: &crate::arranged::DayUser| k.day,
+            |k: &DayUser| k.day,
             (0i64, 0i64),
             |a: &mut (i64, i64), d: &(i64, i64)| {
                 a.0 += d.0;
