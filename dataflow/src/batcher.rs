@@ -9,10 +9,11 @@
 //!
 //! The sort itself is a radix sort of 8-byte proxies, made of each key's 128-bit prefix
 //! ([`SortPrefix`]: the day, then the total or the user's first bits), on the prefixes' most
-//! significant bytes that differ (at most four), then one move of the updates into that order
-//! (in place) and a comparison sort of each run those bytes leave tied (one or two updates in
-//! `by-total` and `totals`). An epoch's 100 000 updates of 48 to 64 bytes took a comparison sort
-//! about seventeen levels of data-dependent branches and moves.
+//! significant bytes that differ (at most four), then a comparison sort of each run of proxies
+//! those bytes leave tied (one or two updates in `by-total` and `totals`). The updates do not
+//! move: the builder is fed from the proxies' order, consolidating through a small chunk. An
+//! epoch's 100 000 updates of 48 to 64 bytes took a comparison sort about seventeen levels of
+//! data-dependent branches and moves.
 //!
 //! Invariant: `pending` holds every update inserted and not yet extracted, unsorted; `frontier`
 //! is the least time among them after each extraction (empty when none is left).
@@ -83,15 +84,24 @@ const RADIX_MIN: usize = 2048;
 /// the comparison sort).
 const MAX_BYTES: usize = 4;
 
-/// Sorts `updates` by `(data, time)`.
+/// Indexes take the proxies' low half.
+const LOW: u64 = 0xFFFF_FFFF;
+
+/// The order of `updates` by `(data, time)`, as `proxies[0]`: one `u64` per update, its index
+/// in the low half (`proxies[1]` is the radix passes' second buffer, left empty). The updates
+/// themselves do not move.
 ///
-/// The updates are 48 to 64 bytes, so they are not moved by the radix passes: each gets an
-/// 8-byte proxy, its prefix's (see [`SortPrefix`]) most significant bytes that differ (at most
-/// [`MAX_BYTES`]) above its index. The proxies are radix-sorted, the updates moved once into
-/// their order (in place, along the permutation's cycles), and each run of updates whose bytes
-/// tie is sorted by comparison. `proxies` are buffers the caller keeps between calls (fresh
-/// ones every epoch are fresh pages to fault in); they are left empty.
-pub fn sort_updates<K, V, T, R>(updates: &mut [((K, V), T, R)], proxies: &mut [Vec<u64>; 2])
+/// The updates are 48 to 64 bytes, so the radix passes sort 8-byte proxies instead: each
+/// update's prefix's (see [`SortPrefix`]) most significant bytes that differ (at most
+/// [`MAX_BYTES`]) above its index. Each run of proxies whose bytes tie is then sorted by
+/// comparing the updates it points to (one or two updates in `by-total` and `totals`). Small
+/// inputs, and inputs whose prefixes are all equal, are sorted by comparison alone (their high
+/// halves are zero). Invariant of the result: two updates whose proxies' high halves differ
+/// have different keys (equal keys have equal prefixes), which [`key_counts`] relies on.
+///
+/// `proxies` are buffers the caller keeps between calls (fresh ones every epoch are fresh pages
+/// to fault in). `updates` must hold fewer than 2³² - 1 updates.
+pub fn sort_order<K, V, T, R>(updates: &[((K, V), T, R)], proxies: &mut [Vec<u64>; 2])
 where
     K: Ord + SortPrefix,
     V: Ord,
@@ -99,31 +109,34 @@ where
 {
     let by_data_time = |a: &((K, V), T, R), b: &((K, V), T, R)| (&a.0, &a.1).cmp(&(&b.0, &b.1));
     let n = updates.len();
-    // Indexes take the proxies' low half, all ones marking one done.
-    const LOW: u64 = 0xFFFF_FFFF;
-    const DONE: u64 = LOW;
-    if n < RADIX_MIN || n >= LOW as usize {
-        updates.sort_unstable_by(by_data_time);
-        return;
-    }
+    debug_assert!((n as u64) < LOW);
+    let [sorted, other] = proxies;
+    sorted.clear();
+    other.clear();
+    let by_index =
+        |a: &u64, b: &u64| by_data_time(&updates[(a & LOW) as usize], &updates[(b & LOW) as usize]);
     let prefix = |u: &((K, V), T, R)| u.0 .0.sort_prefix();
     // Which bytes differ: the OR of every prefix's XOR with the first one.
-    let first = prefix(&updates[0]);
-    let differ = updates
-        .iter()
-        .fold(0u128, |acc, u| acc | (prefix(u) ^ first));
-    let bytes: Vec<u32> = (0..16u32)
-        .rev()
-        .filter(|b| (differ >> (8 * b)) & 0xFF != 0)
-        .take(MAX_BYTES)
-        .collect();
+    let bytes: Vec<u32> = match updates.first() {
+        Some(first) if n >= RADIX_MIN => {
+            let first = prefix(first);
+            let differ = updates
+                .iter()
+                .fold(0u128, |acc, u| acc | (prefix(u) ^ first));
+            (0..16u32)
+                .rev()
+                .filter(|b| (differ >> (8 * b)) & 0xFF != 0)
+                .take(MAX_BYTES)
+                .collect()
+        }
+        _ => Vec::new(),
+    };
     if bytes.is_empty() {
-        updates.sort_unstable_by(by_data_time);
+        sorted.extend(0..n as u64);
+        sorted.sort_unstable_by(by_index);
         return;
     }
     // The chosen bytes, most significant first, as the high half of a proxy; the index below.
-    let [mut sorted, mut other] = std::mem::take(proxies);
-    sorted.clear();
     sorted.extend(updates.iter().enumerate().map(|(i, u)| {
         let p = prefix(u);
         let key = bytes
@@ -132,12 +145,11 @@ where
         key << 32 | i as u64
     }));
     // Least significant digit first; the key takes the low `bytes.len()` bytes of the half.
-    other.clear();
     other.resize(n, 0);
     for digit in 0..bytes.len() {
         let shift = 32 + 8 * digit;
         let mut next = [0usize; 256];
-        for &x in &sorted {
+        for &x in sorted.iter() {
             next[((x >> shift) & 0xFF) as usize] += 1;
         }
         let mut sum = 0;
@@ -146,46 +158,88 @@ where
             *slot = sum;
             sum += c;
         }
-        for &x in &sorted {
+        for &x in sorted.iter() {
             let d = ((x >> shift) & 0xFF) as usize;
             other[next[d]] = x;
             next[d] += 1;
         }
-        std::mem::swap(&mut sorted, &mut other);
+        std::mem::swap(sorted, other);
     }
-    // The updates moved in place into the proxies' order, a cycle of the permutation at a
-    // time: position j takes the update at index `sorted[j]`'s low half, which is then marked
-    // done. No second epoch-sized buffer of updates (a closing day's retirement makes an epoch
-    // of all its users, and such a buffer would stay at that size).
-    for i in 0..n {
-        if sorted[i] & LOW == DONE {
-            continue;
-        }
-        let mut j = i;
-        loop {
-            let source = (sorted[j] & LOW) as usize;
-            sorted[j] |= DONE;
-            if source == i {
-                break;
-            }
-            updates.swap(j, source);
-            j = source;
-        }
-    }
-    // Runs whose chosen bytes tie, sorted by comparison.
+    other.clear();
+    // Runs whose chosen bytes tie, sorted by comparing their updates.
     let mut start = 0;
     for i in 1..=n {
         if i == n || sorted[i] >> 32 != sorted[start] >> 32 {
             if i - start > 1 {
-                updates[start..i].sort_unstable_by(by_data_time);
+                sorted[start..i].sort_unstable_by(by_index);
             }
             start = i;
         }
     }
-    sorted.clear();
-    other.clear();
-    *proxies = [sorted, other];
 }
+
+/// The number of distinct keys and of distinct (key, value) pairs of `updates`, given their
+/// order from [`sort_order`]. Only neighbours whose proxies tie are compared (others differ in
+/// their keys), so this reads few updates besides those of tied runs.
+pub fn key_counts<K: Eq, V: Eq, T, R>(updates: &[((K, V), T, R)], order: &[u64]) -> (usize, usize) {
+    let (mut keys, mut vals) = (0, 0);
+    for (i, &p) in order.iter().enumerate() {
+        let tied = i > 0 && order[i - 1] >> 32 == p >> 32;
+        let previous = tied.then(|| &updates[(order[i - 1] & LOW) as usize].0);
+        let (k, v) = &updates[(p & LOW) as usize].0;
+        match previous {
+            Some((pk, pv)) if pk == k => vals += usize::from(pv != v),
+            _ => {
+                keys += 1;
+                vals += 1;
+            }
+        }
+    }
+    (keys, vals)
+}
+
+/// Pushes `updates`, in `order` (from [`sort_order`]), consolidated into `builder`: one update
+/// per `(data, time)`, diffs added, zero diffs dropped. The updates are gathered through `chunk`
+/// (a small buffer the caller keeps), handed over every [`CHUNK`] updates.
+pub fn push_consolidated<K, V, T, R, S>(
+    updates: &[((K, V), T, R)],
+    order: &[u64],
+    chunk: &mut Vec<((K, V), T, R)>,
+    builder: &mut S,
+) where
+    K: Eq + Clone,
+    V: Eq + Clone,
+    T: Eq + Clone,
+    R: Semigroup + Clone,
+    S: SortedBuilder<K, V, T, R>,
+{
+    chunk.clear();
+    for &p in order {
+        let u = &updates[(p & LOW) as usize];
+        match chunk.last_mut() {
+            Some(last) if last.0 == u.0 && last.1 == u.1 => last.2.plus_equals(&u.2),
+            _ => {
+                // The last update is complete: dropped if it cancelled out. A pair of equal
+                // (data, time) never straddles two chunks.
+                if chunk.last().is_some_and(|l| l.2.is_zero()) {
+                    chunk.pop();
+                }
+                if chunk.len() >= CHUNK {
+                    builder.push_chunk(chunk);
+                }
+                chunk.push(u.clone());
+            }
+        }
+    }
+    if chunk.last().is_some_and(|l| l.2.is_zero()) {
+        chunk.pop();
+    }
+    builder.push_chunk(chunk);
+}
+
+/// Updates handed to a builder at a time by [`push_consolidated`]: small enough to stay in the
+/// first-level cache, large enough that the hand-over costs nothing.
+const CHUNK: usize = 1024;
 
 /// Consolidates updates sorted by `(data, time)`: one update per `(data, time)`, diffs added,
 /// zero diffs dropped.
@@ -209,42 +263,52 @@ pub fn consolidate_sorted<D: Eq, T: Eq, R: Semigroup>(updates: &mut Vec<(D, T, R
     updates.truncate(kept);
 }
 
-/// Builds a batch from one sorted, consolidated chunk, sized exactly, and leaves the chunk empty
-/// with its capacity (differential's `Sealer` takes the chunk and drops its allocation).
-pub trait SealChunk<K, V, T, R> {
+/// Builds a batch from sorted, consolidated chunks, sized at once.
+pub trait SortedBuilder<K, V, T, R>: Sized {
     /// The batch built.
     type Batch;
-    /// A batch of `chunk`'s updates (`None` if it is empty), which has `keys` distinct keys and
-    /// `vals` distinct (key, value) pairs; `chunk` is drained.
-    fn seal_chunk(chunk: &mut Vec<((K, V), T, R)>, keys: usize, vals: usize)
-        -> Option<Self::Batch>;
+    /// A builder for `keys` distinct keys, `vals` distinct (key, value) pairs and at most
+    /// `upds` updates.
+    fn with_capacity(keys: usize, vals: usize, upds: usize) -> Self;
+    /// Appends `chunk`'s updates, which follow those already pushed in order; leaves `chunk`
+    /// empty with its capacity (differential's `Sealer` takes the chunk and drops its
+    /// allocation).
+    fn push_chunk(&mut self, chunk: &mut Vec<((K, V), T, R)>);
+    /// The batch (`None` if no update was pushed).
+    fn finish(self) -> Option<Self::Batch>;
 }
 
-impl<L: Layout, K, V, T, R> SealChunk<K, V, T, R> for OrdKeyBuilder<L, Vec<((K, V), T, R)>>
+impl<L: Layout, K, V, T, R> SortedBuilder<K, V, T, R> for OrdKeyBuilder<L, Vec<((K, V), T, R)>>
 where
     Self: Builder<Input = Vec<((K, V), T, R)>>,
 {
     type Batch = <Self as Builder>::Output;
-    fn seal_chunk(chunk: &mut Vec<((K, V), T, R)>, keys: usize, _: usize) -> Option<Self::Batch> {
-        let mut builder = Self::with_capacity(keys, keys, chunk.len());
-        builder.push(chunk);
-        builder.done()
+    fn with_capacity(keys: usize, _: usize, upds: usize) -> Self {
+        OrdKeyBuilder::with_capacity(keys, keys, upds)
+    }
+    fn push_chunk(&mut self, chunk: &mut Vec<((K, V), T, R)>) {
+        self.push(chunk);
+        chunk.clear();
+    }
+    fn finish(self) -> Option<Self::Batch> {
+        self.done()
     }
 }
 
-impl<L: Layout, K, V, T, R> SealChunk<K, V, T, R> for OrdValBuilder<L, Vec<((K, V), T, R)>>
+impl<L: Layout, K, V, T, R> SortedBuilder<K, V, T, R> for OrdValBuilder<L, Vec<((K, V), T, R)>>
 where
     Self: Builder<Input = Vec<((K, V), T, R)>>,
 {
     type Batch = <Self as Builder>::Output;
-    fn seal_chunk(
-        chunk: &mut Vec<((K, V), T, R)>,
-        keys: usize,
-        vals: usize,
-    ) -> Option<Self::Batch> {
-        let mut builder = Self::with_capacity(keys, vals, chunk.len());
-        builder.push(chunk);
-        builder.done()
+    fn with_capacity(keys: usize, vals: usize, upds: usize) -> Self {
+        OrdValBuilder::with_capacity(keys, vals, upds)
+    }
+    fn push_chunk(&mut self, chunk: &mut Vec<((K, V), T, R)>) {
+        self.push(chunk);
+        chunk.clear();
+    }
+    fn finish(self) -> Option<Self::Batch> {
+        self.done()
     }
 }
 
@@ -255,10 +319,13 @@ where
 pub struct SortBatcher<K, V, T, R, S> {
     /// Updates inserted and not yet extracted, in arrival order.
     pending: Vec<((K, V), T, R)>,
-    /// The updates being extracted; empty (with its capacity) between extractions.
+    /// The updates being extracted, when some of `pending` are not; empty (with its capacity)
+    /// between extractions.
     ready: Vec<((K, V), T, R)>,
-    /// The sort's proxies and their radix passes' second buffer; empty between extractions.
+    /// The sort's order and its radix passes' second buffer; empty between extractions.
     proxies: [Vec<u64>; 2],
+    /// Consolidated updates on their way to the builder ([`CHUNK`] at most).
+    chunk: Vec<((K, V), T, R)>,
     /// The least time in `pending` after the last extraction.
     frontier: Antichain<T>,
     /// Reports the records held, as differential's own batchers do.
@@ -274,6 +341,7 @@ impl<K, V, T, R, S> SortBatcher<K, V, T, R, S> {
             pending: Vec::new(),
             ready: Vec::new(),
             proxies: Default::default(),
+            chunk: Vec::new(),
             frontier: Antichain::new(),
             logger,
             operator,
@@ -316,21 +384,24 @@ where
     V: Ord + Clone + 'static,
     T: Ord + Clone + timely::progress::Timestamp,
     R: Semigroup + 'static,
-    S: SealChunk<K, V, T, R>,
+    S: SortedBuilder<K, V, T, R>,
 {
     type Time = T;
     type Output = S::Batch;
 
     /// Extracts the updates whose time is not in advance of `upper`, sorted and consolidated.
+    ///
+    /// The updates are not moved into their order: the builder is fed from their order's
+    /// indexes through a small chunk (one read of each update, where moving them first took a
+    /// swap of two 48 to 64-byte updates per update, at random places, then three passes).
     fn extract<'a>(
         &'a mut self,
         upper: AntichainRef<'_, T>,
     ) -> (Option<S::Batch>, AntichainRef<'a, T>) {
         let held = self.pending.len();
         debug_assert!(self.ready.is_empty());
-        if self.pending.iter().all(|(_, t, _)| !upper.less_equal(t)) {
-            std::mem::swap(&mut self.pending, &mut self.ready);
-        } else {
+        let all = self.pending.iter().all(|(_, t, _)| !upper.less_equal(t));
+        if !all {
             // In place: `pending` keeps its buffer (a fresh one, grown by doubling while the
             // next epochs arrive, would be fresh pages every time the source runs ahead).
             self.ready.extend(
@@ -338,25 +409,44 @@ where
                     .extract_if(.., |(_, t, _)| !upper.less_equal(t)),
             );
         }
+        let updates = if all {
+            &mut self.pending
+        } else {
+            &mut self.ready
+        };
+        let batch = if (updates.len() as u64) < LOW {
+            sort_order(updates, &mut self.proxies);
+            let order = &self.proxies[0];
+            let (keys, vals) = key_counts(updates, order);
+            let mut builder = S::with_capacity(keys, vals, updates.len());
+            push_consolidated(updates, order, &mut self.chunk, &mut builder);
+            self.proxies[0].clear();
+            builder.finish()
+        } else {
+            // Too many for 32-bit indexes (never met: billions of updates in one epoch).
+            updates.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+            consolidate_sorted(updates);
+            let mut keys = 0;
+            let mut vals = 0;
+            for (i, ((k, v), _, _)) in updates.iter().enumerate() {
+                let previous = i.checked_sub(1).map(|j| &updates[j].0);
+                if previous.is_none_or(|(pk, _)| pk != k) {
+                    keys += 1;
+                    vals += 1;
+                } else if previous.is_some_and(|(_, pv)| pv != v) {
+                    vals += 1;
+                }
+            }
+            let mut builder = S::with_capacity(keys, vals, updates.len());
+            builder.push_chunk(updates);
+            builder.finish()
+        };
+        updates.clear();
         self.log(-((held - self.pending.len()) as isize));
         self.frontier.clear();
         if let Some(least) = self.pending.iter().map(|(_, t, _)| t).min() {
             self.frontier.insert(least.clone());
         }
-        sort_updates(&mut self.ready, &mut self.proxies);
-        consolidate_sorted(&mut self.ready);
-        let (mut keys, mut vals) = (0, 0);
-        for (i, ((k, v), _, _)) in self.ready.iter().enumerate() {
-            let previous = i.checked_sub(1).map(|j| &self.ready[j].0);
-            if previous.is_none_or(|(pk, _)| pk != k) {
-                keys += 1;
-                vals += 1;
-            } else if previous.is_some_and(|(_, pv)| pv != v) {
-                vals += 1;
-            }
-        }
-        let batch = S::seal_chunk(&mut self.ready, keys, vals);
-        self.ready.clear();
         (batch, self.frontier.borrow())
     }
 }
@@ -370,17 +460,59 @@ mod tests {
 
     use super::*;
 
-    /// Sorted and consolidated by the radix path (`n` above [`RADIX_MIN`]) as by differential's
-    /// comparison sort.
-    fn check<K: Ord + Clone + SortPrefix + std::fmt::Debug>(
-        mut updates: Vec<((K, ()), u64, isize)>,
-    ) {
+    /// Collects what [`push_consolidated`] hands over, checking that chunks come at most
+    /// [`CHUNK`] at a time.
+    struct Collect<K, V>(Vec<((K, V), u64, isize)>);
+
+    impl<K, V> SortedBuilder<K, V, u64, isize> for Collect<K, V> {
+        type Batch = Vec<((K, V), u64, isize)>;
+        fn with_capacity(_: usize, _: usize, _: usize) -> Self {
+            Collect(Vec::new())
+        }
+        fn push_chunk(&mut self, chunk: &mut Vec<((K, V), u64, isize)>) {
+            assert!(chunk.len() <= CHUNK);
+            self.0.append(chunk);
+        }
+        fn finish(self) -> Option<Self::Batch> {
+            (!self.0.is_empty()).then_some(self.0)
+        }
+    }
+
+    /// Sorted and consolidated through [`sort_order`] and [`push_consolidated`] (by radix when
+    /// `n` is above [`RADIX_MIN`]) as by differential's comparison sort, and counted by
+    /// [`key_counts`] as in the result.
+    fn check<K, V>(updates: Vec<((K, V), u64, isize)>)
+    where
+        K: Ord + Clone + SortPrefix + std::fmt::Debug,
+        V: Ord + Clone + std::fmt::Debug,
+    {
         let mut expected = updates.clone();
         consolidate_updates(&mut expected);
         let mut proxies = Default::default();
-        sort_updates(&mut updates, &mut proxies);
-        consolidate_sorted(&mut updates);
-        assert_eq!(updates, expected);
+        sort_order(&updates, &mut proxies);
+        let order = std::mem::take(&mut proxies[0]);
+        let mut seen: Vec<u64> = order.iter().map(|p| p & LOW).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..updates.len() as u64).collect::<Vec<_>>());
+        // Counted before consolidation: keys whose updates all cancel still count (an upper
+        // bound, as a capacity needs), so the expected counts come from the sorted input.
+        let mut sorted = updates.clone();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut keys: Vec<&K> = sorted.iter().map(|((k, _), _, _)| k).collect();
+        keys.dedup();
+        let mut vals: Vec<&(K, V)> = sorted.iter().map(|(kv, _, _)| kv).collect();
+        vals.dedup();
+        assert_eq!(key_counts(&updates, &order), (keys.len(), vals.len()));
+        let mut builder = Collect::with_capacity(0, 0, 0);
+        let mut chunk = Vec::new();
+        push_consolidated(&updates, &order, &mut chunk, &mut builder);
+        assert!(chunk.is_empty());
+        assert_eq!(builder.finish().unwrap_or_default(), expected);
+        // The in-place path for the largest inputs.
+        let mut in_place = updates;
+        in_place.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        consolidate_sorted(&mut in_place);
+        assert_eq!(in_place, expected);
     }
 
     /// Random updates: few days, totals that tie a lot (and some above 32 bits, which saturate
@@ -420,6 +552,14 @@ mod tests {
                 check(updates(n, seed, negative, |d, _, u| (d, u)));
                 check(updates(n, seed, negative, |d, t, _| (d, t)));
                 check(updates(n, seed, negative, |d, _, _| d));
+                // Keys with values, as `top-k candidates`: many values per key.
+                let with_vals = updates(n, seed, negative, |d, t, u| (d, (Reverse(t), u)));
+                check(
+                    with_vals
+                        .into_iter()
+                        .map(|(((d, v), ()), t, r)| ((d, v), t, r))
+                        .collect(),
+                );
             }
         }
     }
