@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
-use differential_dataflow::trace::cursor::{cursor_list, Cursor};
+use differential_dataflow::trace::cursor::{cursor_list, Cursor, Navigable};
 use differential_dataflow::trace::implementations::ord_neu::{VecOrdKeyBuilder, VecOrdValBuilder};
 use differential_dataflow::trace::implementations::{KeySpine, ValSpine};
 use differential_dataflow::trace::{SpanOf, TraceReader};
@@ -548,6 +548,9 @@ where
     }
 }
 
+/// Changed keys whose old values `Totals` looks up together, one trace batch after another.
+const BLOCK: usize = 1024;
+
 /// The `Totals` operator: reads each changed (day, user) in the `totals` batches and its old
 /// value in the trace, and derives the changes of every other arrangement's input.
 ///
@@ -597,7 +600,10 @@ fn totals<'scope>(
         // (instead of being exchanged, sorted and consolidated by the arrangements' batchers).
         let mut contributions: FxHashMap<(Day, u64, Epoch), isize> = FxHashMap::default();
         let mut presences: FxHashMap<(Day, Epoch), isize> = FxHashMap::default();
-        let mut times: Vec<(Epoch, Steps)> = Vec::new();
+        // A block of changed keys: each with the end of its updates in `updates` and its old
+        // value; kept between activations (at most `BLOCK` keys).
+        let mut block: Vec<(DayUser, usize, Steps)> = Vec::with_capacity(BLOCK);
+        let mut updates: Vec<(Epoch, Steps)> = Vec::new();
         // The last checkpoint mark filed.
         let mut filed: Option<Epoch> = None;
         move |frontiers| {
@@ -641,7 +647,9 @@ fn totals<'scope>(
                     _ => false,
                 };
                 let (mut batch_cursor, batch_storage) = cursor_list(batches);
-                let (mut trace_cursor, trace_storage) = cursor_list(follower.before());
+                // One cursor per batch of the trace, each moving forward through the blocks.
+                let before = follower.before();
+                let mut cursors: Vec<_> = before.iter().map(|b| b.cursor()).collect();
                 // The outputs' sessions chunk the records into small containers: one vector of
                 // the epoch's size per output would be fresh pages, zeroed by the kernel, every
                 // epoch (the allocator returns such large blocks once freed).
@@ -657,40 +665,67 @@ fn totals<'scope>(
                     index: index_h.session(&caps[3]),
                     candidates: cand_h.session(&caps[4]),
                 };
-                while let Some(&key) = batch_cursor.get_key(&batch_storage) {
-                    let (day, user) = (key.day, key.user());
-                    let mut acc: Steps = (0, 0);
-                    trace_cursor.seek_key(&trace_storage, &key);
-                    if trace_cursor.get_key(&trace_storage) == Some(&key) {
-                        trace_cursor.map_times(&trace_storage, |_, d| {
-                            acc.0 += d.0;
-                            acc.1 += d.1;
-                        });
+                // The changed keys a block at a time: their new updates, then their old values
+                // read one trace batch after another (a tight forward walk of each batch's keys,
+                // rather than a cursor over all of them that compares every batch's current key
+                // at every seek), then their changes.
+                loop {
+                    block.clear();
+                    updates.clear();
+                    while let Some(&key) = batch_cursor.get_key(&batch_storage) {
+                        let start = updates.len();
+                        batch_cursor.map_times(&batch_storage, |t, d| updates.push((*t, *d)));
+                        updates[start..].sort_unstable_by_key(|(t, _)| *t);
+                        block.push((key, updates.len(), (0, 0)));
+                        batch_cursor.step_key(&batch_storage);
+                        if block.len() == BLOCK {
+                            break;
+                        }
                     }
-                    times.clear();
-                    batch_cursor.map_times(&batch_storage, |t, d| times.push((*t, *d)));
-                    times.sort_unstable_by_key(|(t, _)| *t);
-                    for &(time, d) in &times {
-                        let old = (acc.1 > 0).then_some(acc.0 as u64);
-                        acc.0 += d.0;
-                        acc.1 += d.1;
-                        let new = (acc.1 > 0).then_some(acc.0 as u64);
-                        if old != new {
-                            let change = Change {
-                                time,
-                                day,
-                                user,
-                                old,
-                                new,
-                            };
-                            if one_epoch {
-                                emit.change(change);
-                            } else {
-                                changes.push(change);
+                    for (batch, cursor) in before.iter().zip(cursors.iter_mut()) {
+                        for (key, _, old) in block.iter_mut() {
+                            cursor.seek_key(batch, key);
+                            match cursor.get_key(batch) {
+                                None => break,
+                                Some(found) if found == key => {
+                                    cursor.map_times(batch, |_, d| {
+                                        old.0 += d.0;
+                                        old.1 += d.1;
+                                    });
+                                }
+                                Some(_) => {}
                             }
                         }
                     }
-                    batch_cursor.step_key(&batch_storage);
+                    let mut start = 0;
+                    for &(key, end, old) in &block {
+                        let (day, user) = (key.day, key.user());
+                        let mut acc: Steps = old;
+                        for &(time, d) in &updates[start..end] {
+                            let old = (acc.1 > 0).then_some(acc.0 as u64);
+                            acc.0 += d.0;
+                            acc.1 += d.1;
+                            let new = (acc.1 > 0).then_some(acc.0 as u64);
+                            if old != new {
+                                let change = Change {
+                                    time,
+                                    day,
+                                    user,
+                                    old,
+                                    new,
+                                };
+                                if one_epoch {
+                                    emit.change(change);
+                                } else {
+                                    changes.push(change);
+                                }
+                            }
+                        }
+                        start = end;
+                    }
+                    if block.len() < BLOCK {
+                        break;
+                    }
                 }
                 // The top-k candidates must follow the epochs in order.
                 changes.sort_by_key(|c| c.time);
