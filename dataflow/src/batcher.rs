@@ -263,35 +263,27 @@ pub fn consolidate_sorted<D: Eq, T: Eq, R: Semigroup>(updates: &mut Vec<(D, T, R
     updates.truncate(kept);
 }
 
-/// Builds a batch from sorted, consolidated chunks, sized at once.
-pub trait SortedBuilder<K, V, T, R>: Sized {
-    /// The batch built.
-    type Batch;
+/// A differential builder of batches from sorted, consolidated chunks, sized at once.
+pub trait SortedBuilder<K, V, T, R>: Builder<Input = Vec<((K, V), T, R)>> {
     /// A builder for `keys` distinct keys, `vals` distinct (key, value) pairs and at most
     /// `upds` updates.
     fn with_capacity(keys: usize, vals: usize, upds: usize) -> Self;
+
     /// Appends `chunk`'s updates, which follow those already pushed in order; leaves `chunk`
     /// empty with its capacity (differential's `Sealer` takes the chunk and drops its
     /// allocation).
-    fn push_chunk(&mut self, chunk: &mut Vec<((K, V), T, R)>);
-    /// The batch (`None` if no update was pushed).
-    fn finish(self) -> Option<Self::Batch>;
+    fn push_chunk(&mut self, chunk: &mut Vec<((K, V), T, R)>) {
+        self.push(chunk);
+        chunk.clear();
+    }
 }
 
 impl<L: Layout, K, V, T, R> SortedBuilder<K, V, T, R> for OrdKeyBuilder<L, Vec<((K, V), T, R)>>
 where
     Self: Builder<Input = Vec<((K, V), T, R)>>,
 {
-    type Batch = <Self as Builder>::Output;
     fn with_capacity(keys: usize, _: usize, upds: usize) -> Self {
         OrdKeyBuilder::with_capacity(keys, keys, upds)
-    }
-    fn push_chunk(&mut self, chunk: &mut Vec<((K, V), T, R)>) {
-        self.push(chunk);
-        chunk.clear();
-    }
-    fn finish(self) -> Option<Self::Batch> {
-        self.done()
     }
 }
 
@@ -299,16 +291,8 @@ impl<L: Layout, K, V, T, R> SortedBuilder<K, V, T, R> for OrdValBuilder<L, Vec<(
 where
     Self: Builder<Input = Vec<((K, V), T, R)>>,
 {
-    type Batch = <Self as Builder>::Output;
     fn with_capacity(keys: usize, vals: usize, upds: usize) -> Self {
         OrdValBuilder::with_capacity(keys, vals, upds)
-    }
-    fn push_chunk(&mut self, chunk: &mut Vec<((K, V), T, R)>) {
-        self.push(chunk);
-        chunk.clear();
-    }
-    fn finish(self) -> Option<Self::Batch> {
-        self.done()
     }
 }
 
@@ -387,7 +371,7 @@ where
     S: SortedBuilder<K, V, T, R>,
 {
     type Time = T;
-    type Output = S::Batch;
+    type Output = S::Output;
 
     /// Extracts the updates whose time is not in advance of `upper`, sorted and consolidated.
     ///
@@ -397,7 +381,7 @@ where
     fn extract<'a>(
         &'a mut self,
         upper: AntichainRef<'_, T>,
-    ) -> (Option<S::Batch>, AntichainRef<'a, T>) {
+    ) -> (Option<S::Output>, AntichainRef<'a, T>) {
         let held = self.pending.len();
         debug_assert!(self.ready.is_empty());
         let all = self.pending.iter().all(|(_, t, _)| !upper.less_equal(t));
@@ -421,7 +405,7 @@ where
             let mut builder = S::with_capacity(keys, vals, updates.len());
             push_consolidated(updates, order, &mut self.chunk, &mut builder);
             self.proxies[0].clear();
-            builder.finish()
+            builder.done()
         } else {
             // Too many for 32-bit indexes (never met: billions of updates in one epoch).
             updates.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
@@ -439,7 +423,7 @@ where
             }
             let mut builder = S::with_capacity(keys, vals, updates.len());
             builder.push_chunk(updates);
-            builder.finish()
+            builder.done()
         };
         updates.clear();
         self.log(-((held - self.pending.len()) as isize));
@@ -464,17 +448,28 @@ mod tests {
     /// [`CHUNK`] at a time.
     struct Collect<K, V>(Vec<((K, V), u64, isize)>);
 
-    impl<K, V> SortedBuilder<K, V, u64, isize> for Collect<K, V> {
-        type Batch = Vec<((K, V), u64, isize)>;
-        fn with_capacity(_: usize, _: usize, _: usize) -> Self {
+    impl<K, V> Default for Collect<K, V> {
+        fn default() -> Self {
             Collect(Vec::new())
         }
-        fn push_chunk(&mut self, chunk: &mut Vec<((K, V), u64, isize)>) {
+    }
+
+    impl<K, V> Builder for Collect<K, V> {
+        type Input = Vec<((K, V), u64, isize)>;
+        type Time = u64;
+        type Output = Vec<((K, V), u64, isize)>;
+        fn push(&mut self, chunk: &mut Self::Input) {
             assert!(chunk.len() <= CHUNK);
             self.0.append(chunk);
         }
-        fn finish(self) -> Option<Self::Batch> {
+        fn done(self) -> Option<Self::Output> {
             (!self.0.is_empty()).then_some(self.0)
+        }
+    }
+
+    impl<K, V> SortedBuilder<K, V, u64, isize> for Collect<K, V> {
+        fn with_capacity(_: usize, _: usize, _: usize) -> Self {
+            Collect::default()
         }
     }
 
@@ -507,7 +502,7 @@ mod tests {
         let mut chunk = Vec::new();
         push_consolidated(&updates, &order, &mut chunk, &mut builder);
         assert!(chunk.is_empty());
-        assert_eq!(builder.finish().unwrap_or_default(), expected);
+        assert_eq!(builder.done().unwrap_or_default(), expected);
         // The in-place path for the largest inputs.
         let mut in_place = updates;
         in_place.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
