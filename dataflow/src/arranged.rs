@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::cursor::{cursor_list, Cursor, Navigable};
-use differential_dataflow::trace::implementations::ord_neu::{VecOrdKeyBuilder, VecOrdValBuilder};
-use differential_dataflow::trace::implementations::{KeySpine, ValSpine};
+use differential_dataflow::trace::implementations::ord_neu::VecOrdValBuilder;
+use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::trace::{SpanOf, TraceReader};
 use differential_dataflow::AsCollection;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -42,6 +42,7 @@ use timely::progress::frontier::Antichain;
 use crate::batcher::SortBatcher;
 use crate::checkpoint::CheckpointPlan;
 use crate::event::{is_closed, Day, Epoch, Micros, User};
+use crate::keybatch::{KeyBatchSpine, KeyBuilder};
 use crate::pipeline::{epoch_of, route_day, Coll, Settings, VecStream};
 use crate::ranking::{rank_prefix, TopRow};
 
@@ -97,22 +98,22 @@ impl crate::batcher::SortPrefix for DayUser {
 }
 
 /// `totals`: (day, user) → [`Steps`], on the user's worker.
-pub type TotalsTrace = TraceAgent<KeySpine<DayUser, Epoch, Steps>>;
+pub type TotalsTrace = TraceAgent<KeyBatchSpine<DayUser, Steps>>;
 /// A batch of `totals`.
 type TotalsBatch = <TotalsTrace as TraceReader>::Batch;
 /// `histogram`: (day, total) → number of users with that total, on the day's worker.
-pub type HistogramTrace = TraceAgent<KeySpine<(Day, u64), Epoch, isize>>;
+pub type HistogramTrace = TraceAgent<KeyBatchSpine<(Day, u64), isize>>;
 /// `users`: day → number of ranked users, on the day's worker.
-pub type UsersTrace = TraceAgent<KeySpine<Day, Epoch, isize>>;
+pub type UsersTrace = TraceAgent<KeyBatchSpine<Day, isize>>;
 /// `by-total`: (day, Reverse(total), user), the day's users in listing order, on the day's worker.
-pub type ByTotalTrace = TraceAgent<KeySpine<(Day, Reverse<u64>, User), Epoch, isize>>;
+pub type ByTotalTrace = TraceAgent<KeyBatchSpine<(Day, Reverse<u64>, User), isize>>;
 /// `top-k candidates`: day → (Reverse(total), user), every worker's local top-k.
 pub type CandidatesTrace = TraceAgent<ValSpine<Day, (Reverse<u64>, User), Epoch, isize>>;
 /// `top-k`: day → the day's top-k rows, on the day's worker.
 pub type TopTrace = TraceAgent<ValSpine<Day, TopRow, Epoch, isize>>;
 
 /// The batcher of a key arrangement: one sort per sealed epoch ([`SortBatcher`]).
-type KeyBatcher<K, R> = SortBatcher<K, (), Epoch, R, VecOrdKeyBuilder<K, Epoch, R>>;
+type KeyBatcher<K, R> = SortBatcher<K, (), Epoch, R, KeyBuilder<K, R>>;
 /// The batcher of a key-value arrangement ([`SortBatcher`]).
 type ValBatcher<K, V, R> = SortBatcher<K, V, Epoch, R, VecOrdValBuilder<K, V, Epoch, R>>;
 
@@ -927,7 +928,7 @@ fn top_k<'scope>(candidates: Arranged<'scope, CandidatesTrace>, k: usize) -> Row
 /// `(key, count)` retracted and the new one inserted (absent when zero), as `out(key, count)`;
 /// consolidated per epoch. Like differential's `count_total`, with a name of its own.
 fn count_changes<'scope, K, D>(
-    arranged: Arranged<'scope, TraceAgent<KeySpine<K, Epoch, isize>>>,
+    arranged: Arranged<'scope, TraceAgent<KeyBatchSpine<K, isize>>>,
     name: &str,
     out: impl Fn(&K, isize) -> D + 'static,
 ) -> Coll<'scope, D>

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod dedup;
 pub mod deliver;
 pub mod event;
+pub mod keybatch;
 pub mod output;
 pub mod pipeline;
 pub mod random;

@@ -13,7 +13,7 @@ use std::cmp::Reverse;
 use std::collections::VecDeque;
 
 use differential_dataflow::trace::cursor::{cursor_list, Cursor};
-use differential_dataflow::trace::implementations::ord_neu::{OrdKeyBatch, OrdValBatch, Upds};
+use differential_dataflow::trace::implementations::ord_neu::{OrdValBatch, Upds};
 use differential_dataflow::trace::implementations::spine_fueled::SpineBatch;
 use differential_dataflow::trace::implementations::{OffsetList, Update, Vector};
 use differential_dataflow::trace::TraceReader;
@@ -21,6 +21,7 @@ use timely::progress::frontier::{Antichain, AntichainRef};
 
 use crate::arranged::{DayUser, Traces};
 use crate::event::{is_closed, Day, Epoch, Micros, User};
+use crate::keybatch::{BatchDiff, BatchKey, KeyBatch};
 use crate::pipeline::{route_day, route_user, Settings};
 use crate::ranking::{Standing, TopRow};
 
@@ -586,8 +587,8 @@ fn upds_bytes<T, D>(u: &Upds<OffsetList, Vec<T>, Vec<D>>) -> usize {
 }
 
 /// The bytes of a key batch's columns: keys, and the updates'.
-fn key_batch_bytes<U: Update<Diff: Ord>>(b: &OrdKeyBatch<Vector<U>>) -> usize {
-    vec_bytes(&b.storage.keys) + upds_bytes(&b.storage.upds)
+fn key_batch_bytes<K: BatchKey, R: BatchDiff>(b: &KeyBatch<K, R>) -> usize {
+    vec_bytes(&b.inner.storage.keys) + upds_bytes(&b.inner.storage.upds)
 }
 
 /// The bytes of a key-value batch's columns: keys, values and their offsets, and the updates'.
