@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
-use differential_dataflow::trace::cursor::{cursor_list, Cursor, Navigable};
+use differential_dataflow::trace::cursor::{cursor_list, Cursor};
 use differential_dataflow::trace::implementations::ord_neu::VecOrdValBuilder;
 use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::trace::{SpanOf, TraceReader};
@@ -648,9 +648,9 @@ fn totals<'scope>(
                     _ => false,
                 };
                 let (mut batch_cursor, batch_storage) = cursor_list(batches);
-                // One cursor per batch of the trace, each moving forward through the blocks.
+                // One position per batch of the trace, each moving forward through the blocks.
                 let before = follower.before();
-                let mut cursors: Vec<_> = before.iter().map(|b| b.cursor()).collect();
+                let mut positions: Vec<usize> = vec![0; before.len()];
                 // The outputs' sessions chunk the records into small containers: one vector of
                 // the epoch's size per output would be fresh pages, zeroed by the kernel, every
                 // epoch (the allocator returns such large blocks once freed).
@@ -683,16 +683,18 @@ fn totals<'scope>(
                             break;
                         }
                     }
-                    for (batch, cursor) in before.iter().zip(cursors.iter_mut()) {
+                    for (batch, pos) in before.iter().zip(positions.iter_mut()) {
                         for (key, _, old) in block.iter_mut() {
-                            cursor.seek_key(batch, key);
-                            match cursor.get_key(batch) {
+                            *pos = batch.seek(*pos, key);
+                            match batch.keys().get(*pos) {
                                 None => break,
+                                // Every time counts (the batch is before the new ones): the
+                                // diffs alone, not the times (a cache miss fewer per key).
                                 Some(found) if found == key => {
-                                    cursor.map_times(batch, |_, d| {
+                                    for d in batch.diffs(*pos) {
                                         old.0 += d.0;
                                         old.1 += d.1;
-                                    });
+                                    }
                                 }
                                 Some(_) => {}
                             }

@@ -84,6 +84,41 @@ impl<K: BatchKey, R: BatchDiff> KeyBatch<K, R> {
     }
 }
 
+impl<K: BatchKey, R: BatchDiff> KeyBatch<K, R> {
+    /// The keys, sorted.
+    #[inline]
+    pub fn keys(&self) -> &[K] {
+        &self.inner.storage.keys
+    }
+
+    /// The position of the first key at or after `from` that is not less than `key`: a gallop
+    /// from `from` (as differential's cursors seek), for lookups that walk forward.
+    #[inline]
+    pub fn seek(&self, from: usize, key: &K) -> usize {
+        let keys = self.keys();
+        if from >= keys.len() || keys[from] >= *key {
+            return from;
+        }
+        // keys[lo] < key; find the first step whose key is not less.
+        let mut lo = from;
+        let mut step = 1;
+        while lo + step < keys.len() && keys[lo + step] < *key {
+            lo += step;
+            step <<= 1;
+        }
+        let hi = (lo + step).min(keys.len());
+        lo + 1 + keys[lo + 1..hi].partition_point(|k| k < key)
+    }
+
+    /// The diffs of the key at `position` (whatever their times).
+    #[inline]
+    pub fn diffs(&self, position: usize) -> &[R] {
+        let upds = &self.inner.storage.upds;
+        let (lower, upper) = upds.bounds(position);
+        &upds.diffs[lower..upper]
+    }
+}
+
 impl<K: BatchKey, R: BatchDiff> SpineBatch for KeyBatch<K, R> {
     type Time = Epoch;
     type Merger = KeyMerger<K, R>;
@@ -597,6 +632,25 @@ mod tests {
             let (a, b) = (build(to(&a), 5), build(to(&b), 5));
             if let (Some(a), Some(b)) = (&a, &b) {
                 prop_assert_eq!(contents(&merge(a, b, since, 3)), reference(&all, since));
+            }
+        }
+    }
+
+    #[test]
+    fn seek_finds_what_a_search_finds() {
+        let mut rng = crate::random::SplitMix64(5);
+        for n in [0u64, 1, 2, 9, 100, 5000] {
+            let u: Vec<_> = (0..n).map(|k| ((3 * k + 1, ()), 0, 1isize)).collect();
+            let Some(batch) = build(u, 64) else { continue };
+            for _ in 0..2000 {
+                let from = (rng.next_u64() % (n + 1)) as usize;
+                let key = rng.next_u64() % (3 * n + 3);
+                let want = from + batch.keys()[from..].partition_point(|k| *k < key);
+                assert_eq!(
+                    batch.seek(from, &key),
+                    want,
+                    "n {n}, from {from}, key {key}"
+                );
             }
         }
     }

@@ -26,8 +26,14 @@ fn user(key: Key) -> User {
 /// The log is merged into the run once it holds this many changes, or half the run's users.
 const LOG_MIN: usize = 1 << 14;
 
-/// Bits of a user's most significant half that the log's radix pass buckets by.
-const RADIX_BITS: u32 = 12;
+/// Bits of a user's most significant half that the log's radix pass buckets by: enough for
+/// about [`BUCKET_TARGET`] changes per bucket, within these bounds.
+const RADIX_BITS: std::ops::RangeInclusive<u32> = 8..=16;
+
+/// Changes per bucket the radix pass aims at: the standard stable sort sorts buckets this small
+/// by insertion, without a scratch buffer (4 096 buckets of a half-million-change log held about
+/// 120 changes each, merge-sorted through a scratch buffer each).
+const BUCKET_TARGET: usize = 8;
 
 /// Buffers the merges of every day share (each as large as the largest merge so far).
 #[derive(Default)]
@@ -119,12 +125,14 @@ impl DayTotals {
 }
 
 /// Sorts `log` by user into `out`, equal users in arrival order (stable): one counting pass
-/// on the users' top [`RADIX_BITS`] (random UUIDs spread evenly over the buckets), then a
+/// on the users' top bits (see [`RADIX_BITS`]; random UUIDs spread evenly over the buckets), then a
 /// stable sort of each bucket. Users that share their top bits (small integer ids) fall into
 /// one bucket: still sorted, by the stable sort alone.
 fn sort_log(log: &mut Vec<(Key, u64)>, out: &mut Vec<(Key, u64)>) {
-    let bucket = |k: &Key| (k[0] >> (64 - RADIX_BITS)) as usize;
-    let mut starts = vec![0usize; (1 << RADIX_BITS) + 1];
+    let bits = (usize::BITS - (log.len() / BUCKET_TARGET).leading_zeros())
+        .clamp(*RADIX_BITS.start(), *RADIX_BITS.end());
+    let bucket = |k: &Key| (k[0] >> (64 - bits)) as usize;
+    let mut starts = vec![0usize; (1 << bits) + 1];
     for (k, _) in log.iter() {
         starts[bucket(k) + 1] += 1;
     }
@@ -139,7 +147,7 @@ fn sort_log(log: &mut Vec<(Key, u64)>, out: &mut Vec<(Key, u64)>) {
         out[next[b]] = entry;
         next[b] += 1;
     }
-    for b in 0..1 << RADIX_BITS {
+    for b in 0..1 << bits {
         let bucket = &mut out[starts[b]..starts[b + 1]];
         if bucket.len() > 1 {
             bucket.sort_by_key(|&(k, _)| k);
