@@ -233,11 +233,7 @@ fn worker_matches_reference_on_real_kafka() {
 
 /// Sends 100 more records of 10 January to `topic` (of 2 partitions), then deletes every record
 /// of it with Kafka's DeleteRecords, as retention would.
-fn send_then_delete(
-    producer: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
-    topic: &str,
-    rng: &mut Rng,
-) {
+fn send_then_delete(producer: &common::stream::TestProducer, topic: &str, rng: &mut Rng) {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::{Offset, TopicPartitionList};

@@ -18,8 +18,6 @@ use rankmysteps_dataflow::event::{parse_day, Reason};
 use rankmysteps_dataflow::pipeline::Settings;
 use rankmysteps_dataflow::random::SplitMix64 as Rng;
 use rankmysteps_dataflow::reference::Reference;
-use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
-use rdkafka::ClientConfig;
 
 #[test]
 fn restarts_change_nothing_and_double_nothing() {
@@ -64,11 +62,7 @@ fn restarts_change_nothing_and_double_nothing() {
     let s = reference.stats;
     assert!(s.duplicate > 20 && s.rejected(Reason::Late) > 20 && s.rejected_total() > 200);
 
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", common::brokers())
-        .set("enable.idempotence", "true")
-        .create()
-        .unwrap();
+    let producer = common::stream::producer();
 
     // Run A dies in its third write, after the data and before the progress record: the intent
     // record is ahead, and archive objects of later epochs may exist.

@@ -11,7 +11,8 @@ use rankmysteps_dataflow::output::Stats;
 use rankmysteps_dataflow::random::SplitMix64 as Rng;
 use rankmysteps_dataflow::reference::{Record, Reference};
 use rankmysteps_sinks::cassandra::CassandraReader;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
 
 use super::Child;
 
@@ -118,7 +119,7 @@ pub fn reference_epoch(sent: &[Sent], first_pos: u64) -> Vec<Record> {
 /// Sends `records` keyed by user in `bursts` bursts, `pause` apart; `between(i)` runs after
 /// burst `i`.
 pub fn send(
-    producer: &ThreadedProducer<DefaultProducerContext>,
+    producer: &TestProducer,
     topic: &str,
     records: &[Sent],
     bursts: usize,
@@ -133,6 +134,17 @@ pub fn send(
                 .unwrap();
         }
         producer.flush(Duration::from_secs(30)).unwrap();
+        let failed = producer
+            .context()
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            failed,
+            0,
+            "the test's producer could not deliver {failed} records (first error: {:?}): the \
+             topic does not hold what the reference expects",
+            producer.context().first_error.lock().unwrap()
+        );
         between(i);
         std::thread::sleep(pause);
     }
@@ -372,11 +384,40 @@ pub fn three_phases(seed: u64, k: usize) -> ([Vec<Sent>; 3], Reference) {
     ([p1, p2, p3], reference)
 }
 
+/// A producer context that counts the records librdkafka gave up on. Its default context
+/// drops delivery reports, so a record that failed (a fatal error of the idempotent producer
+/// around a broker's restart, say) left `flush` to return `Ok` and the test to wait minutes
+/// for a record that was never written; [`send`] now fails at once, naming the error.
+#[derive(Default)]
+pub struct Deliveries {
+    failed: std::sync::atomic::AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.first_error
+                .lock()
+                .unwrap()
+                .get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// The test's producer: delivery failures are counted (see [`Deliveries`]).
+pub type TestProducer = ThreadedProducer<Deliveries>;
+
 /// An idempotent producer to the services' Kafka.
-pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
+pub fn producer() -> TestProducer {
     rdkafka::ClientConfig::new()
         .set("bootstrap.servers", super::brokers())
         .set("enable.idempotence", "true")
-        .create()
+        .create_with_context(Deliveries::default())
         .unwrap()
 }
