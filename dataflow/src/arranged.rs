@@ -49,6 +49,10 @@ use crate::ranking::{rank_prefix, TopRow};
 /// A user's accumulated `(steps, accepted events)` on a day; the second part keeps users whose
 /// steps sum to 0 in the arrangement (a user is present while it is positive).
 pub type Steps = (i64, i64);
+/// A change of a user's total on a day, for sinks: `(day, user, old total, new total)`, the old
+/// total absent when the user is new to the day.
+pub type TotalChange = (Day, User, Option<u64>, u64);
+
 /// A `totals` key: a (day, user) pair in 24 bytes, ordered as the pair. The tuple
 /// `(Day, User)` takes 32 (its `u128` aligns to 16 bytes), and every sort, batch, merge and seek
 /// of the million-key `totals` trace moves these keys.
@@ -166,8 +170,10 @@ pub struct Traces {
 
 /// What [`state`] produces for sinks, and the traces.
 pub struct State<'scope> {
-    /// `(day, user, total)` changes for sinks (retirements left out), consolidated per epoch.
-    pub totals: Coll<'scope, (Day, User, u64)>,
+    /// `((day, user, old total, new total), epoch)`: one record per change of a user's total for
+    /// sinks (the old total absent for a new user; retirements left out), at most one per user
+    /// and epoch. [`crate::deliver`] hands sinks the retraction and the insertion it stands for.
+    pub totals: VecStream<'scope, (TotalChange, Epoch)>,
     /// `(day, row)` changes of the top-k for sinks (retirements left out), consolidated per epoch.
     pub top: Coll<'scope, (Day, TopRow)>,
     /// `(day, total, n)` changes of the histogram, consolidated per epoch (a closed day's
@@ -263,7 +269,7 @@ pub fn state<'scope>(
             ValBatcher::new,
         );
     State {
-        totals: changes.totals.as_collection(),
+        totals: changes.totals,
         top: rows.sink.as_collection(),
         histogram,
         users,
@@ -433,9 +439,8 @@ impl<Tr: TraceReader<Time = Epoch>> Follower<Tr> {
 
 /// What [`totals`] produces.
 struct TotalsChanges<'scope> {
-    /// `(day, user, total)` changes for sinks: a changed user's old total retracted, the new one
-    /// inserted; consolidated per epoch; retirements left out.
-    totals: VecStream<'scope, ((Day, User, u64), Epoch, isize)>,
+    /// One record per change of a user's total for sinks (see [`State::totals`]).
+    totals: VecStream<'scope, (TotalChange, Epoch)>,
     /// `((day, total), n)`: the net number of users who reached (n > 0) or left (n < 0) that
     /// total at the epoch (input of `histogram`), consolidated per epoch.
     contributions: VecStream<'scope, (((Day, u64), ()), Epoch, isize)>,
@@ -459,8 +464,8 @@ struct Change {
     new: Option<u64>,
 }
 
-/// Derives every output of a change of a user's total: the totals for sinks (the old total
-/// retracted, the new one inserted, retirements left out), the `by-total` index, the histogram's
+/// Derives every output of a change of a user's total: the change for sinks (retirements left
+/// out), the `by-total` index, the histogram's
 /// and `users`' contributions (summed per epoch in the maps) and the worker's top-k candidates.
 /// Changes must come in time order (per user and, for the candidates, across users).
 struct Emit<'a, T, I, K> {
@@ -475,7 +480,7 @@ struct Emit<'a, T, I, K> {
 
 impl<T, I, K> Emit<'_, T, I, K>
 where
-    T: Give<((Day, User, u64), Epoch, isize)>,
+    T: Give<(TotalChange, Epoch)>,
     I: Give<(((Day, Reverse<u64>, User), ()), Epoch, isize)>,
     K: Give<((Day, (Reverse<u64>, User)), Epoch, isize)>,
 {
@@ -487,11 +492,7 @@ where
             old,
             new,
         } = c;
-        let retired = new.is_none();
         if let Some(old) = old {
-            if !retired {
-                self.totals.give(((day, user, old), time, -1isize));
-            }
             *self.contributions.entry((day, old, time)).or_default() -= 1;
             self.index
                 .give((((day, Reverse(old), user), ()), time, -1isize));
@@ -503,7 +504,9 @@ where
         }
         let set = self.local_top.entry(day).or_default();
         if let Some(new) = new {
-            self.totals.give(((day, user, new), time, 1isize));
+            // One record for the retraction and the insertion: half the records handed to the
+            // exchange to the sinks' worker.
+            self.totals.give(((day, user, old, new), time));
             *self.contributions.entry((day, new, time)).or_default() += 1;
             self.index
                 .give((((day, Reverse(new), user), ()), time, 1isize));
@@ -571,7 +574,7 @@ fn totals<'scope>(
     let mut builder = OperatorBuilder::new("Totals".to_owned(), arranged.stream.scope());
     let mut input = builder.new_input(arranged.stream, Pipeline);
     let mut wm_input = builder.new_input(watermark, Pipeline);
-    let (totals_out, totals) = builder.new_output::<Vec<((Day, User, u64), Epoch, isize)>>();
+    let (totals_out, totals) = builder.new_output::<Vec<(TotalChange, Epoch)>>();
     let (contrib_out, contributions) =
         builder.new_output::<Vec<(((Day, u64), ()), Epoch, isize)>>();
     let (presence_out, presence) = builder.new_output::<Vec<((Day, ()), Epoch, isize)>>();

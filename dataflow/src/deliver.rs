@@ -32,7 +32,8 @@ use timely::dataflow::operators::Concatenate;
 use timely::dataflow::operators::Probe;
 use timely::dataflow::ProbeHandle;
 
-use crate::event::{is_closed, Day, Epoch, Micros, Reason, Rejection, User};
+use crate::arranged::TotalChange;
+use crate::event::{is_closed, Day, Epoch, Micros, Reason, Rejection};
 use crate::output::{EpochOutput, Position, Stats};
 use crate::pipeline::{epoch_of, Outputs, Settings, VecStream};
 use crate::ranking::TopRow;
@@ -124,10 +125,11 @@ pub fn deliver<'scope, F>(
         outputs.stats.map(Item::Stats),
     ];
     let items = scope.concatenate(items).probe_with(probe);
-    // The totals, by far the largest output (one or two records per changed user), travel as
-    // they are, not as `Item`s: no conversion into the larger enum, and they are bucketed by
-    // epoch a run at a time rather than record by record.
-    let totals = outputs.totals.inner.probe_with(probe);
+    // The totals, by far the largest output, travel as one record per changed user, not as
+    // `Item`s: no conversion into the larger enum, half the records of a retraction and an
+    // insertion each, and they are bucketed by epoch a run at a time rather than record by
+    // record.
+    let totals = outputs.totals.probe_with(probe);
     // Every leader keeps every partition's position (a few per epoch).
     let positions = positions.broadcast().probe_with(probe);
 
@@ -140,7 +142,7 @@ pub fn deliver<'scope, F>(
     let mut input = builder.new_input(items, Exchange::new(route));
     let mut totals_input = builder.new_input(
         totals,
-        Exchange::new(move |_: &((Day, User, u64), Epoch, isize)| own_leader as u64),
+        Exchange::new(move |_: &(TotalChange, Epoch)| own_leader as u64),
     );
     let mut wm_input = builder.new_input(outputs.watermark, Pipeline);
     let mut pos_input = builder.new_input(positions, Pipeline);
@@ -185,7 +187,14 @@ pub fn deliver<'scope, F>(
                     if out.capacity() == 0 {
                         out.reserve(totals_hint);
                     }
-                    out.extend(run.iter().map(|&(r, _, d)| (r, d)));
+                    // A change is the old total's retraction right before the new one's
+                    // insertion (sinks rely on that order to skip the retraction).
+                    for &((day, user, old, new), _) in run {
+                        if let Some(old) = old {
+                            out.push(((day, user, old), -1));
+                        }
+                        out.push(((day, user, new), 1));
+                    }
                 }
                 data.clear();
             });

@@ -85,8 +85,10 @@ impl Default for Settings {
 /// arrangements one epoch after it closed: `histogram` and `users` then carry their
 /// retractions, which sinks must not apply ([`crate::deliver`] drops them).
 pub struct Outputs<'scope> {
-    /// `(day, user, total)`: the user's current total that day (a change retracts the old total).
-    pub totals: Coll<'scope, (Day, User, u64)>,
+    /// `((day, user, old total, new total), epoch)`: a change of the user's total that day, at
+    /// most one per user and epoch, standing for the old total's retraction (absent for a new
+    /// user) and the new one's insertion.
+    pub totals: VecStream<'scope, (crate::arranged::TotalChange, Epoch)>,
     /// `(day, row)`: the day's top-k rows in listing order (a change retracts the old row).
     pub top: Coll<'scope, (Day, TopRow)>,
     /// `(day, total, n)`: n > 0 users of the day have exactly this total.
