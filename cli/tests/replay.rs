@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use rankmysteps_dataflow::event::{
-    day_from_civil, format_day, format_user, Day, Event, Micros, Reason, MICROS_PER_SEC,
+    day_from_civil, format_day, format_user, Day, Event, EventExtra, Micros, Reason, MICROS_PER_SEC,
 };
 use rankmysteps_dataflow::pipeline::Settings;
 use rankmysteps_dataflow::reference::{Record, Reference};
@@ -211,9 +211,7 @@ fn reference(expected: &[Option<Expected>], epoch_events: usize, settings: &Sett
                         day,
                         time,
                         steps,
-                        event_id: event_id.map(Into::into),
-                        ingested: None,
-                        raw: None,
+                        extra: EventExtra::new(event_id.map(Into::into), None, None),
                     }),
                 })
             })

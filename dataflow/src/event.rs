@@ -37,6 +37,15 @@ pub struct Event {
     pub time: Micros,
     /// Steps since the device's last report, `0..=max_steps_per_event`.
     pub steps: u32,
+    /// What few events carry (an `event_id`, a recorded ingestion time, the raw record), behind
+    /// one pointer: an event is 48 bytes instead of 96, and every event is copied through the
+    /// exchange to its user's worker. `None` when it carries none of them.
+    pub extra: Option<Box<EventExtra>>,
+}
+
+/// The rarer parts of an [`Event`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EventExtra {
     /// The device's id for this report, if any.
     pub event_id: Option<Box<str>>,
     /// The ingestion time recorded for this record by the run that first consumed it (a replay
@@ -46,6 +55,44 @@ pub struct Event {
     /// The raw record, kept only when the event could still be rejected as `late`
     /// (its day may already be closed); `None` otherwise to keep the hot path cheap.
     pub raw: Option<Box<[u8]>>,
+}
+
+impl EventExtra {
+    /// The extra parts of an event, boxed; `None` when there are none.
+    #[inline]
+    pub fn new(
+        event_id: Option<Box<str>>,
+        ingested: Option<Micros>,
+        raw: Option<Box<[u8]>>,
+    ) -> Option<Box<EventExtra>> {
+        (event_id.is_some() || ingested.is_some() || raw.is_some()).then(|| {
+            Box::new(EventExtra {
+                event_id,
+                ingested,
+                raw,
+            })
+        })
+    }
+}
+
+impl Event {
+    /// The device's id for this report, if any.
+    #[inline]
+    pub fn event_id(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|x| x.event_id.as_deref())
+    }
+
+    /// The recorded ingestion time, if any (see [`EventExtra::ingested`]).
+    #[inline]
+    pub fn ingested(&self) -> Option<Micros> {
+        self.extra.as_ref().and_then(|x| x.ingested)
+    }
+
+    /// Takes the raw record, if it was kept (see [`EventExtra::raw`]).
+    #[inline]
+    pub fn take_raw(&mut self) -> Option<Box<[u8]>> {
+        self.extra.as_mut().and_then(|x| x.raw.take())
+    }
 }
 
 /// Why an event was rejected, in the order the checks apply (design §1): the first that applies wins.
@@ -253,6 +300,26 @@ pub fn parse_user_bytes(b: &[u8]) -> Option<User> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An event without extras is 48 bytes and allocates nothing; the extras read back.
+    #[test]
+    fn extras_live_behind_one_pointer() {
+        assert_eq!(std::mem::size_of::<Event>(), 48);
+        assert!(EventExtra::new(None, None, None).is_none());
+        let mut e = Event {
+            pos: 1,
+            user: 2,
+            day: 3,
+            time: 4,
+            steps: 5,
+            extra: EventExtra::new(Some("id".into()), Some(7), Some(b"raw".to_vec().into())),
+        };
+        assert_eq!((e.event_id(), e.ingested()), (Some("id"), Some(7)));
+        assert_eq!(e.take_raw().as_deref(), Some(&b"raw"[..]));
+        assert_eq!(e.take_raw(), None);
+        e.extra = EventExtra::new(None, Some(9), None);
+        assert_eq!((e.event_id(), e.ingested()), (None, Some(9)));
+    }
 
     #[test]
     fn civil_round_trip() {

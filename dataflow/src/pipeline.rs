@@ -61,7 +61,7 @@ impl Settings {
     #[inline]
     pub fn ingestion_time(&self, epoch: Epoch, event: &Event) -> Micros {
         event
-            .ingested
+            .ingested()
             .unwrap_or_else(|| (epoch as Micros).saturating_mul(self.epoch_length))
     }
 }
@@ -363,7 +363,7 @@ fn admit<'scope>(
                 // sort just those by position; the others go in any order (the batcher sums them).
                 let mut with_id: Vec<Event> = Vec::new();
                 let without_id = batches.into_iter().flatten().filter_map(|e| {
-                    if e.event_id.is_some() {
+                    if e.event_id().is_some() {
                         with_id.push(e);
                         None
                     } else {
@@ -375,7 +375,7 @@ fn admit<'scope>(
                         late.push(late_rejection(event, w_prev, grace));
                         return;
                     }
-                    if let Some(id) = &event.event_id {
+                    if let Some(id) = event.event_id() {
                         let t = settings.ingestion_time(time, &event);
                         if !window.admit(id_key(event.user, event.day, id), t) {
                             stats.duplicate += 1;
@@ -435,7 +435,7 @@ fn admit<'scope>(
 }
 
 /// The dead-letter record of a late event.
-fn late_rejection(event: Event, watermark: Option<Micros>, grace: Micros) -> Rejection {
+fn late_rejection(mut event: Event, watermark: Option<Micros>, grace: Micros) -> Rejection {
     let detail = format!(
         "day {} closed at {} (watermark {})",
         crate::event::format_day(event.day),
@@ -444,7 +444,7 @@ fn late_rejection(event: Event, watermark: Option<Micros>, grace: Micros) -> Rej
     );
     // Sources keep the raw record of every event whose day could be closed (its close is not
     // after ingestion time + max clock skew, the watermark's upper bound); this is a fallback.
-    let raw = match event.raw {
+    let raw = match event.take_raw() {
         Some(raw) => raw.into_vec(),
         None => format!(
             "{{\"uuid\":\"{}\",\"day\":\"{}\",\"steps\":{}}}",

@@ -102,11 +102,14 @@ impl Reference {
                 self.reject(epoch, event.pos, Reason::Late);
                 continue;
             }
-            if let Some(id) = &event.event_id {
+            if let Some(id) = event.event_id() {
                 // Design §1: a duplicate if ingested at most `dedup_window` after an accepted
                 // event of the same (user, day, event_id); duplicates do not extend the window.
                 let t = self.settings.ingestion_time(epoch, &event);
-                match self.seen.get_mut(&(event.user, event.day, id.clone())) {
+                match self
+                    .seen
+                    .get_mut(&(event.user, event.day, Box::<str>::from(id)))
+                {
                     Some(t0) if t <= *t0 + self.settings.dedup_window => {
                         self.stats.duplicate += 1;
                         continue;
@@ -116,7 +119,7 @@ impl Reference {
                         self.reaccepted += 1;
                     }
                     None => {
-                        self.seen.insert((event.user, event.day, id.clone()), t);
+                        self.seen.insert((event.user, event.day, Box::from(id)), t);
                     }
                 }
             }

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use rankmysteps_dataflow::deliver::{deliver, Routing};
 use rankmysteps_dataflow::event::{
-    is_closed, Day, Epoch, Event, Reason, Rejection, User, MICROS_PER_DAY, MICROS_PER_SEC,
+    is_closed, Day, Epoch, Event, EventExtra, Reason, Rejection, User, MICROS_PER_DAY,
+    MICROS_PER_SEC,
 };
 use rankmysteps_dataflow::output::{EpochOutput, Position, Stats};
 use rankmysteps_dataflow::pipeline::{build, Settings};
@@ -71,9 +72,11 @@ fn random_input(seed: u64, epochs: usize, per_epoch: usize, users: u64) -> Vec<V
                 day,
                 time,
                 steps: rng.below(4) as u32 * 5,
-                event_id,
-                ingested: None,
-                raw: Some(format!("raw-{pos}").into_bytes().into_boxed_slice()),
+                extra: EventExtra::new(
+                    event_id,
+                    None,
+                    Some(format!("raw-{pos}").into_bytes().into_boxed_slice()),
+                ),
             }));
         }
         out.push(records);
@@ -632,9 +635,11 @@ fn window_input(recorded: bool) -> Vec<Vec<Record>> {
                     day,
                     time: day as i64 * MICROS_PER_DAY + (e + 1) * 3600 * MICROS_PER_SEC,
                     steps,
-                    event_id: id.map(Into::into),
-                    ingested: recorded.then_some(e * MICROS_PER_SEC),
-                    raw: None,
+                    extra: EventExtra::new(
+                        id.map(Into::into),
+                        recorded.then_some(e * MICROS_PER_SEC),
+                        None,
+                    ),
                 })
             };
             let slot = if recorded { 0 } else { e as usize };
@@ -1025,7 +1030,7 @@ fn checkpoint_restart_matches_uninterrupted(seed: u64, workers: usize) {
     let repeats: Vec<Record> = input[17..20]
         .iter()
         .flatten()
-        .filter(|r| matches!(r, Record::Event(e) if e.event_id.is_some()))
+        .filter(|r| matches!(r, Record::Event(e) if e.event_id().is_some()))
         .cloned()
         .collect();
     for (i, mut r) in repeats.into_iter().enumerate() {

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use rankmysteps_dataflow::event::{close_of_day, Epoch, Event, Micros, Rejection};
+use rankmysteps_dataflow::event::{close_of_day, Epoch, Event, EventExtra, Micros, Rejection};
 use rankmysteps_dataflow::output::Position;
 use rankmysteps_dataflow::pipeline::VecStream;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -150,9 +150,11 @@ pub fn parse_source_archived<'scope, S: ChunkSource>(
                                         day: p.day,
                                         time: p.time,
                                         steps: p.steps,
-                                        event_id: p.event_id,
-                                        ingested: chunk.record_ingested.as_ref().map(|n| n[i]),
-                                        raw: maybe_late.then(|| raw.into()),
+                                        extra: EventExtra::new(
+                                            p.event_id,
+                                            chunk.record_ingested.as_ref().map(|n| n[i]),
+                                            maybe_late.then(|| raw.into()),
+                                        ),
                                     });
                                 }
                                 Err(e) => rejected.push(Rejection {

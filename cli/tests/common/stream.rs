@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rankmysteps_dataflow::event::{format_user, parse_day, Day, Event, Reason, User};
+use rankmysteps_dataflow::event::{format_user, parse_day, Day, Event, EventExtra, Reason, User};
 use rankmysteps_dataflow::output::Stats;
 use rankmysteps_dataflow::random::SplitMix64 as Rng;
 use rankmysteps_dataflow::reference::{Record, Reference};
@@ -107,9 +107,7 @@ pub fn reference_epoch(sent: &[Sent], first_pos: u64) -> Vec<Record> {
                     day: *day,
                     time: *time,
                     steps: *steps,
-                    event_id: id.clone().map(Into::into),
-                    ingested: None,
-                    raw: None,
+                    extra: EventExtra::new(id.clone().map(Into::into), None, None),
                 }),
             }
         })
