@@ -558,8 +558,8 @@ const BLOCK: usize = 1024;
 /// The `Totals` operator: reads each changed (day, user) in the `totals` batches and its old
 /// value in the trace, and derives the changes of every other arrangement's input.
 ///
-/// All outputs are consolidated per epoch: the totals, the index and the candidates hold one
-/// retraction and one insertion per changed user and epoch; the histogram's and `users`' inputs
+/// All outputs are consolidated per epoch: the totals hold one change per changed user and
+/// epoch, the index and the candidates one retraction and one insertion; the histogram's and `users`' inputs
 /// hold one net count per (day, total) and per day. On the watermark it retires closed days (see
 /// the module docs).
 fn totals<'scope>(

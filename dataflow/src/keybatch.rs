@@ -21,6 +21,7 @@
 use std::ops::Deref;
 use std::rc::Rc;
 
+use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::difference::Semigroup;
 use differential_dataflow::trace::cursor::Navigable;
 use differential_dataflow::trace::implementations::ord_neu::key_batch::{
@@ -252,28 +253,6 @@ impl<R: BatchDiff> Columns<R> {
     }
 }
 
-/// Sorts `stash` by time, adds up the diffs of equal times and drops those that cancel.
-fn consolidate_by_time<R: Semigroup>(stash: &mut Vec<(Epoch, R)>) {
-    stash.sort_by_key(|(t, _)| *t);
-    let mut kept = 0;
-    for i in 0..stash.len() {
-        if kept > 0 && stash[kept - 1].0 == stash[i].0 {
-            let (done, rest) = stash.split_at_mut(i);
-            done[kept - 1].1.plus_equals(&rest[0].1);
-        } else {
-            if kept > 0 && stash[kept - 1].1.is_zero() {
-                kept -= 1;
-            }
-            stash.swap(kept, i);
-            kept += 1;
-        }
-    }
-    if kept > 0 && stash[kept - 1].1.is_zero() {
-        kept -= 1;
-    }
-    stash.truncate(kept);
-}
-
 /// Merges two [`KeyBatch`]es, a bounded amount of work at a time, advancing times to the
 /// compaction frontier and consolidating each key's updates (the output is consolidated).
 pub struct KeyMerger<K: BatchKey, R: BatchDiff> {
@@ -307,7 +286,8 @@ impl<K: BatchKey, R: BatchDiff> KeyMerger<K, R> {
 
     /// Writes `key` with the stash's updates (consolidated; nothing if they cancel).
     fn seal_stash(&mut self, key: &K) {
-        consolidate_by_time(&mut self.stash);
+        // Sorted by time, equal times added up, cancelled ones dropped.
+        consolidate(&mut self.stash);
         match self.stash.len() {
             0 => {}
             1 => {
