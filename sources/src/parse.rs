@@ -206,9 +206,14 @@ impl Parser {
             Some(b',') => {
                 // The other fields: plain scalars, none of them a known field (a repeated
                 // known key would override the values read above: the general path decides).
-                let rest = std::str::from_utf8(&b[i..]).ok()?;
-                i += scan_members(rest, skip_ws(rest.as_bytes(), 1), |key, _| {
-                    (!matches!(key, "uuid" | "timestamp" | "steps" | "event_id")).then_some(())
+                // ASCII only here (the general path checks anything else for UTF-8): a
+                // word-at-a-time test, where `from_utf8` was a call per record.
+                let rest = &b[i..];
+                if !rest.is_ascii() {
+                    return None;
+                }
+                i += scan_members(rest, skip_ws(rest, 1), |key, _| {
+                    (!matches!(key, b"uuid" | b"timestamp" | b"steps" | b"event_id")).then_some(())
                 })?;
             }
             _ => return None,
@@ -474,12 +479,14 @@ fn scan_flat(text: &str) -> Option<RawFields<'_>> {
     if b.get(i) == Some(&b'}') {
         i += 1;
     } else {
-        i = scan_members(text, i, |key, raw| {
+        i = scan_members(b, i, |key, value| {
+            // Token boundaries are ASCII: the range is on char boundaries.
+            let raw = &text[value];
             let slot = match key {
-                "uuid" => &mut fields.uuid,
-                "timestamp" => &mut fields.timestamp,
-                "steps" => &mut fields.steps,
-                "event_id" => &mut fields.event_id,
+                b"uuid" => &mut fields.uuid,
+                b"timestamp" => &mut fields.timestamp,
+                b"steps" => &mut fields.steps,
+                b"event_id" => &mut fields.event_id,
                 _ => &mut other,
             };
             *slot = (raw != "null").then_some(raw);
@@ -491,26 +498,25 @@ fn scan_flat(text: &str) -> Option<RawFields<'_>> {
 
 /// Scans the members of a flat object from its first key at `i` through its closing `}`:
 /// `"key": scalar` pairs (keys without escapes, values as [`scan_scalar`] reads them) separated
-/// by commas, JSON whitespace anywhere between tokens. Calls `member(key, raw value)` on each,
-/// in order; returns the index after the `}`, or `None` if the text is not of that shape or
-/// `member` refused a pair.
+/// by commas, JSON whitespace anywhere between tokens. Calls `member(key, raw value's range)`
+/// on each, in order; returns the index after the `}`, or `None` if the text is not of that
+/// shape or `member` refused a pair. Bytes, not text: the caller has checked the encoding.
 #[inline]
 fn scan_members<'a>(
-    text: &'a str,
+    b: &'a [u8],
     mut i: usize,
-    mut member: impl FnMut(&'a str, &'a str) -> Option<()>,
+    mut member: impl FnMut(&'a [u8], std::ops::Range<usize>) -> Option<()>,
 ) -> Option<usize> {
-    let b = text.as_bytes();
     loop {
         let key_end = scan_string(b, i)?;
-        let key = &text[i + 1..key_end - 1];
+        let key = &b[i + 1..key_end - 1];
         i = skip_ws(b, key_end);
         if b.get(i) != Some(&b':') {
             return None;
         }
         i = skip_ws(b, i + 1);
         let value_end = scan_scalar(b, i)?;
-        member(key, &text[i..value_end])?;
+        member(key, i..value_end)?;
         i = skip_ws(b, value_end);
         match b.get(i) {
             Some(b',') => i = skip_ws(b, i + 1),
@@ -962,6 +968,29 @@ mod tests {
         assert_eq!(format_micros(p.time), "2026-11-27T18:20:47.000000Z");
         assert_eq!(p.steps, 100_000);
         assert_eq!(p.event_id.as_deref(), Some("e-1"));
+    }
+
+    /// The common shape with more fields that are not ASCII: valid UTF-8 is an event (the
+    /// general path reads it), invalid UTF-8 is malformed, a known key among them is read.
+    #[test]
+    fn common_shape_with_other_fields() {
+        let line = |rest: &[u8]| {
+            let mut b = format!(r#"{{"uuid":"{U}","timestamp":"2026-11-27 10:20:47","steps":7,"#)
+                .into_bytes();
+            b.extend_from_slice(rest);
+            b
+        };
+        let parse = |b: &[u8]| parser().parse(b, NOW);
+        let p = parse(&line("\"source\":\"caf\u{e9}\"}".as_bytes())).unwrap();
+        assert_eq!((p.user, p.steps), (U_VAL, 7));
+        assert_eq!(
+            parse(&line(b"\"source\":\"caf\xe9\"}")).unwrap_err().reason,
+            Reason::Malformed
+        );
+        let p = parse(&line(br#""source":"a","steps":9}"#)).unwrap();
+        assert_eq!(p.steps, 9, "the last duplicate wins");
+        let p = parse(&line(br#""event_id":"e-2"}"#)).unwrap();
+        assert_eq!(p.event_id.as_deref(), Some("e-2"));
     }
 
     #[test]

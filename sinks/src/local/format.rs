@@ -224,29 +224,46 @@ pub(crate) fn from_hex(text: &str) -> Option<Vec<u8>> {
 }
 
 /// Appends the lowercase hyphenated UUID of `user` (same text as [`format_user`], without
-/// allocating: totals.csv may have a million rows).
+/// allocating: totals.csv may have a million rows, rewritten as the day grows).
+#[inline]
 pub(crate) fn push_user(buf: &mut Vec<u8>, user: User) {
-    for i in 0..32 {
-        if matches!(i, 8 | 12 | 16 | 20) {
-            buf.push(b'-');
-        }
-        buf.push(HEX[((user >> (124 - 4 * i)) & 15) as usize]);
-    }
+    buf.extend_from_slice(&user_text(user));
+}
+
+/// The lowercase hyphenated text of `user`, 36 bytes: eight hex digits at a time
+/// ([`hex8`]), no per-digit branch or bounds check.
+#[inline]
+pub(crate) fn user_text(user: User) -> [u8; 36] {
+    let mut text = [b'-'; 36];
+    let (hi, lo) = ((user >> 64) as u64, user as u64);
+    text[0..8].copy_from_slice(&hex8((hi >> 32) as u32));
+    let mid = hex8(hi as u32);
+    text[9..13].copy_from_slice(&mid[..4]);
+    text[14..18].copy_from_slice(&mid[4..]);
+    let low = hex8((lo >> 32) as u32);
+    text[19..23].copy_from_slice(&low[..4]);
+    text[24..28].copy_from_slice(&low[4..]);
+    text[28..36].copy_from_slice(&hex8(lo as u32));
+    text
+}
+
+/// The eight lowercase hex digits of `x`, most significant first, computed in one word: the
+/// nibbles are spread one per byte, then each byte gets `'0'` added, and `'a' - '0' - 10`
+/// more where the nibble is 10 or above (`nibble + 6` carries into bit 4 exactly then).
+#[inline]
+fn hex8(x: u32) -> [u8; 8] {
+    let mut v = u64::from(x);
+    v = (v | v << 16) & 0x0000_FFFF_0000_FFFF;
+    v = (v | v << 8) & 0x00FF_00FF_00FF_00FF;
+    v = (v | v << 4) & 0x0F0F_0F0F_0F0F_0F0F;
+    let letters = ((v + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (v + 0x3030_3030_3030_3030 + letters * u64::from(b'a' - b'0' - 10)).to_be_bytes()
 }
 
 /// Appends the decimal text of `n`.
-pub(crate) fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
+#[inline]
+pub(crate) fn push_u64(buf: &mut Vec<u8>, n: u64) {
+    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// The temporary file `path` is written to before being renamed over it: same directory (so the
