@@ -5,7 +5,7 @@ use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 
 use rankmysteps_dataflow::event::{
-    format_day, format_user, Day, Epoch, Micros, Reason, Rejection, User,
+    format_day, format_user, user_text, Day, Epoch, Micros, Reason, Rejection, User,
 };
 use rankmysteps_dataflow::output::{Position, Stats};
 use rankmysteps_dataflow::ranking::TopRow;
@@ -228,36 +228,6 @@ pub(crate) fn from_hex(text: &str) -> Option<Vec<u8>> {
 #[inline]
 pub(crate) fn push_user(buf: &mut Vec<u8>, user: User) {
     buf.extend_from_slice(&user_text(user));
-}
-
-/// The lowercase hyphenated text of `user`, 36 bytes: eight hex digits at a time
-/// ([`hex8`]), no per-digit branch or bounds check.
-#[inline]
-pub(crate) fn user_text(user: User) -> [u8; 36] {
-    let mut text = [b'-'; 36];
-    let (hi, lo) = ((user >> 64) as u64, user as u64);
-    text[0..8].copy_from_slice(&hex8((hi >> 32) as u32));
-    let mid = hex8(hi as u32);
-    text[9..13].copy_from_slice(&mid[..4]);
-    text[14..18].copy_from_slice(&mid[4..]);
-    let low = hex8((lo >> 32) as u32);
-    text[19..23].copy_from_slice(&low[..4]);
-    text[24..28].copy_from_slice(&low[4..]);
-    text[28..36].copy_from_slice(&hex8(lo as u32));
-    text
-}
-
-/// The eight lowercase hex digits of `x`, most significant first, computed in one word: the
-/// nibbles are spread one per byte, then each byte gets `'0'` added, and `'a' - '0' - 10`
-/// more where the nibble is 10 or above (`nibble + 6` carries into bit 4 exactly then).
-#[inline]
-fn hex8(x: u32) -> [u8; 8] {
-    let mut v = u64::from(x);
-    v = (v | v << 16) & 0x0000_FFFF_0000_FFFF;
-    v = (v | v << 8) & 0x00FF_00FF_00FF_00FF;
-    v = (v | v << 4) & 0x0F0F_0F0F_0F0F_0F0F;
-    let letters = ((v + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
-    (v + 0x3030_3030_3030_3030 + letters * u64::from(b'a' - b'0' - 10)).to_be_bytes()
 }
 
 /// Appends the decimal text of `n`.

@@ -2,7 +2,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rankmysteps_dataflow::event::{Epoch, Micros, User};
+use rankmysteps_dataflow::event::{user_text, Epoch, Micros, User};
 use rankmysteps_dataflow::random::{splitmix64, SplitMix64};
 
 use crate::chunk::{wall_clock, Chunk, ChunkSource, Pull};
@@ -79,19 +79,6 @@ pub fn user_uuid(seed: u64, i: u64) -> User {
     (v & !(0xF << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62)
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-fn push_uuid(out: &mut Vec<u8>, user: User) {
-    for i in 0..16 {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out.push(b'-');
-        }
-        let byte = (user >> (120 - 8 * i)) as u8;
-        out.push(HEX[usize::from(byte >> 4)]);
-        out.push(HEX[usize::from(byte & 15)]);
-    }
-}
-
 impl Generator {
     /// Worker `index` of `peers`; all workers must share `started` so they agree on epochs.
     pub fn new(
@@ -141,7 +128,7 @@ impl Generator {
         let steps = 1 + (r >> 40) % 10;
         line.clear();
         line.extend_from_slice(b"{\"uuid\":\"");
-        push_uuid(line, user);
+        line.extend_from_slice(&user_text(user));
         line.extend_from_slice(b"\",\"timestamp\":\"");
         line.extend_from_slice(timestamp.as_bytes());
         line.extend_from_slice(b"\",\"steps\":");
