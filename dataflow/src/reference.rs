@@ -106,10 +106,8 @@ impl Reference {
                 // Design §1: a duplicate if ingested at most `dedup_window` after an accepted
                 // event of the same (user, day, event_id); duplicates do not extend the window.
                 let t = self.settings.ingestion_time(epoch, &event);
-                match self
-                    .seen
-                    .get_mut(&(event.user, event.day, Box::<str>::from(id)))
-                {
+                let key = (event.user, event.day, Box::<str>::from(id));
+                match self.seen.get_mut(&key) {
                     Some(t0) if t <= *t0 + self.settings.dedup_window => {
                         self.stats.duplicate += 1;
                         continue;
@@ -119,7 +117,7 @@ impl Reference {
                         self.reaccepted += 1;
                     }
                     None => {
-                        self.seen.insert((event.user, event.day, Box::from(id)), t);
+                        self.seen.insert(key, t);
                     }
                 }
             }
