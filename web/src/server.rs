@@ -318,6 +318,10 @@ async fn events(
                 return Some((Ok(to_event(&m)), (sub, initial)));
             }
             match sub.rx.recv().await {
+                // The receiver is subscribed before the hub's cache is read, so a message the
+                // watcher published in between is both in `initial` and received: the same
+                // message (the cache holds what was sent), not news, sent once.
+                Ok(m) if sub.initial.iter().any(|i| Arc::ptr_eq(i, &m)) => continue,
                 Ok(m) if wanted(&sub, &m) => return Some((Ok(to_event(&m)), (sub, initial))),
                 Ok(_) => continue,
                 Err(RecvError::Lagged(n)) => {
